@@ -1,0 +1,79 @@
+"""Where depin keeps its state: embedded by default, distributed by configuration.
+
+With no settings, depin uses ``DEPIN_HOME`` (the user data directory) for a
+SQLite file and keys, and starts a local Ray instance when a job must run.
+``DEPIN_DATABASE_URL`` points at PostgreSQL; ``DEPIN_RAY_ADDRESS`` at an
+existing Ray cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from depin.errors import ConfigError
+
+ENV_HOME = "DEPIN_HOME"
+ENV_DATABASE_URL = "DEPIN_DATABASE_URL"
+ENV_RAY_ADDRESS = "DEPIN_RAY_ADDRESS"
+DATABASE_FILE_NAME = "depin.db"
+KEYS_DIR_NAME = "keys"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Resolved settings of one depin process."""
+
+    home: Path
+    database_url: str
+    ray_address: str | None
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / KEYS_DIR_NAME
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        home: str | os.PathLike[str] | None = None,
+        database_url: str | None = None,
+        ray_address: str | None = None,
+    ) -> Settings:
+        """Explicit arguments win over the environment, which wins over defaults."""
+        home_path = Path(home or os.environ.get(ENV_HOME) or platformdirs.user_data_dir("depin"))
+        home_path = home_path.expanduser()
+        url = database_url or os.environ.get(ENV_DATABASE_URL)
+        if not url:
+            url = f"sqlite:///{home_path / DATABASE_FILE_NAME}"
+        if not url.startswith(("sqlite", "postgresql")):
+            raise ConfigError(
+                f"unsupported database URL {redact_url(url)!r}: use sqlite:///PATH or "
+                "postgresql+psycopg://USER@HOST:PORT/DB"
+            )
+        address = ray_address or os.environ.get(ENV_RAY_ADDRESS) or None
+        return cls(home=home_path, database_url=url, ray_address=address)
+
+    def ensure_home(self) -> None:
+        """Create DEPIN_HOME and its keys directory (0700: they hold private keys)."""
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            self.keys_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create DEPIN_HOME {self.home}: {exc.strerror}") from exc
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit for a message: the password replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest and ":" in rest.split("@", 1)[0]:
+        user = rest.split("@", 1)[0].split(":", 1)[0]
+        rest = f"{user}:***@{rest.split('@', 1)[1]}"
+    return f"{scheme}{sep}{rest}"

@@ -1,0 +1,109 @@
+"""Engines and sessions: SQLite tuned for concurrent writers, PostgreSQL by URL.
+
+SQLite runs in WAL mode with a busy timeout, and every transaction starts with
+``BEGIN IMMEDIATE``: a writer takes the write lock up front instead of failing
+with "database is locked" when it upgrades from a read lock halfway through.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from depin.config import redact_url
+from depin.errors import DatabaseError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL serialization failure and deadlock: safe to retry the whole transaction.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+MAX_TRANSACTION_ATTEMPTS = 8
+
+T = TypeVar("T")
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url`` with depin's SQLite pragmas or PostgreSQL settings."""
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(
+                url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+            )
+            _tune_sqlite(engine)
+        else:
+            engine = create_engine(url, pool_pre_ping=True, **kwargs)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise DatabaseError(
+            f"no driver for {redact_url(url)}: "
+            "install the extra with `pip install 'depin[postgres]'`"
+        ) from exc
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin (see "begin" below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A PostgreSQL serialization failure or deadlock, or SQLite busy past its timeout."""
+    if isinstance(exc, DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate in RETRYABLE_SQLSTATES:
+            return True
+        if isinstance(exc, OperationalError) and "database is locked" in str(exc.orig):
+            return True
+    return False
+
+
+def run_transaction(
+    sessions: sessionmaker[Session],
+    work: Callable[[Session], T],
+    *,
+    attempts: int = MAX_TRANSACTION_ATTEMPTS,
+) -> T:
+    """Run ``work`` in one transaction, retrying it whole on retryable conflicts.
+
+    ``work`` must be safe to run again: it reads what it needs inside the transaction.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with sessions.begin() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if is_retryable(exc) and attempt < attempts:
+                time.sleep(min(0.2, 0.005 * 2**attempt))
+                continue
+            if isinstance(exc, OperationalError):
+                raise DatabaseError(f"database error: {str(exc.orig).splitlines()[0]}") from exc
+            raise
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def read_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reads; commits nothing. Closing it (not rolling back) keeps the
+    loaded objects readable after the session ends."""
+    with sessions() as session:
+        yield session

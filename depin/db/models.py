@@ -1,0 +1,296 @@
+"""The schema: SQLAlchemy 2.0 models. Alembic migrations in ``migrations/`` create it.
+
+The database enforces what must never happen, so two schedulers racing on one
+PostgreSQL cannot double-book: capacity CHECKs, no overdraft on developer
+accounts, unique nonces, at most one resolution per pending transfer.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ACCOUNT_KINDS = ("developer", "provider", "escrow", "external")
+JOB_STATES = (
+    "pending",
+    "scheduled",
+    "running",
+    "succeeded",
+    "failed",
+    "unschedulable",
+    "cancelled",
+)
+JOB_TERMINAL_STATES = ("succeeded", "failed", "unschedulable", "cancelled")
+ALLOCATION_STATES = ("reserved", "running", "succeeded", "failed", "lost", "cancelled")
+ALLOCATION_ACTIVE_STATES = ("reserved", "running")
+NODE_STATES = ("active", "draining", "offline")
+KEY_STATES = ("active", "revoked")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if getattr(dialect, "name", "") == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Setting(Base):
+    """Marketplace-wide settings, such as its id (the audience of envelopes)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+
+
+class Account(Base):
+    """A ledger account with TigerBeetle-style running totals, in micro-USD."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        CheckConstraint(_in("kind", ACCOUNT_KINDS), name="kind"),
+        CheckConstraint(
+            "debits_pending >= 0 AND debits_posted >= 0 AND credits_pending >= 0 "
+            "AND credits_posted >= 0",
+            name="totals_non_negative",
+        ),
+        # The last word on overdraft: a developer never spends or holds more than was paid in.
+        CheckConstraint(
+            "NOT must_not_overdraw OR debits_posted + debits_pending <= credits_posted",
+            name="no_overdraft",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    must_not_overdraw: Mapped[bool] = mapped_column(Boolean, default=False)
+    debits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
+    debits_posted: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_pending: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits_posted: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class AccountKey(Base):
+    """A public key that may sign for an account."""
+
+    __tablename__ = "account_keys"
+    __table_args__ = (CheckConstraint(_in("state", KEY_STATES), name="state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(64), unique=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    not_after: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Transfer(Base):
+    """An immutable ledger entry, chained to the one before it by hash."""
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        CheckConstraint("amount_micro_usd >= 0", name="amount_non_negative"),
+        CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
+        CheckConstraint("id >= 1", name="id_positive"),
+    )
+
+    # The entry's position in the hash chain, assigned by the ledger: 1, 2, 3 ...
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    debit_account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    credit_account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))
+    pending: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set on a post or void: the pending transfer it resolves. UNIQUE: at most once.
+    pending_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("transfers.id"), unique=True
+    )
+    timeout_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    allocation_id: Mapped[int | None] = mapped_column(Integer)
+    memo: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class LedgerHead(Base):
+    """The end of the hash chain; locked by every writer so the chain stays linear."""
+
+    __tablename__ = "ledger_head"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class Node(Base):
+    """A provider's node and its free capacity."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (
+        CheckConstraint("gpus >= 1", name="gpus_positive"),
+        # The last word on capacity: never more GPUs booked than the node has.
+        CheckConstraint("gpus_free >= 0 AND gpus_free <= gpus", name="capacity"),
+        CheckConstraint("price_micro_usd_per_gpu_hour >= 0", name="price_non_negative"),
+        CheckConstraint("reliability >= 0 AND reliability <= 1", name="reliability_range"),
+        CheckConstraint("lat >= -90 AND lat <= 90 AND lon >= -180 AND lon <= 180", name="coords"),
+        CheckConstraint(_in("tier", ("device", "edge", "regional")), name="tier"),
+        CheckConstraint(_in("network", ("fiber", "5g", "lte", "wifi")), name="network"),
+        CheckConstraint(_in("status", NODE_STATES), name="status"),
+        UniqueConstraint("provider_id", "name", name="uq_nodes_provider_name"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str | None] = mapped_column(String(64))
+    gpu_model: Mapped[str] = mapped_column(String(64))
+    accelerator: Mapped[str] = mapped_column(String(8))
+    gpus: Mapped[int] = mapped_column(Integer)
+    gpus_free: Mapped[int] = mapped_column(Integer)
+    vram_gib: Mapped[float] = mapped_column(Float)
+    price_micro_usd_per_gpu_hour: Mapped[int] = mapped_column(BigInteger)
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    tier: Mapped[str] = mapped_column(String(16))
+    region: Mapped[str] = mapped_column(String(64))
+    network: Mapped[str] = mapped_column(String(8))
+    reliability: Mapped[float] = mapped_column(Float)
+    rtt_bias_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class Job(Base):
+    """A submitted, verified job and its lifecycle."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_in("state", JOB_STATES), name="state"),
+        Index("ix_jobs_state_id", "state", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    spec_json: Mapped[str] = mapped_column(Text)
+    envelope_json: Mapped[str] = mapped_column(Text)
+    manifest_digest: Mapped[str] = mapped_column(String(80))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    max_cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
+    hold_transfer_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transfers.id"))
+    reasons_json: Mapped[str | None] = mapped_column(Text)
+    metric_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class Nonce(Base):
+    """A seen envelope nonce; the primary key refuses a replay even when submitters race."""
+
+    __tablename__ = "nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class Allocation(Base):
+    """A job's claim on GPUs of one node, from reservation to its end."""
+
+    __tablename__ = "allocations"
+    __table_args__ = (
+        CheckConstraint(_in("state", ALLOCATION_STATES), name="state"),
+        CheckConstraint("gpus >= 1", name="gpus_positive"),
+        Index("ix_allocations_state_node", "state", "node_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id"))
+    gpus: Mapped[int] = mapped_column(Integer)
+    price_micro_usd_per_gpu_hour: Mapped[int] = mapped_column(BigInteger)
+    time_limit_s: Mapped[int] = mapped_column(Integer)
+    hold_transfer_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transfers.id"))
+    rtt_ms: Mapped[float | None] = mapped_column(Float)
+    score: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), default="reserved")
+    driver_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    output_tail: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(String(500))
+    cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Driver(Base):
+    """A process that launches allocations on Ray (a scheduler, or a waiting submit)."""
+
+    __tablename__ = "drivers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(128))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

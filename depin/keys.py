@@ -1,0 +1,164 @@
+"""Ed25519 keys: generate, store (0600), load, and name them by key id.
+
+A key named ``alice`` lives in ``DEPIN_HOME/keys/alice.key`` (PKCS#8 PEM,
+private, mode 0600) and ``alice.pub`` (``ed25519 <base64 raw public key>``).
+The key id is derived from the public key alone, so anyone holding the public
+half computes the same id. Private key material never leaves this module in
+a message, a log line or JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from depin.errors import InputError, KeyFileError, NotFoundError
+
+KEY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PRIVATE_SUFFIX = ".key"
+PUBLIC_SUFFIX = ".pub"
+PUBLIC_PREFIX = "ed25519 "
+KEY_ID_HEX_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """The public facts about a stored key pair."""
+
+    name: str
+    key_id: str
+    public_key: str  # base64 of the 32 raw bytes
+    path: Path  # the private key file
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """A short, stable id: the first 16 hex digits of SHA-256 over the raw public key."""
+    return hashlib.sha256(raw_public(public_key)).hexdigest()[:KEY_ID_HEX_CHARS]
+
+
+def raw_public(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_b64(public_key: Ed25519PublicKey) -> str:
+    return base64.b64encode(raw_public(public_key)).decode("ascii")
+
+
+def public_key_from_b64(text: str) -> Ed25519PublicKey:
+    """Parse a base64 raw Ed25519 public key, with or without the ``ed25519 `` prefix."""
+    text = text.strip().removeprefix(PUBLIC_PREFIX).strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError("not an Ed25519 public key (expected 32 bytes in base64)") from exc
+
+
+def _check_name(name: str) -> str:
+    if not KEY_NAME_PATTERN.match(name):
+        raise InputError(
+            f"bad key name {name!r}: use letters, digits, '.', '_' or '-' (at most 64 characters)"
+        )
+    return name
+
+
+def generate(name: str, keys_dir: Path) -> KeyInfo:
+    """Create a new key pair ``name`` in ``keys_dir``; refuses to overwrite one."""
+    _check_name(name)
+    keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_path = keys_dir / f"{name}{PRIVATE_SUFFIX}"
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        # O_EXCL: never clobber an existing key; 0600 from the first byte written.
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyFileError(f"key {name!r} already exists at {private_path}") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    public = private.public_key()
+    (keys_dir / f"{name}{PUBLIC_SUFFIX}").write_text(PUBLIC_PREFIX + public_key_b64(public) + "\n")
+    return KeyInfo(name, key_id(public), public_key_b64(public), private_path)
+
+
+def _private_path(name_or_path: str, keys_dir: Path) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix == PRIVATE_SUFFIX and candidate.exists():
+        return candidate
+    path = keys_dir / f"{_check_name(name_or_path)}{PRIVATE_SUFFIX}"
+    if not path.exists():
+        raise NotFoundError(
+            f"no key named {name_or_path!r} in {keys_dir}: "
+            f"create it with `depin keys new {name_or_path}`"
+        )
+    return path
+
+
+def load_private(name_or_path: str, keys_dir: Path) -> Ed25519PrivateKey:
+    """Load a private key by name (or path), refusing files others can read."""
+    path = _private_path(name_or_path, keys_dir)
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"private key {path} is accessible by group or others (mode {stat.filemode(mode)}): "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path} is not an unencrypted PKCS#8 PEM private key") from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        raise KeyFileError(f"{path} holds a private key that is not Ed25519")
+    return private
+
+
+def load_public(name_or_path: str, keys_dir: Path) -> Ed25519PublicKey:
+    """A public key from a key name, a ``.pub``/``.key`` file, or a base64 string."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == PUBLIC_SUFFIX and candidate.is_file():
+        return public_key_from_b64(candidate.read_text())
+    if KEY_NAME_PATTERN.match(name_or_path):
+        pub = keys_dir / f"{name_or_path}{PUBLIC_SUFFIX}"
+        if pub.is_file():
+            return public_key_from_b64(pub.read_text())
+        if (
+            keys_dir / f"{name_or_path}{PRIVATE_SUFFIX}"
+        ).exists() or candidate.suffix == PRIVATE_SUFFIX:
+            return load_private(name_or_path, keys_dir).public_key()
+    try:
+        return public_key_from_b64(name_or_path)
+    except InputError:
+        raise NotFoundError(
+            f"no key {name_or_path!r}: give a key name from `depin keys list`, a .pub file "
+            "or a base64 Ed25519 public key"
+        ) from None
+
+
+def list_keys(keys_dir: Path) -> list[KeyInfo]:
+    """Every key pair stored in ``keys_dir``, by name."""
+    if not keys_dir.is_dir():
+        return []
+    infos = []
+    for pub_path in sorted(keys_dir.glob(f"*{PUBLIC_SUFFIX}")):
+        public = public_key_from_b64(pub_path.read_text())
+        name = pub_path.name.removesuffix(PUBLIC_SUFFIX)
+        infos.append(
+            KeyInfo(
+                name, key_id(public), public_key_b64(public), keys_dir / f"{name}{PRIVATE_SUFFIX}"
+            )
+        )
+    return infos

