@@ -185,7 +185,7 @@ def keys_new(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def keys_list(ctx: click.Context, as_json: bool) -> None:
     """List local keys."""
-    infos = _client(ctx).keys()
+    infos = _client(ctx).local_keys()
     data = [{"name": k.name, "key_id": k.key_id, "public_key": k.public_key} for k in infos]
 
     def render() -> None:

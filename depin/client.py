@@ -77,7 +77,7 @@ class Client:
         self.settings.ensure_home()
         return keystore.generate(name, self.settings.keys_dir)
 
-    def keys(self) -> list[KeyInfo]:
+    def local_keys(self) -> list[KeyInfo]:
         return keystore.list_keys(self.settings.keys_dir)
 
     def public_key(self, key: str) -> Ed25519PublicKey:
@@ -138,7 +138,7 @@ class Client:
 
         Keys are looked up among local public keys, then the marketplace's registered keys.
         """
-        local = {k.key_id: self.public_key(k.name) for k in self.keys()}
+        local = {k.key_id: self.public_key(k.name) for k in self.local_keys()}
 
         def find(kid: str) -> list[Ed25519PublicKey]:
             found = local.get(kid) or self.market.registered_key(kid)
@@ -150,7 +150,7 @@ class Client:
     def signing_key_for(self, account: str) -> str:
         """The local key registered to ``account`` (its name in DEPIN_HOME/keys)."""
         registered = set(self.account(account).key_ids)
-        local = [k for k in self.keys() if k.key_id in registered and k.path.exists()]
+        local = [k for k in self.local_keys() if k.key_id in registered and k.path.exists()]
         if not local:
             raise NotFoundError(
                 f"no private key for account {account!r} in {self.settings.keys_dir}: "
@@ -161,7 +161,7 @@ class Client:
     def default_account(self) -> str:
         """The one account a local key is registered to, when there is exactly one."""
         accounts = {
-            a for k in self.keys() if (a := self.market.account_for_key(k.key_id)) is not None
+            a for k in self.local_keys() if (a := self.market.account_for_key(k.key_id)) is not None
         }
         developers = sorted(a for a in accounts if self.account(a).kind == "developer")
         if len(developers) != 1:

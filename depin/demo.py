@@ -153,7 +153,8 @@ def _run(client: Client, console: Console) -> None:
 
 def _ensure_identity(client: Client, name: str, kind: str) -> None:
     """Create the key and account unless a kept DEPIN_HOME has them from an earlier run."""
-    if name not in {k.name for k in client}:
+    local = [k.name for k in client.local_keys()]
+    if name not in local:
         client.new_key(name)
     with contextlib.suppress(ConflictError):
         client.create_account(name, key=name, kind=kind)

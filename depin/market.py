@@ -260,7 +260,13 @@ class Marketplace:
                 f"no node can ever run job {spec.name!r}: " + "; ".join(admission.reasons),
                 admission.reasons,
             )
-        max_price = max(prices[n] for n in admission.feasible_node_ids)
+        cap = spec.pricing.max_usd_per_gpu_hour
+        # The most it can cost: at the declared price cap, else at the dearest node that fits.
+        max_price = (
+            usd_to_micro(cap)
+            if cap is not None
+            else max(prices[n] for n in admission.feasible_node_ids)
+        )
         hold_micro = max_cost_micro(spec, max_price)
 
         def work(s: Session) -> JobView:

@@ -16,9 +16,10 @@ from decimal import Decimal
 import numpy as np
 
 from depin.spec import NodeSpec
-from scheduler.latency import unit_vectors
+from scheduler.latency import distance_km_from_dot, unit_vectors
 
 DISPLAY_MIN_POPULATION = 100_000
+CITY_RADIUS_KM = 30.0
 
 # Typical on-demand prices in USD per GPU-hour on open GPU markets in 2025
 # (Vast.ai / RunPod / io.net listings; Jetson and Coral priced by power and capex).
@@ -140,10 +141,17 @@ def _display_index() -> tuple[tuple[City, ...], np.ndarray]:
 
 
 def nearest_city(lat: float, lon: float) -> str:
-    """Name of the nearest city of 100k+ people, for display."""
+    """For display: the largest city of 100k+ people within 30 km, else the nearest one.
+
+    Largest-nearby rather than nearest, so a point in Berlin reads "Berlin", not the
+    district GeoNames also lists ("Mitte").
+    """
     big, xyz = _display_index()
-    point = unit_vectors([lat], [lon])[0]
-    return big[int(np.argmax(xyz @ point))].name
+    km = distance_km_from_dot(xyz @ unit_vectors([lat], [lon])[0])
+    nearby = np.flatnonzero(km <= CITY_RADIUS_KM)
+    if len(nearby):
+        return big[int(nearby[0])].name  # cities are sorted largest first
+    return big[int(np.argmin(km))].name
 
 
 # -- the demo's fleet --------------------------------------------------------------------------

@@ -77,8 +77,8 @@ class JobMetric:
         ]
         if self.exhausted:
             lines.append(
-                f"{self.exhausted} node(s) meet every constraint but have fewer than "
-                f"{gpus} free GPU(s) now"
+                f"{self.exhausted} node(s) meet every constraint but are busy "
+                f"(fewer than {gpus} GPU(s) free); the job waits"
             )
         return lines
 

@@ -1,0 +1,105 @@
+"""Builders for test worlds: real keys, real accounts, real nodes, real signed jobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from depin.client import Client
+from depin.manifest import Envelope
+from depin.spec import JobSpec, NodeSpec
+
+BERLIN = (52.52, 13.405)
+FRANKFURT = (50.11, 8.68)
+TOKYO = (35.69, 139.69)
+
+
+def node(provider: str = "acme", **overrides: Any) -> NodeSpec:
+    fields: dict[str, Any] = {
+        "provider": provider,
+        "gpu_model": "RTX 4090",
+        "gpus": 2,
+        "price_usd_per_gpu_hour": Decimal("0.50"),
+        "lat": BERLIN[0],
+        "lon": BERLIN[1],
+        "tier": "edge",
+        "region": "eu-central",
+        "network": "fiber",
+        "reliability": 0.99,
+    }
+    fields.update(overrides)
+    return NodeSpec.model_validate(fields)
+
+
+def job(name: str = "hello", **overrides: Any) -> JobSpec:
+    fields: dict[str, Any] = {
+        "name": name,
+        "command": ["python", "-c", "print('hello from the edge')"],
+        "resources": {"gpus": 1},
+        "max_duration_s": 600,
+    }
+    fields.update(overrides)
+    return JobSpec.model_validate(fields)
+
+
+@dataclass
+class World:
+    client: Client
+    developer: str
+    provider: str
+    node_ids: dict[str, int]
+
+    def sign(self, spec: JobSpec, **kwargs: Any) -> Envelope:
+        return self.client.sign(spec, key=self.developer, account=self.developer, **kwargs)
+
+    def submit(self, spec: JobSpec) -> int:
+        return self.client.submit(spec, account=self.developer).id
+
+    def available(self) -> int:
+        return self.client.account(self.developer).balance.available
+
+
+def build_world(client: Client, *, deposit_usd: str = "100") -> World:
+    client.new_key("acme")
+    client.register_provider("acme", key="acme")
+    ids = {
+        "berlin-4090": client.add_node(node(name="berlin-4090")).id,
+        "berlin-jetson": client.add_node(
+            node(
+                name="berlin-jetson",
+                gpu_model="Jetson AGX Orin 64GB",
+                gpus=1,
+                price_usd_per_gpu_hour=Decimal("0.10"),
+                tier="device",
+                network="5g",
+            )
+        ).id,
+        "frankfurt-a100": client.add_node(
+            node(
+                name="frankfurt-a100",
+                gpu_model="A100-80GB",
+                gpus=8,
+                price_usd_per_gpu_hour=Decimal("1.20"),
+                lat=FRANKFURT[0],
+                lon=FRANKFURT[1],
+                tier="regional",
+                reliability=0.999,
+            )
+        ).id,
+        "tokyo-l4": client.add_node(
+            node(
+                name="tokyo-l4",
+                gpu_model="L4",
+                gpus=4,
+                price_usd_per_gpu_hour=Decimal("0.40"),
+                lat=TOKYO[0],
+                lon=TOKYO[1],
+                region="ap-northeast",
+            )
+        ).id,
+    }
+    client.new_key("dev")
+    client.create_account("dev", key="dev")
+    client.deposit("dev", deposit_usd)
+    return World(client, "dev", "acme", ids)

@@ -1,0 +1,157 @@
+"""plan(jobs, offers): every hard constraint holds, scores follow the objective, reasons explain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from depin.spec import JobSpec
+from scheduler import Offer, admit, plan
+
+BERLIN = {"lat": 52.52, "lon": 13.405}
+PARIS = {"lat": 48.8566, "lon": 2.3522}
+
+
+def offer(node_id: int, **kw: Any) -> Offer:
+    fields: dict[str, Any] = {
+        "node_id": node_id,
+        "gpu_model": "RTX 4090",
+        "gpus_free": 2,
+        "vram_gib": 24.0,
+        "price_usd_per_gpu_hour": 0.5,
+        "lat": BERLIN["lat"],
+        "lon": BERLIN["lon"],
+        "tier": "edge",
+        "region": "eu-central",
+        "network": "fiber",
+        "reliability": 0.99,
+        "accelerator": "gpu",
+    }
+    fields.update(kw)
+    return Offer(**fields)
+
+
+def job(name: str = "j", **kw: Any) -> JobSpec:
+    fields: dict[str, Any] = {"name": name, "command": ["true"], "resources": {"gpus": 1}}
+    fields.update(kw)
+    return JobSpec.model_validate(fields)
+
+
+def placed_on(result: Any, name: str) -> int:
+    return next(p.node_id for p in result.placements if p.job == name)
+
+
+@pytest.mark.parametrize(
+    ("spec_fields", "rejected", "label"),
+    [
+        ({"resources": {"gpus": 1, "vram_gib": 48}}, offer(1, vram_gib=24), "vram_gib >= 48"),
+        ({"resources": {"gpus": 1, "gpu_models": ["L4"]}}, offer(1), "gpu_model in ['L4']"),
+        ({"resources": {"gpus": 1, "accelerator": "tpu"}}, offer(1), "accelerator = tpu"),
+        ({"resources": {"gpus": 4}}, offer(1, gpus_free=2), "gpus >= 4"),
+        ({"placement": {"tiers": ["regional"]}}, offer(1), "tier in ['regional']"),
+        ({"placement": {"regions": ["us"]}}, offer(1), "region in ['us']"),
+        ({"pricing": {"max_usd_per_gpu_hour": "0.40"}}, offer(1), "price <= 0.4 USD/GPU-h"),
+        ({"placement": {"near": [PARIS], "max_latency_ms": 10}}, offer(1), "rtt <= 10 ms"),
+    ],
+)
+def test_each_hard_constraint_rejects_and_is_named(
+    spec_fields: dict[str, Any], rejected: Offer, label: str
+) -> None:
+    result = plan([job(**spec_fields)], [rejected])
+    assert result.placements == []
+    assert result.metrics["j"].filtered == {label: 1}
+    assert result.unplaced["j"] == [f"{label}: rejected 1 of 1 nodes"]
+    assert result.never_fits("j")
+
+
+def test_a_region_prefix_matches_the_regions_under_it() -> None:
+    result = plan([job(placement={"regions": ["eu"]})], [offer(1, region="us-east"), offer(2)])
+    assert placed_on(result, "j") == 2
+
+
+def test_the_latency_budget_holds_from_every_near_point() -> None:
+    spec = job(placement={"near": [BERLIN, PARIS], "max_latency_ms": 12})
+    berlin, paris = offer(1), offer(2, lat=PARIS["lat"], lon=PARIS["lon"])
+    assert plan([spec], [berlin, paris]).placements == []  # each city is ~13 ms from the other
+    relaxed = job(placement={"near": [BERLIN, PARIS], "max_latency_ms": 20})
+    result = plan([relaxed], [berlin, paris])
+    assert result.placements[0].rtt_ms == pytest.approx(2 + 2 * 878 * 1.5 / 200, rel=0.02)
+
+
+def test_capacity_is_never_exceeded_within_a_batch() -> None:
+    jobs = [job(f"j{i}") for i in range(5)]
+    result = plan(jobs, [offer(1, gpus_free=2), offer(2, gpus_free=1)])
+    assert len(result.placements) == 3
+    assert sorted(p.node_id for p in result.placements) == [1, 1, 2]
+    assert set(result.unplaced) == {"j3", "j4"}
+    assert not result.never_fits("j3")
+    assert "2 node(s) meet every constraint but are busy" in result.unplaced["j3"][-1]
+
+
+def test_a_multi_gpu_job_takes_all_its_gpus_on_one_node() -> None:
+    result = plan([job(resources={"gpus": 3})], [offer(1, gpus_free=2), offer(2, gpus_free=2)])
+    assert result.placements == []
+    result = plan([job(resources={"gpus": 3})], [offer(1, gpus_free=2), offer(2, gpus_free=4)])
+    assert [(p.node_id, p.gpus) for p in result.placements] == [(2, 3)]
+
+
+def test_busy_nodes_make_a_job_wait_not_fail() -> None:
+    result = plan([job(resources={"gpus": 2})], [offer(1, gpus_free=0, gpus_total=2)])
+    assert not result.never_fits("j")
+    assert result.metrics["j"].exhausted == 1
+
+
+def test_a_cost_only_objective_picks_the_cheapest_node() -> None:
+    spec = job(objective={"cost": 1, "latency": 0, "reliability": 0})
+    result = plan(
+        [spec], [offer(1, price_usd_per_gpu_hour=0.9), offer(2, price_usd_per_gpu_hour=0.3)]
+    )
+    assert placed_on(result, "j") == 2
+    assert result.metrics["j"].candidates[0].scores["cost"] == 100
+    assert result.metrics["j"].candidates[1].scores["cost"] == pytest.approx(100 * 0.3 / 0.9)
+
+
+def test_a_latency_objective_picks_the_nearest_node() -> None:
+    spec = job(placement={"near": [PARIS]}, objective={"cost": 0, "latency": 1, "reliability": 0})
+    far_cheap = offer(1, price_usd_per_gpu_hour=0.1)
+    near_dear = offer(2, price_usd_per_gpu_hour=2.0, lat=PARIS["lat"], lon=PARIS["lon"])
+    assert placed_on(plan([spec], [far_cheap, near_dear]), "j") == 2
+
+
+def test_a_reliability_objective_picks_the_most_reliable_node() -> None:
+    spec = job(objective={"cost": 0, "latency": 0, "reliability": 1})
+    result = plan([spec], [offer(1, reliability=0.9), offer(2, reliability=0.999)])
+    assert placed_on(result, "j") == 2
+
+
+def test_ties_go_to_the_cheaper_then_the_lower_node_id() -> None:
+    spec = job(objective={"cost": 0, "latency": 0, "reliability": 1})
+    result = plan(
+        [spec], [offer(3, price_usd_per_gpu_hour=0.5), offer(2, price_usd_per_gpu_hour=0.5)]
+    )
+    assert placed_on(result, "j") == 2
+
+
+def test_keys_name_jobs_whose_names_repeat() -> None:
+    result = plan([job("same"), job("same")], [offer(1)], keys=[10, 11])
+    assert sorted(p.job for p in result.placements) == [10, 11]
+
+
+def test_plan_refuses_duplicate_keys_and_unknown_modes() -> None:
+    with pytest.raises(ValueError, match="distinct key"):
+        plan([job("a"), job("a")], [offer(1)])
+    with pytest.raises(ValueError, match="unknown plan mode"):
+        plan([job()], [offer(1)], mode="magic")
+
+
+def test_no_nodes_at_all_is_a_reason_of_its_own() -> None:
+    assert plan([job()], []).unplaced["j"] == ["no nodes are registered"]
+
+
+def test_admission_ignores_busy_capacity_but_not_static_constraints() -> None:
+    busy = offer(1, gpus_free=0, gpus_total=2)
+    assert admit(job(), [busy]).feasible_node_ids == [1]
+    refused = admit(job(resources={"gpus": 1, "vram_gib": 80}), [busy])
+    assert not refused.ok
+    assert refused.reasons == ["vram_gib >= 80: rejected 1 of 1 nodes"]

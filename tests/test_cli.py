@@ -1,0 +1,286 @@
+"""The depin command on a real SQLite file: happy paths, and bad input that changes nothing."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cli import cli
+
+JOB_YAML = textwrap.dedent(
+    """
+    name: chat-llama3-8b
+    command: ["python", "-c", "print('hello from the edge')"]
+    resources: {gpus: 1, vram_gib: 16, gpu_models: ["RTX 4090", "L4"], accelerator: gpu}
+    placement:
+      near: [{lat: 52.52, lon: 13.40}]
+      max_latency_ms: 50
+      regions: [eu-central]
+    pricing: {max_usd_per_gpu_hour: 1.50, budget_usd: 5.00}
+    objective: {cost: 0.5, latency: 0.4, reliability: 0.1}
+    max_duration_s: 600
+    """
+)
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def ok(*args: str) -> str:
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def as_json(*args: str) -> object:
+    return json.loads(ok(*args, "--json"))
+
+
+@pytest.fixture
+def market(home: Path) -> Path:
+    """A provider with one Berlin node and a developer with $20, all through the CLI."""
+    ok("keys", "new", "acme")
+    ok("provider", "register", "acme", "--key", "acme")
+    ok(
+        "node",
+        "add",
+        "--provider",
+        "acme",
+        "--gpu",
+        "RTX 4090",
+        "--gpus",
+        "2",
+        "--price-usd-per-gpu-hour",
+        "0.45",
+        "--lat",
+        "52.52",
+        "--lon",
+        "13.405",
+        "--tier",
+        "edge",
+        "--region",
+        "eu-central",
+        "--network",
+        "fiber",
+    )
+    ok("keys", "new", "ada")
+    ok("account", "create", "ada", "--key", "ada")
+    ok("account", "deposit", "ada", "20")
+    return home
+
+
+def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def state(home: Path) -> tuple[int, int]:
+    """(ada's available micro-USD, number of jobs): what a refused command must not change."""
+    balance = as_json("account", "balance", "ada")
+    return balance["available_micro_usd"], len(as_json("job", "list"))  # type: ignore[index]
+
+
+def refused(home: Path, args: list[str], message: str) -> None:
+    before = state(home)
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert state(home) == before
+    assert as_json("ledger", "verify")["ok"] is True  # type: ignore[index]
+
+
+def test_init_reports_home_database_and_market_id(home: Path) -> None:
+    data = as_json("init")
+    assert data["home"] == str(home)  # type: ignore[index]
+    assert data["database"].startswith("sqlite:///")  # type: ignore[index]
+    assert data["market_id"].startswith("depin-")  # type: ignore[index]
+
+
+def test_new_ids_print_alone_and_as_json(home: Path) -> None:
+    ok("keys", "new", "acme")
+    assert ok("provider", "register", "acme", "--key", "acme").strip().isdigit()
+    ok("keys", "new", "ada")
+    assert as_json("account", "create", "ada", "--key", "ada")["id"] > 0  # type: ignore[index]
+
+
+def test_a_developer_funds_an_account_and_sees_the_balance(market: Path) -> None:
+    balance = as_json("account", "balance", "ada")
+    assert balance["available_micro_usd"] == 20_000_000  # type: ignore[index]
+    assert "$20.00" in ok("account", "balance", "ada")
+
+
+def test_node_list_shows_the_node_and_its_city(market: Path) -> None:
+    nodes = as_json("node", "list")
+    assert [(n["gpu_model"], n["gpus_free"], n["region"]) for n in nodes] == [
+        ("RTX 4090", 2, "eu-central")
+    ]  # type: ignore[index,union-attr]
+    assert "Berlin" in ok("node", "list")
+
+
+def test_submit_prints_the_id_and_the_job_waits_for_a_scheduler(
+    market: Path, tmp_path: Path
+) -> None:
+    job_id = int(ok("job", "submit", str(write(tmp_path, JOB_YAML)), "--as", "ada"))
+    status = as_json("job", "status", str(job_id))
+    assert status["state"] == "pending"  # type: ignore[index]
+    assert status["max_cost_micro_usd"] == 250_000  # $1.50 x 1 GPU x 600 s  # type: ignore[index]
+    assert as_json("account", "balance", "ada")["held_micro_usd"] == 250_000  # type: ignore[index]
+    explain = as_json("job", "explain", str(job_id))
+    assert explain["metric"]["candidates"][0]["node_id"] == 1  # type: ignore[index]
+    assert "chat-llama3-8b" in ok("job", "list")
+
+
+def test_submit_picks_the_only_local_developer_account(market: Path, tmp_path: Path) -> None:
+    assert ok("job", "submit", str(write(tmp_path, JOB_YAML))).strip() == "1"
+
+
+def test_manifest_sign_then_verify_then_submit(market: Path, tmp_path: Path) -> None:
+    envelope = tmp_path / "job.dsse.json"
+    ok("manifest", "sign", str(write(tmp_path, JOB_YAML)), "--key", "ada", "-o", str(envelope))
+    info = as_json("manifest", "verify", str(envelope))
+    assert info["signer"] == "ada" and info["digest"].startswith("sha256:")  # type: ignore[index]
+    assert info["job"]["name"] == "chat-llama3-8b"  # type: ignore[index]
+    assert ok("job", "submit", str(envelope)).strip() == "1"
+
+
+def test_ledger_show_lists_balances_and_entries(market: Path, tmp_path: Path) -> None:
+    ok("job", "submit", str(write(tmp_path, JOB_YAML)), "--as", "ada")
+    shown = as_json("ledger", "show", "--account", "ada")
+    kinds = [e["kind"] for e in shown["entries"]]  # type: ignore[index]
+    assert kinds == ["deposit", "hold"]
+    assert "ledger ok: 2 entries" in ok("ledger", "verify")
+
+
+def test_gpus_lists_the_catalog(home: Path) -> None:
+    names = [g["name"] for g in as_json("gpus")]  # type: ignore[union-attr,index]
+    assert "Jetson AGX Orin 64GB" in names and "Coral Edge TPU" in names
+
+
+def test_db_upgrade_reports_the_revision(home: Path) -> None:
+    assert "database at revision" in ok("db", "upgrade")
+
+
+# -- bad input: one line on stderr, exit 1, nothing changed ---------------------------------------
+
+
+def test_malformed_yaml_is_refused(market: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\ncommand: [a\n")
+    refused(market, ["job", "submit", str(path), "--as", "ada"], "malformed YAML at line")
+
+
+def test_an_unknown_key_is_refused(market: Path, tmp_path: Path) -> None:
+    path = write(
+        tmp_path, JOB_YAML.replace("max_duration_s: 600", "max_duration_s: 600\ngpu_count: 2")
+    )
+    refused(market, ["job", "submit", str(path), "--as", "ada"], "unknown key 'gpu_count'")
+
+
+def test_an_unknown_gpu_model_in_a_manifest_is_refused(market: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, JOB_YAML.replace('"L4"]', '"RTX 4080"]'))
+    refused(market, ["job", "submit", str(path), "--as", "ada"], "did you mean 'RTX 4090'")
+
+
+def test_an_unknown_gpu_model_for_a_node_is_refused(market: Path) -> None:
+    args = [
+        "node",
+        "add",
+        "--provider",
+        "acme",
+        "--gpu",
+        "H200",
+        "--gpus",
+        "1",
+        "--price-usd-per-gpu-hour",
+        "2",
+        "--lat",
+        "0",
+        "--lon",
+        "0",
+        "--tier",
+        "regional",
+        "--region",
+        "eu-west",
+        "--network",
+        "fiber",
+    ]
+    refused(market, args, "unknown GPU model 'H200'")
+    assert len(as_json("node", "list")) == 1  # type: ignore[arg-type]
+
+
+def test_a_tampered_envelope_is_refused(market: Path, tmp_path: Path) -> None:
+    envelope = tmp_path / "job.dsse.json"
+    ok("manifest", "sign", str(write(tmp_path, JOB_YAML)), "--key", "ada", "-o", str(envelope))
+    data = json.loads(envelope.read_text())
+    data["payloadType"] = "application/vnd.depin.job+json; version=1 "
+    envelope.write_text(json.dumps(data))
+    refused(market, ["job", "submit", str(envelope)], "payloadType")
+    data["payloadType"] = "application/vnd.depin.job+json; version=1"
+    data["payload"] = data["payload"][:-8] + (
+        "A" * 8 if not data["payload"].endswith("A" * 8) else "B" * 8
+    )
+    envelope.write_text(json.dumps(data))
+    refused(market, ["job", "submit", str(envelope)], "")
+
+
+def test_a_replayed_envelope_is_refused(market: Path, tmp_path: Path) -> None:
+    envelope = tmp_path / "job.dsse.json"
+    ok("manifest", "sign", str(write(tmp_path, JOB_YAML)), "--key", "ada", "-o", str(envelope))
+    ok("job", "submit", str(envelope))
+    refused(market, ["job", "submit", str(envelope)], "was already used")
+
+
+def test_an_envelope_from_an_unregistered_key_is_refused(market: Path, tmp_path: Path) -> None:
+    ok("keys", "new", "mallory")
+    envelope = tmp_path / "job.dsse.json"
+    ok(
+        "manifest",
+        "sign",
+        str(write(tmp_path, JOB_YAML)),
+        "--key",
+        "mallory",
+        "--as",
+        "ada",
+        "-o",
+        str(envelope),
+    )
+    refused(market, ["job", "submit", str(envelope)], "unregistered key")
+
+
+def test_a_job_over_the_balance_is_refused(market: Path, tmp_path: Path) -> None:
+    path = write(
+        tmp_path, JOB_YAML.replace("budget_usd: 5.00", "budget_usd: 500").replace("600", "604800")
+    )
+    refused(
+        market,
+        ["job", "submit", str(path), "--as", "ada"],
+        "deposit with `depin account deposit ada",
+    )
+
+
+def test_a_job_no_node_can_take_is_refused(market: Path, tmp_path: Path) -> None:
+    path = write(tmp_path, JOB_YAML.replace("vram_gib: 16", "vram_gib: 80"))
+    refused(
+        market, ["job", "submit", str(path), "--as", "ada"], "vram_gib >= 80: rejected 1 of 1 nodes"
+    )
+
+
+def test_unknown_accounts_and_jobs_are_clear_errors(market: Path) -> None:
+    refused(market, ["account", "balance", "nobody"], "no account named 'nobody'")
+    refused(market, ["job", "status", "99"], "no job with id 99")
+
+
+def test_usage_errors_exit_2(home: Path) -> None:
+    result = run("node", "add", "--gpus", "two")
+    assert result.exit_code == 2
+    result = run("account", "deposit", "ada", "-5")
+    assert result.exit_code == 2

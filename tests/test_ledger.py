@@ -1,0 +1,179 @@
+"""The ledger: double entry in micro-USD, holds resolved once, no overdraft, a hash chain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from depin.config import Settings
+from depin.db.engine import run_transaction
+from depin.db.models import Account
+from depin.errors import InsufficientFundsError, LedgerError
+from depin.ledger import ESCROW_ACCOUNT, WORLD_ACCOUNT, Ledger, verify
+from depin.market import Marketplace
+
+
+@pytest.fixture
+def market(database_url: str, home) -> Iterator[Marketplace]:  # type: ignore[no-untyped-def]
+    m = Marketplace(Settings.from_env(home=home, database_url=database_url))
+    yield m
+    m.close()
+
+
+def open_developer(market: Marketplace, name: str = "dev") -> int:
+    def work(s) -> int:  # type: ignore[no-untyped-def]
+        acct = Account(name=name, kind="developer", must_not_overdraw=True)
+        s.add(acct)
+        s.flush()
+        return acct.id
+
+    return run_transaction(market.sessions, work)
+
+
+def ids(market: Marketplace) -> tuple[int, int]:
+    def work(s) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+        ledger = Ledger(s)
+        return ledger.account(WORLD_ACCOUNT).id, ledger.account(ESCROW_ACCOUNT).id
+
+    return run_transaction(market.sessions, work)
+
+
+def tx(market: Marketplace, fn):  # type: ignore[no-untyped-def]
+    return run_transaction(market.sessions, lambda s: fn(Ledger(s)))
+
+
+def assert_balanced(market: Marketplace) -> None:
+    report = run_transaction(market.sessions, verify)
+    assert report.ok, report.problems
+
+
+def test_a_deposit_credits_the_developer_and_debits_the_world(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, _ = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 5_000_000, "deposit"))
+    balance = tx(market, lambda lg: lg.balance(dev))
+    assert (balance.credits_posted, balance.available) == (5_000_000, 5_000_000)
+    assert_balanced(market)
+
+
+def test_a_hold_reserves_money_and_a_partial_post_returns_the_rest(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 10_000_000, "deposit"))
+    hold = tx(market, lambda lg: lg.transfer(dev, escrow, 4_000_000, "hold", pending=True))
+    assert tx(market, lambda lg: lg.balance(dev)).available == 6_000_000
+    assert_balanced(market)
+    tx(market, lambda lg: lg.post(lg.pending_transfer(hold.id), 1_500_000))
+    after = tx(market, lambda lg: lg.balance(dev))
+    assert (after.available, after.debits_pending, after.debits_posted) == (8_500_000, 0, 1_500_000)
+    assert tx(market, lambda lg: lg.balance(escrow)).credits_posted == 1_500_000
+    assert_balanced(market)
+
+
+def test_a_void_returns_the_whole_hold(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
+    hold = tx(market, lambda lg: lg.transfer(dev, escrow, 3_000_000, "hold", pending=True))
+    tx(market, lambda lg: lg.void(lg.pending_transfer(hold.id)))
+    assert tx(market, lambda lg: lg.balance(dev)).available == 3_000_000
+    assert_balanced(market)
+
+
+def test_a_hold_is_resolved_at_most_once(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
+    hold = tx(market, lambda lg: lg.transfer(dev, escrow, 1_000_000, "hold", pending=True))
+    tx(market, lambda lg: lg.post(lg.pending_transfer(hold.id)))
+    with pytest.raises(LedgerError, match="already resolved"):
+        tx(market, lambda lg: lg.void(lg.pending_transfer(hold.id)))
+    assert_balanced(market)
+
+
+def test_a_developer_cannot_overdraw_and_nothing_is_written(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 1_000_000, "deposit"))
+    with pytest.raises(InsufficientFundsError, match=r"has \$1.00 available, \$2.00 needed"):
+        tx(market, lambda lg: lg.transfer(dev, escrow, 2_000_000, "hold", pending=True))
+    report = run_transaction(market.sessions, verify)
+    assert report.ok and report.entries == 1
+
+
+def test_the_database_refuses_an_overdraft_the_code_did_not_see(market: Marketplace) -> None:
+    dev = open_developer(market)
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), market.engine.begin() as conn:
+        conn.execute(text("UPDATE accounts SET debits_posted = 1 WHERE id = :id"), {"id": dev})
+
+
+def test_posting_more_than_the_hold_is_refused(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
+    hold = tx(market, lambda lg: lg.transfer(dev, escrow, 1_000_000, "hold", pending=True))
+    with pytest.raises(LedgerError, match="cannot post"):
+        tx(market, lambda lg: lg.post(lg.pending_transfer(hold.id), 1_000_001))
+
+
+def _three_entries(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
+    tx(market, lambda lg: lg.transfer(world, dev, 2_000_000, "deposit"))
+    tx(market, lambda lg: lg.transfer(dev, escrow, 1_000_000, "hold", pending=True))
+
+
+def test_a_changed_entry_is_found_at_its_position(market: Marketplace) -> None:
+    _three_entries(market)
+    with market.engine.begin() as conn:
+        conn.execute(text("UPDATE transfers SET amount_micro_usd = 9000000 WHERE id = 2"))
+        conn.execute(
+            text("UPDATE accounts SET credits_posted = credits_posted + 7000000 WHERE name = 'dev'")
+        )
+        conn.execute(
+            text(
+                "UPDATE accounts SET debits_posted = debits_posted + 7000000 WHERE name = '@world'"
+            )
+        )
+    report = run_transaction(market.sessions, verify)
+    assert report.first_bad_position == 2
+    assert "entry #2 was changed" in report.problems[0]
+
+
+def test_a_removed_entry_is_found_at_its_position(market: Marketplace) -> None:
+    _three_entries(market)
+    with market.engine.begin() as conn:
+        conn.execute(text("DELETE FROM transfers WHERE id = 2"))
+    report = run_transaction(market.sessions, verify)
+    assert report.first_bad_position == 2
+    assert "entry #2 is missing" in report.problems[0]
+
+
+def test_an_inserted_entry_is_found_at_its_position(market: Marketplace) -> None:
+    _three_entries(market)
+    with market.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount_micro_usd, "
+                "kind, pending, memo, created_at, prev_hash, hash) SELECT 4, debit_account_id, "
+                "credit_account_id, 1, kind, pending, memo, created_at, prev_hash, hash "
+                "FROM transfers WHERE id = 3"
+            )
+        )
+    report = run_transaction(market.sessions, verify)
+    assert report.first_bad_position == 4
+    assert "entry #4 does not link" in report.problems[0]
+
+
+def test_removing_the_last_entry_is_found(market: Marketplace) -> None:
+    _three_entries(market)
+    with market.engine.begin() as conn:
+        conn.execute(text("DELETE FROM transfers WHERE id = 3"))
+    report = run_transaction(market.sessions, verify)
+    assert not report.ok
+    assert report.first_bad_position == 3

@@ -1,0 +1,234 @@
+"""The Marketplace: submission, reservation and settlement, each all-or-nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from depin.errors import (
+    ExpiredEnvelopeError,
+    ForeignAudienceError,
+    InsufficientFundsError,
+    ReplayError,
+    RevokedKeyError,
+    TamperedEnvelopeError,
+    UnknownKeyError,
+    UnschedulableError,
+)
+from depin.manifest import Envelope
+from depin.money import usage_cost_micro
+from scheduler import plan
+from scheduler.work import Outcome
+from tests.factories import BERLIN, World, job
+
+
+def test_submission_queues_the_job_and_holds_its_most_cost(world: World) -> None:
+    before = world.available()
+    spec = job(pricing={"max_usd_per_gpu_hour": "1.00"}, max_duration_s=3600, resources={"gpus": 2})
+    view = world.client.submit(spec, account=world.developer)
+    assert view.state == "pending"
+    assert view.max_cost_micro_usd == 2_000_000  # $1.00 x 2 GPUs x 1 h
+    assert world.available() == before - 2_000_000
+    assert world.client.verify_ledger().ok
+
+
+def test_without_a_price_cap_the_hold_covers_the_dearest_feasible_node(world: World) -> None:
+    view = world.client.submit(job(max_duration_s=3600), account=world.developer)
+    assert view.max_cost_micro_usd == 1_200_000  # the A100 at $1.20 is the dearest that fits
+
+
+def test_the_budget_caps_the_hold(world: World) -> None:
+    spec = job(pricing={"budget_usd": "0.25"}, max_duration_s=3600)
+    view = world.client.submit(spec, account=world.developer)
+    assert view.max_cost_micro_usd == 250_000
+
+
+def _unchanged(world: World, before_balance: int, before_jobs: int) -> None:
+    assert world.available() == before_balance
+    assert len(world.client.jobs()) == before_jobs
+    assert world.client.verify_ledger().ok
+
+
+def _tamper(env: Envelope) -> Envelope:
+    data = env.to_dict()
+    payload = json.loads(base64.b64decode(data["payload"]))
+    payload["job"]["resources"]["gpus"] = 8
+    data["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    return Envelope.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("make", "error"),
+    [
+        (lambda w: _tamper(w.sign(job())), TamperedEnvelopeError),
+        (lambda w: w.sign(job(), audience="depin-elsewhere"), ForeignAudienceError),
+        (lambda w: w.client.sign(job(), key="stranger", account="dev"), UnknownKeyError),
+        (lambda w: w.sign(job(resources={"gpus": 1, "vram_gib": 200})), UnschedulableError),
+        (
+            lambda w: w.sign(job(max_duration_s=7 * 24 * 3600, resources={"gpus": 8})),
+            InsufficientFundsError,
+        ),
+    ],
+    ids=["tampered", "foreign-audience", "unregistered-key", "no-node-can-take-it", "over-balance"],
+)
+def test_a_refused_submission_changes_nothing(world: World, make, error) -> None:  # type: ignore[no-untyped-def]
+    world.client.new_key("stranger")
+    envelope = make(world)
+    before_balance, before_jobs = world.available(), len(world.client.jobs())
+    with pytest.raises(error):
+        world.client.submit(envelope)
+    _unchanged(world, before_balance, before_jobs)
+
+
+def test_a_replayed_envelope_is_refused(world: World) -> None:
+    envelope = world.sign(job())
+    world.client.submit(envelope)
+    before_balance, before_jobs = world.available(), len(world.client.jobs())
+    with pytest.raises(ReplayError, match="already used"):
+        world.client.submit(envelope)
+    _unchanged(world, before_balance, before_jobs)
+
+
+def test_an_expired_envelope_is_refused(world: World) -> None:
+    envelope = world.sign(job())
+    later = datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(ExpiredEnvelopeError):
+        world.client.market.submit(envelope, now=later)
+
+
+def test_an_envelope_from_a_revoked_key_is_refused(world: World) -> None:
+    from sqlalchemy import text
+
+    envelope = world.sign(job())
+    with world.client.market.engine.begin() as conn:
+        conn.execute(text("UPDATE account_keys SET state = 'revoked'"))
+    with pytest.raises(RevokedKeyError):
+        world.client.submit(envelope)
+
+
+def test_unschedulable_reasons_name_the_constraint(world: World) -> None:
+    spec = job(placement={"near": [{"lat": -33.87, "lon": 151.21}], "max_latency_ms": 15})
+    with pytest.raises(UnschedulableError) as err:
+        world.client.submit(spec, account=world.developer)
+    assert "rtt <= 15 ms: rejected 4 of 4 nodes" in str(err.value)
+
+
+def cycle(world: World):  # type: ignore[no-untyped-def]
+    market = world.client.market
+    work = market.pending_work()
+    result = plan(work.specs, work.offers, keys=work.job_ids)
+    return market.commit_plan(work, result, driver_id="test-driver")
+
+
+def test_a_reservation_takes_capacity_and_shrinks_the_hold(world: World) -> None:
+    spec = job(
+        placement={"near": [{"lat": BERLIN[0], "lon": BERLIN[1]}], "max_latency_ms": 10},
+        resources={"gpus": 2, "gpu_models": ["RTX 4090"]},
+        pricing={"max_usd_per_gpu_hour": "1.00"},
+        max_duration_s=3600,
+    )
+    job_id = world.submit(spec)
+    commit = cycle(world)
+    assert len(commit.reserved) == 1
+    view = world.client.job(job_id)
+    assert view.state == "scheduled"
+    alloc = view.allocation
+    assert alloc is not None and alloc.node_id == world.node_ids["berlin-4090"]
+    assert alloc.price_micro_usd_per_gpu_hour == 500_000
+    nodes = {n.id: n for n in world.client.nodes()}
+    assert nodes[alloc.node_id].gpus_free == 0
+    assert world.client.account("dev").balance.debits_pending == 1_000_000  # $0.50 x 2 x 1 h
+    assert world.client.verify_ledger().ok
+
+
+def test_settlement_pays_the_provider_for_the_time_used_and_returns_the_rest(world: World) -> None:
+    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}, max_duration_s=3600))
+    cycle(world)
+    market = world.client.market
+    launch = market.claim_reserved("test-driver")[0]
+    start = datetime.now(UTC)
+    market.finish(Outcome(launch.allocation_id, start, start + timedelta(seconds=90), 0, "ok\n"))
+    view = world.client.job(job_id)
+    expected = usage_cost_micro(400_000, 1, 90_000)
+    assert view.state == "succeeded" and view.allocation.cost_micro_usd == expected  # type: ignore[union-attr]
+    assert world.client.account("acme").balance.credits_posted == expected
+    assert world.client.account("dev").balance.debits_pending == 0
+    assert world.available() == 100_000_000 - expected
+    assert {n.id: n.gpus_free for n in world.client.nodes()}[launch.node_id] == 4
+    assert world.client.verify_ledger().ok
+
+
+def test_finishing_twice_settles_once(world: World) -> None:
+    world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
+    cycle(world)
+    market = world.client.market
+    launch = market.claim_reserved("test-driver")[0]
+    now = datetime.now(UTC)
+    outcome = Outcome(launch.allocation_id, now, now + timedelta(seconds=10), 1, "boom")
+    market.finish(outcome)
+    market.finish(outcome)
+    assert world.client.account("acme").balance.credits_posted == usage_cost_micro(
+        400_000, 1, 10_000
+    )
+    assert world.client.verify_ledger().ok
+
+
+def test_a_lost_allocation_pays_nothing_and_requeues_the_job(world: World) -> None:
+    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}, max_duration_s=3600))
+    cycle(world)
+    market = world.client.market
+    launch = market.claim_reserved("test-driver")[0]
+    now = datetime.now(UTC)
+    market.finish(Outcome(launch.allocation_id, now, now, None, "", "node died", lost=True))
+    view = world.client.job(job_id)
+    assert view.state == "pending"
+    assert view.allocation.state == "lost"  # type: ignore[union-attr]
+    assert world.client.account("acme").balance.credits_posted == 0
+    assert world.client.account("dev").balance.debits_pending == view.max_cost_micro_usd
+    assert world.client.verify_ledger().ok
+
+
+def test_a_stale_plan_never_books_more_than_a_node_has(world: World) -> None:
+    market = world.client.market
+    spec = job(resources={"gpus": 2, "gpu_models": ["RTX 4090"]})
+    world.submit(spec)
+    world.submit(spec.model_copy(update={"name": "second"}))
+    work = market.pending_work()
+    # Two schedulers planned on the same snapshot; each plan puts a different job on the node.
+    first = plan(work.specs[:1], work.offers, keys=work.job_ids[:1])
+    second = plan(work.specs[1:], work.offers, keys=work.job_ids[1:])
+    assert market.commit_plan(work, first, driver_id="a").reserved
+    late = market.commit_plan(work, second, driver_id="b")
+    assert late.reserved == [] and late.conflicts == 1
+    assert {n.id: n.gpus_free for n in world.client.nodes()}[world.node_ids["berlin-4090"]] == 0
+    assert world.client.verify_ledger().ok
+
+
+def test_a_job_that_no_longer_fits_anywhere_ends_unschedulable_and_is_refunded(
+    world: World,
+) -> None:
+    from sqlalchemy import text
+
+    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
+    with world.client.market.engine.begin() as conn:
+        conn.execute(text("UPDATE nodes SET status = 'offline'"))
+    commit = cycle(world)
+    assert commit.unschedulable == [job_id]
+    view = world.client.job(job_id)
+    assert view.state == "unschedulable" and view.reasons == ["no nodes are registered"]
+    assert world.available() == 100_000_000
+    assert world.client.verify_ledger().ok
+
+
+def test_explain_shows_the_recorded_decision(world: World) -> None:
+    job_id = world.submit(job(resources={"gpus": 1, "vram_gib": 70}))
+    pending = world.client.explain(job_id)
+    assert pending["source"].startswith("planned now")
+    cycle(world)
+    placed = world.client.explain(job_id)
+    assert placed["node_id"] == world.node_ids["frankfurt-a100"]
+    assert placed["metric"]["filtered"] == {"vram_gib >= 70": 3}
+    assert placed["metric"]["candidates"][0]["node_id"] == world.node_ids["frankfurt-a100"]
