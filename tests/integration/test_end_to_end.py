@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -137,3 +141,58 @@ def test_the_demo_runs_every_job_and_verifies_the_ledger(
     assert text.count("succeeded: ") == 3
     assert "refused: no node can ever run job 'sydney-ar-overlay'" in text
     assert "ledger verify: ok" in text
+
+
+def test_scheduler_run_once_places_runs_and_settles_pending_jobs(
+    ray_session: None, home: Path
+) -> None:
+    client = Client()
+    world = build_world(client)
+    ids = [
+        world.submit(job(f"batch-{i}", resources={"gpus": 1, "gpu_models": ["L4"]}))
+        for i in range(3)
+    ]
+    client.close()
+    result = CliRunner().invoke(
+        cli, ["scheduler", "run", "--once", "--json"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["placed"] == 3 and summary["succeeded"] == 3
+    with Client() as after:
+        assert [after.job(i).state for i in ids] == ["succeeded"] * 3
+        assert after.verify_ledger().ok
+
+
+def test_a_driver_joins_an_existing_ray_cluster_by_address(
+    ray_session: None, home: Path, tmp_path: Path
+) -> None:
+    import ray
+
+    client = Client()
+    world = build_world(client)
+    client.close()
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text("name: remote\ncommand: [python, -c, 'print(42)']\nresources: {gpus: 1}\n")
+    env = os.environ | {"DEPIN_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "job",
+            "submit",
+            str(manifest),
+            "--as",
+            world.developer,
+            "--wait",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["allocations"][0]["output_tail"] == "42\n"
