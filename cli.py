@@ -24,6 +24,7 @@ from depin.ledger import Balance
 from depin.manifest import DEFAULT_TTL_S, MAX_TTL_S, Envelope
 from depin.money import format_usd
 from depin.spec import NETWORKS, TIERS, NodeSpec, describe_validation_error
+from depin.tables import balances_table
 from depin.views import JobView, NodeView
 from providers.catalog import CATALOG
 
@@ -271,17 +272,7 @@ def _balance_dict(b: Balance) -> dict[str, Any]:
 
 
 def _print_balances(items: list[Balance]) -> None:
-    table = Table("account", "kind", "available", "held", "spent", "received")
-    for b in items:
-        table.add_row(
-            b.account,
-            b.kind,
-            format_usd(b.available),
-            format_usd(b.debits_pending),
-            format_usd(b.debits_posted),
-            format_usd(b.credits_posted),
-        )
-    console.print(table)
+    console.print(balances_table(items))
 
 
 # -- nodes -------------------------------------------------------------------------------------

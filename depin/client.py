@@ -22,13 +22,20 @@ from pydantic import ValidationError
 from depin import keys as keystore
 from depin import manifest
 from depin.config import Settings
-from depin.errors import InputError, ManifestError, NotFoundError
+from depin.errors import InputError, NotFoundError
 from depin.keys import KeyInfo
 from depin.ledger import Balance, VerifyReport
 from depin.manifest import Claims, Envelope
 from depin.market import Marketplace
 from depin.money import usd_to_micro
-from depin.spec import JobSpec, NodeSpec, describe_validation_error, job_from_data, parse_yaml
+from depin.spec import (
+    JobSpec,
+    NodeSpec,
+    describe_validation_error,
+    job_from_data,
+    parse_yaml,
+    read_manifest_text,
+)
 from depin.views import AccountView, JobView, NodeView
 
 WAIT_POLL_S = 0.5
@@ -228,13 +235,7 @@ class Client:
 
 def load_submission(path: str | Path) -> JobSpec | Envelope:
     """A file to submit: a YAML JobSpec, or a JSON envelope already signed."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"{path}: not UTF-8 text") from exc
+    text = read_manifest_text(path)
     if manifest.looks_like_envelope(text):
         return Envelope.from_json(text)
     return job_from_data(parse_yaml(text, source=str(path)), source=str(path))

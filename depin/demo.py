@@ -22,6 +22,7 @@ from depin.config import ENV_HOME, Settings
 from depin.errors import ConflictError, DepinError
 from depin.money import format_usd
 from depin.spec import JobSpec
+from depin.tables import balances_table
 from depin.views import JobView
 from providers.fleet import DEMO_NODES, city, demo_fleet, nearest_city
 
@@ -226,20 +227,10 @@ def _outcome(view: JobView) -> str:
 
 
 def _print_ledger(client: Client, console: Console) -> None:
-    table = Table(title="ledger balances", title_justify="left")
-    for col in ("account", "kind", "available", "held", "spent", "received"):
-        table.add_column(col)
-    for b in client.balances():
-        if b.debits_posted or b.credits_posted or b.debits_pending or b.credits_pending:
-            table.add_row(
-                b.account,
-                b.kind,
-                format_usd(b.available),
-                format_usd(b.debits_pending),
-                format_usd(b.debits_posted),
-                format_usd(b.credits_posted),
-            )
-    console.print(table)
+    moved = [
+        b for b in client.balances() if b.debits_posted or b.credits_posted or b.debits_pending
+    ]
+    console.print(balances_table(moved, title="ledger balances"))
     report = client.verify_ledger()
     if report.ok:
         console.print(

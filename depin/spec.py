@@ -254,13 +254,18 @@ def job_from_data(data: Any, *, source: str = "manifest") -> JobSpec:
         raise ManifestError(f"{source}: {describe_validation_error(exc)}") from None
 
 
-def load_job(path: str | Path) -> JobSpec:
-    """Load and validate a YAML job manifest from a file."""
+def read_manifest_text(path: str | Path) -> str:
+    """A manifest file's text; unreadable or non-UTF-8 files are ``ManifestError``s."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text") from exc
+
+
+def load_job(path: str | Path) -> JobSpec:
+    """Load and validate a YAML job manifest from a file."""
+    text = read_manifest_text(path)
     return job_from_data(parse_yaml(text, source=str(path)), source=str(path))
