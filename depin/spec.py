@@ -25,6 +25,7 @@ NETWORKS: tuple[Network, ...] = ("fiber", "5g", "lte", "wifi")
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 REGION_PATTERN = r"^[a-z]{2,12}(-[a-z0-9]{1,12}){0,3}$"
 MAX_GPUS_PER_JOB = 64
+MAX_REPLICAS = 64
 MAX_DURATION_S = 7 * 24 * 3600
 DEFAULT_DURATION_S = 3600
 
@@ -114,7 +115,11 @@ class Objective(_Strict):
 
 
 class JobSpec(_Strict):
-    """A job manifest: what to run, on what, where and for how much."""
+    """A job manifest: what to run, on what, where and for how much.
+
+    ``replicas`` copies run on that many distinct nodes, placed all or none;
+    ``resources`` describe one replica, all of whose GPUs share a node.
+    """
 
     name: str = Field(pattern=NAME_PATTERN)
     command: tuple[Annotated[str, Field(min_length=1)], ...] = Field(min_length=1, max_length=256)
@@ -123,6 +128,7 @@ class JobSpec(_Strict):
     pricing: Pricing = Pricing()
     objective: Objective = Objective()
     max_duration_s: int = Field(default=DEFAULT_DURATION_S, ge=1, le=MAX_DURATION_S)
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The canonical, JSON-ready form (what gets signed)."""

@@ -3,8 +3,9 @@
 ``plan`` is pure: specs and offers in, a ``Plan`` with reasons out.
 """
 
+from scheduler.explain import Candidate, JobMetric
 from scheduler.offers import Offer, Snapshot
-from scheduler.plan import Admission, Assignment, Candidate, JobMetric, Plan, admit, plan
+from scheduler.plan import Admission, Assignment, Plan, admit, plan
 
 __all__ = [
     "Admission",

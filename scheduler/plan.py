@@ -2,15 +2,18 @@
 
 The pipeline in one screen:
 
-    Request.of(spec)            what the job needs, computed once (PreFilter)
-    feasibility.evaluate        static checks + free capacity, with a count of
-                                nodes each check rejected (Nomad's AllocMetric)
-    scoring.score               cost, latency, reliability: 0-100 each, weighted
-    pick                        best total; ties go to the cheaper, then lower id
-    Snapshot.take               book the GPUs so later jobs see what is left
+    Snapshot(offers)        struct of arrays; nodes grouped into classes
+    build_batch             jobs grouped into request classes; per class, once:
+      feasibility.evaluate    static checks per node class, latency per node,
+                              each counting the nodes it rejected (AllocMetric)
+      scoring.score           cost, latency, reliability 0-100, weighted; + spread
+    assign_fast             regret-ordered greedy + augmenting repair   (mode="fast")
+    assign_optimal          min-cost flow, max placements then score    (mode="optimal")
+    Plan                    placements, and reasons for every job left out
 
 No I/O happens here: the same call serves the scheduler loop, the benchmarks
-and ``depin job explain``.
+and ``depin job explain``. Given a Snapshot instead of offers, plan() books
+its placements in it, so a long-lived scheduler keeps one snapshot current.
 """
 
 from __future__ import annotations
@@ -18,20 +21,25 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from depin.spec import JobSpec
-from scheduler.feasibility import Feasibility, Request, evaluate
+from scheduler.assign import Assigned, assign_fast
+from scheduler.batch import Batch, Group, build_batch
+from scheduler.explain import Candidate, JobMetric
+from scheduler.feasibility import evaluate
+from scheduler.flow import assign_optimal, estimate_arcs
 from scheduler.offers import Offer, Snapshot
-from scheduler.scoring import Scores, score
+from scheduler.request import Request
 
-MODES = ("fast",)
-TOP_CANDIDATES = 3
+MODES = ("fast", "optimal", "auto")
+# mode="auto" solves exactly when the flow has at most this many arcs (~0.2 s here).
+OPTIMAL_MAX_ARCS = 200_000
+
+__all__ = ["Admission", "Assignment", "Candidate", "JobMetric", "Plan", "admit", "plan"]
 
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
-    """One job (or replica) placed on one node."""
+    """One job (or one replica of it) placed on one node."""
 
     job: Hashable
     node_id: int
@@ -39,66 +47,7 @@ class Assignment:
     rtt_ms: float | None
     price_usd_per_gpu_hour: float
     score: float
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A scored node, kept so a placement can be explained."""
-
-    node_id: int
-    total: float
-    scores: dict[str, float]
-    rtt_ms: float | None
-    price_usd_per_gpu_hour: float
-
-
-@dataclass(slots=True)
-class JobMetric:
-    """Why a job went where it went, or nowhere."""
-
-    nodes_evaluated: int
-    filtered: dict[str, int] = field(default_factory=dict)
-    exhausted: int = 0
-    feasible: int = 0
-    candidates: list[Candidate] = field(default_factory=list)
-
-    @property
-    def never_fits(self) -> bool:
-        """No node passes the static constraints: waiting will not help."""
-        return self.feasible == 0
-
-    def reasons(self, gpus: int) -> list[str]:
-        """Human-readable reasons for not placing the job, most capacity first."""
-        if self.nodes_evaluated == 0:
-            return ["no nodes are registered"]
-        lines = [
-            f"{label}: rejected {count} of {self.nodes_evaluated} nodes"
-            for label, count in sorted(self.filtered.items(), key=lambda kv: -kv[1])
-        ]
-        if self.exhausted:
-            lines.append(
-                f"{self.exhausted} node(s) meet every constraint but are busy "
-                f"(fewer than {gpus} GPU(s) free); the job waits"
-            )
-        return lines
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "nodes_evaluated": self.nodes_evaluated,
-            "filtered": dict(self.filtered),
-            "exhausted": self.exhausted,
-            "feasible": self.feasible,
-            "candidates": [
-                {
-                    "node_id": c.node_id,
-                    "total": round(c.total, 2),
-                    "scores": {k: round(v, 2) for k, v in c.scores.items()},
-                    "rtt_ms": None if c.rtt_ms is None else round(c.rtt_ms, 2),
-                    "price_usd_per_gpu_hour": c.price_usd_per_gpu_hour,
-                }
-                for c in self.candidates
-            ],
-        }
+    replica: int = 0
 
 
 @dataclass(slots=True)
@@ -114,82 +63,89 @@ class Plan:
         """True when ``job`` is unplaced and no node could ever take it."""
         return job in self.unplaced and self.metrics[job].never_fits
 
+    def total_cost_usd_per_hour(self) -> float:
+        return sum(p.price_usd_per_gpu_hour * p.gpus for p in self.placements)
+
 
 def plan(
     jobs: Sequence[JobSpec],
-    offers: Sequence[Offer],
+    offers: Sequence[Offer] | Snapshot,
     *,
     mode: str = "fast",
     keys: Sequence[Hashable] | None = None,
+    regret: bool = True,
+    repair: bool = True,
 ) -> Plan:
     """Place ``jobs`` (in priority order) on ``offers`` within their free capacity.
 
     ``keys`` name the jobs in the result (default: their names); pass ids when
-    names may repeat.
+    names may repeat. ``mode="auto"`` solves exactly when the batch is small
+    enough. ``regret`` and ``repair`` exist to measure plain greedy against them.
     """
     if mode not in MODES:
         raise ValueError(f"unknown plan mode {mode!r}; expected one of {MODES}")
     keys = [j.name for j in jobs] if keys is None else list(keys)
     if len(keys) != len(jobs) or len(set(keys)) != len(keys):
         raise ValueError("plan() needs one distinct key per job")
-    snap = Snapshot(offers)
-    result = Plan(mode=mode)
-    for key, spec in zip(keys, jobs, strict=True):
-        req = Request.of(spec)
-        feas = evaluate(req, snap)
-        metric = _metric(snap, feas)
-        result.metrics[key] = metric
-        rows = np.flatnonzero(feas.fits_now)
-        if len(rows) == 0:
-            result.unplaced[key] = metric.reasons(req.gpus)
-            continue
-        scores = score(req, snap, rows)
-        order = _order(snap, scores)
-        metric.candidates = _candidates(snap, scores, order[:TOP_CANDIDATES])
-        best = int(order[0])
-        snap.take(int(scores.rows[best]), req.gpus)
-        result.placements.append(_assignment(key, req, snap, scores, best))
-    return result
+    snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
+    batch = build_batch(jobs, keys, snap)
+    if mode == "auto":
+        mode = "optimal" if estimate_arcs(batch) <= OPTIMAL_MAX_ARCS else "fast"
+    if mode == "optimal":
+        result = _best_of_exact_and_fast(batch, snap)
+    else:
+        result = assign_fast(batch, snap, regret=regret, repair=repair)
+    return _to_plan(result, batch, snap, keys, mode)
 
 
-def _metric(snap: Snapshot, feas: Feasibility) -> JobMetric:
-    return JobMetric(
-        nodes_evaluated=snap.size,
-        filtered=feas.filtered,
-        exhausted=feas.exhausted,
-        feasible=int(np.count_nonzero(feas.static_ok)),
-    )
+def _best_of_exact_and_fast(batch: Batch, snap: Snapshot) -> Assigned:
+    """The flow's result, unless greedy did better (possible only with mixed GPU sizes)."""
+    before = snap.copy_free()
+    exact = assign_optimal(batch, snap)
+    after_exact = snap.copy_free()
+    snap.gpus_free[:] = before
+    fast = assign_fast(batch, snap)
+    if (len(exact.placed), exact.score_sum()) >= (len(fast.placed), fast.score_sum() - 1e-9):
+        snap.gpus_free[:] = after_exact
+        return exact
+    return fast
 
 
-def _order(snap: Snapshot, scores: Scores) -> np.ndarray:
-    """Candidate positions best first: highest total, then cheaper, then lower node id."""
-    rows = scores.rows
-    return np.lexsort((snap.node_id[rows], snap.price[rows], -scores.total))
+def _to_plan(
+    result: Assigned, batch: Batch, snap: Snapshot, keys: list[Hashable], mode: str
+) -> Plan:
+    out = Plan(mode=mode)
+    for key in keys:
+        if key in result.placed:
+            group, indices = result.placed[key]
+            out.metrics[key] = group.metric
+            out.placements.extend(_assignments(key, group, indices, snap))
+    failed_metric: dict[int, JobMetric] = {}
+    for group, key in result.failed:
+        metric = failed_metric.get(id(group))
+        if metric is None:
+            metric = failed_metric[id(group)] = group.unplaced_metric(snap)
+        out.metrics[key] = metric
+        out.unplaced[key] = metric.reasons(group.req.gpus)
+    return out
 
 
-def _candidates(snap: Snapshot, scores: Scores, positions: np.ndarray) -> list[Candidate]:
+def _assignments(
+    key: Hashable, group: Group, indices: list[int], snap: Snapshot
+) -> list[Assignment]:
+    s = group.scored
     return [
-        Candidate(
-            node_id=int(snap.node_id[scores.rows[i]]),
-            total=float(scores.total[i]),
-            scores={name: float(v[i]) for name, v in scores.by_scorer.items()},
-            rtt_ms=None if scores.rtt_ms is None else float(scores.rtt_ms[i]),
-            price_usd_per_gpu_hour=float(snap.price[scores.rows[i]]),
+        Assignment(
+            job=key,
+            node_id=int(snap.node_id[s.rows[i]]),
+            gpus=group.req.gpus,
+            rtt_ms=None if s.rtt_ms is None else float(s.rtt_ms[i]),
+            price_usd_per_gpu_hour=float(snap.price[s.rows[i]]),
+            score=float(s.total[i]),
+            replica=n,
         )
-        for i in positions
+        for n, i in enumerate(indices)
     ]
-
-
-def _assignment(key: Hashable, req: Request, snap: Snapshot, scores: Scores, i: int) -> Assignment:
-    row = int(scores.rows[i])
-    return Assignment(
-        job=key,
-        node_id=int(snap.node_id[row]),
-        gpus=req.gpus,
-        rtt_ms=None if scores.rtt_ms is None else float(scores.rtt_ms[i]),
-        price_usd_per_gpu_hour=float(snap.price[row]),
-        score=float(scores.total[i]),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +158,24 @@ class Admission:
 
     @property
     def ok(self) -> bool:
-        return bool(self.feasible_node_ids)
+        return len(self.feasible_node_ids) >= self.metric.replicas
 
 
-def admit(spec: JobSpec, offers: Sequence[Offer]) -> Admission:
+def admit(spec: JobSpec, offers: Sequence[Offer] | Snapshot) -> Admission:
     """Static feasibility of one job: the nodes that could take it once they are free."""
-    snap = Snapshot(offers)
+    from scheduler.explain import suggestions
+
+    snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
     req = Request.of(spec)
     feas = evaluate(req, snap)
-    metric = _metric(snap, feas)
-    node_ids = [int(n) for n in snap.node_id[feas.static_ok]]
-    reasons = [] if node_ids else metric.reasons(req.gpus)
-    return Admission(node_ids, metric, reasons)
+    metric = JobMetric(
+        nodes_evaluated=snap.size,
+        filtered=feas.filtered,
+        feasible=len(feas.static_rows),
+        replicas=req.replicas,
+    )
+    node_ids = [int(n) for n in snap.node_id[feas.static_rows]]
+    if metric.never_fits:
+        metric.suggestions = suggestions(req, snap)
+        return Admission(node_ids, metric, metric.reasons(req.gpus))
+    return Admission(node_ids, metric, [])

@@ -43,25 +43,63 @@ def placed_on(result: Any, name: str) -> int:
 
 
 @pytest.mark.parametrize(
-    ("spec_fields", "rejected", "label"),
+    ("spec_fields", "rejected", "label", "suggestion"),
     [
-        ({"resources": {"gpus": 1, "vram_gib": 48}}, offer(1, vram_gib=24), "vram_gib >= 48"),
-        ({"resources": {"gpus": 1, "gpu_models": ["L4"]}}, offer(1), "gpu_model in ['L4']"),
-        ({"resources": {"gpus": 1, "accelerator": "tpu"}}, offer(1), "accelerator = tpu"),
-        ({"resources": {"gpus": 4}}, offer(1, gpus_free=2), "gpus >= 4"),
-        ({"placement": {"tiers": ["regional"]}}, offer(1), "tier in ['regional']"),
-        ({"placement": {"regions": ["us"]}}, offer(1), "region in ['us']"),
-        ({"pricing": {"max_usd_per_gpu_hour": "0.40"}}, offer(1), "price <= 0.4 USD/GPU-h"),
-        ({"placement": {"near": [PARIS], "max_latency_ms": 10}}, offer(1), "rtt <= 10 ms"),
+        (
+            {"resources": {"gpus": 1, "vram_gib": 48}},
+            offer(1, vram_gib=24),
+            "vram_gib >= 48",
+            "vram_gib 24",
+        ),
+        (
+            {"resources": {"gpus": 1, "gpu_models": ["L4"]}},
+            offer(1),
+            "gpu_model in ['L4']",
+            "adding 'RTX 4090' to gpu_models",
+        ),
+        (
+            {"resources": {"gpus": 1, "accelerator": "tpu"}},
+            offer(1),
+            "accelerator = tpu",
+            "accelerator gpu",
+        ),
+        ({"resources": {"gpus": 4}}, offer(1, gpus_free=2), "gpus >= 4", "gpus 2"),
+        (
+            {"placement": {"tiers": ["regional"]}},
+            offer(1),
+            "tier in ['regional']",
+            "adding 'edge' to tiers",
+        ),
+        (
+            {"placement": {"regions": ["us"]}},
+            offer(1),
+            "region in ['us']",
+            "adding 'eu-central' to regions",
+        ),
+        (
+            {"pricing": {"max_usd_per_gpu_hour": "0.40"}},
+            offer(1),
+            "price <= 0.4 USD/GPU-h",
+            "max_usd_per_gpu_hour 0.5",
+        ),
+        (
+            {"placement": {"near": [PARIS], "max_latency_ms": 10}},
+            offer(1),
+            "rtt <= 10 ms",
+            "max_latency_ms 16",
+        ),
     ],
 )
-def test_each_hard_constraint_rejects_and_is_named(
-    spec_fields: dict[str, Any], rejected: Offer, label: str
+def test_each_hard_constraint_rejects_is_named_and_says_what_would_place_it(
+    spec_fields: dict[str, Any], rejected: Offer, label: str, suggestion: str
 ) -> None:
     result = plan([job(**spec_fields)], [rejected])
     assert result.placements == []
     assert result.metrics["j"].filtered == {label: 1}
-    assert result.unplaced["j"] == [f"{label}: rejected 1 of 1 nodes"]
+    assert result.unplaced["j"] == [
+        f"{label}: rejected 1 of 1 nodes",
+        f"{suggestion} would reach 1 node",
+    ]
     assert result.never_fits("j")
 
 
@@ -154,4 +192,7 @@ def test_admission_ignores_busy_capacity_but_not_static_constraints() -> None:
     assert admit(job(), [busy]).feasible_node_ids == [1]
     refused = admit(job(resources={"gpus": 1, "vram_gib": 80}), [busy])
     assert not refused.ok
-    assert refused.reasons == ["vram_gib >= 80: rejected 1 of 1 nodes"]
+    assert refused.reasons == [
+        "vram_gib >= 80: rejected 1 of 1 nodes",
+        "vram_gib 24 would reach 1 node",
+    ]
