@@ -182,7 +182,7 @@ def _apply(
     start_group: Group,
     start_key: Hashable,
 ) -> None:
-    """Move each job on the path one step: the last into ``free_row``, each parent into the row freed."""
+    """Shift every job on the path: the last into ``free_row``, each parent into the row freed."""
     job, target = last, free_row
     while True:
         group = start_group if job == start_key else result.placed[job][0]

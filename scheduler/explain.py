@@ -145,10 +145,12 @@ def _relax(
         return f"max_usd_per_gpu_hour {cheapest:g} would reach {_count(reach)}"
     if name == "vram_gib":
         most = float(snap.vram_gib[rows].max())
-        return f"vram_gib {most:g} would reach {_count(int(np.count_nonzero(snap.vram_gib[rows] >= most)))}"
+        reach = int(np.count_nonzero(snap.vram_gib[rows] >= most))
+        return f"vram_gib {most:g} would reach {_count(reach)}"
     if name == "gpus":
         most = int(snap.gpus_total[rows].max())
-        return f"gpus {most} would reach {_count(int(np.count_nonzero(snap.gpus_total[rows] >= most)))}"
+        reach = int(np.count_nonzero(snap.gpus_total[rows] >= most))
+        return f"gpus {most} would reach {_count(reach)}"
     column, labels, key = {
         "gpu_model": (snap.model, _MODEL_NAMES, "gpu_models"),
         "tier": (snap.tier, _TIER_NAMES, "tiers"),

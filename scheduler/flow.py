@@ -94,7 +94,7 @@ def _solve(mcf_module, groups: list[Group], snap: Snapshot, size: int) -> list[d
 
 
 def _distribute(group: Group, flow: dict[int, int], snap: Snapshot, result: Assigned) -> None:
-    """Hand the group's flow to its jobs in priority order: the best candidates to the first jobs."""
+    """Hand the group's flow to its jobs in priority order, best candidates to the first."""
     remaining = dict(sorted(flow.items(), key=lambda kv: -group.scored.total[kv[0]]))
     gpus, need = group.req.gpus, group.req.replicas
     for key in group.keys:
