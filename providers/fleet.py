@@ -80,16 +80,32 @@ _REGION_BY_COUNTRY: dict[str, str] = {
     **dict.fromkeys(("MX", "GT", "CR", "PA", "CU", "DO"), "us-south"),
     **dict.fromkeys(("AE", "SA", "QA", "IL", "TR", "JO", "KW", "BH", "OM"), "me-central"),
     **dict.fromkeys(("ZA", "NG", "KE", "EG", "MA", "GH", "ET", "TZ"), "af-south"),
+    **dict.fromkeys(("IR", "IQ", "SY", "YE", "LB", "AZ", "AM", "GE"), "me-central"),
+    **dict.fromkeys(("KZ", "UZ", "TM", "KG", "TJ", "AF", "KP"), "ap-central"),
+    **dict.fromkeys(("BY",), "eu-east"),
+    **dict.fromkeys(("HT", "HN", "SV", "NI", "JM"), "us-south"),
     "CA": "ca-central",
     "RU": "eu-east",
 }
 
 
-def region_for(country_code: str, lon: float) -> str:
+_REGION_BY_CONTINENT = {
+    "Africa": "af-central",
+    "Asia": "ap-central",
+    "Europe": "eu-east",
+    "America": "sa-east",
+    "Australia": "au-east",
+    "Pacific": "au-east",
+}
+
+
+def region_for(country_code: str, lon: float, timezone: str = "") -> str:
     """A cloud-style region for a country (the US split at 105 and 90 degrees west)."""
     if country_code == "US":
         return "us-west" if lon < -105 else ("us-central" if lon < -90 else "us-east")
-    return _REGION_BY_COUNTRY.get(country_code, "world")
+    if country_code in _REGION_BY_COUNTRY:
+        return _REGION_BY_COUNTRY[country_code]
+    return _REGION_BY_CONTINENT.get(timezone.split("/", 1)[0], "world")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +115,11 @@ class City:
     lat: float
     lon: float
     population: int
+    timezone: str = ""
 
     @property
     def region(self) -> str:
-        return region_for(self.country, self.lon)
+        return region_for(self.country, self.lon, self.timezone)
 
 
 @functools.cache
@@ -118,6 +135,7 @@ def cities(min_population: int = 15_000) -> tuple[City, ...]:
             float(c["latitude"]),
             float(c["longitude"]),
             int(c["population"]),
+            c.get("timezone", ""),
         )
         for c in raw
         if int(c["population"]) >= min_population
@@ -205,42 +223,90 @@ def demo_fleet() -> list[NodeSpec]:
     return specs
 
 
-# -- synthetic fleets for the benchmarks -------------------------------------------------------
+# -- synthetic fleets for the benchmarks ---------------------------------------------------------
+
+# Nodes come in sites: one provider, one place, one model, one price, several nodes.
+SITE_MEAN_NODES = 6
 
 
-def synthetic_fleet(n: int, *, seed: int = 0) -> list[NodeSpec]:
-    """``n`` nodes in cities weighted by population, with tiers, models and prices as above."""
+@dataclass(frozen=True, slots=True)
+class SyntheticNode:
+    """One generated node, plain data (cheap to make by the hundred thousand)."""
+
+    provider: str
+    gpu_model: str
+    gpus: int
+    price_usd_per_gpu_hour: Decimal
+    lat: float
+    lon: float
+    tier: str
+    region: str
+    network: str
+    reliability: float
+
+    def spec(self) -> NodeSpec:
+        return NodeSpec(
+            provider=self.provider,
+            gpu_model=self.gpu_model,
+            gpus=self.gpus,
+            price_usd_per_gpu_hour=self.price_usd_per_gpu_hour,
+            lat=self.lat,
+            lon=self.lon,
+            tier=self.tier,
+            region=self.region,
+            network=self.network,  # type: ignore[arg-type]
+            reliability=self.reliability,
+        )
+
+
+def _pick(rng: np.random.Generator, choices: list[tuple[str, float]]) -> str:
+    return choices[int(rng.choice(len(choices), p=[w for _, w in choices]))][0]
+
+
+def synthetic_nodes(n: int, *, seed: int = 0) -> list[SyntheticNode]:
+    """``n`` nodes in sites placed in cities weighted by population.
+
+    A site has a provider, a tier, one model at one price (around the model's
+    typical price, log-normal with sigma 0.25, in whole cents) and a few nodes
+    (geometric, mean ``SITE_MEAN_NODES``) in one building: same place, same network.
+    """
     rng = np.random.default_rng(seed)
     pool = cities()
     weights = np.array([c.population for c in pool], dtype=np.float64)
-    picks = rng.choice(len(pool), size=n, p=weights / weights.sum())
-    tiers = list(TIER_SHARE)
-    tier_picks = rng.choice(len(tiers), size=n, p=list(TIER_SHARE.values()))
-    specs = []
-    for i in range(n):
-        c, tier = pool[int(picks[i])], tiers[int(tier_picks[i])]
+    sites = max(1, 2 * n // SITE_MEAN_NODES)  # more than enough; drawn in bulk
+    city_idx = rng.choice(len(pool), size=sites, p=weights / weights.sum())
+    tier_names = list(TIER_SHARE)
+    tier_idx = rng.choice(len(tier_names), size=sites, p=list(TIER_SHARE.values()))
+    sizes = rng.geometric(1 / SITE_MEAN_NODES, size=sites)
+    jitter = rng.normal(0, 0.03, size=(sites, 2))
+    price_noise = np.exp(rng.normal(0.0, 0.25, size=sites))
+    providers = max(1, n // 50)
+    nodes: list[SyntheticNode] = []
+    for s_i in range(sites):
+        if len(nodes) >= n:
+            break
+        c, tier = pool[int(city_idx[s_i])], tier_names[int(tier_idx[s_i])]
         models = TIER_MODELS[tier]
-        model, _, sizes = models[rng.choice(len(models), p=[w for _, w, _ in models])]
-        nets = TIER_NETWORKS[tier]
-        network = nets[rng.choice(len(nets), p=[w for _, w in nets])][0]
-        low, high = TIER_RELIABILITY[tier]
-        # Prices spread around the typical price, log-normally (sigma 0.25: most within +-30%).
-        price = TYPICAL_PRICE_USD_PER_GPU_HOUR[model] * math.exp(rng.normal(0.0, 0.25))
-        # Jitter within ~5 km so nodes of one city are not all at one point.
-        lat = float(np.clip(c.lat + rng.normal(0, 0.03), -90, 90))
-        lon = float((c.lon + rng.normal(0, 0.03) + 180) % 360 - 180)
-        specs.append(
-            NodeSpec(
-                provider=f"provider-{int(rng.integers(0, max(1, n // 20)))}",
-                gpu_model=model,
-                gpus=int(rng.choice(sizes)),
-                price_usd_per_gpu_hour=Decimal(f"{max(price, 0.001):.4f}"),
-                lat=lat,
-                lon=lon,
-                tier=tier,  # type: ignore[arg-type]
-                region=c.region,
-                network=network,  # type: ignore[arg-type]
-                reliability=float(rng.uniform(low, high)),
-            )
+        model, _, gpu_sizes = models[int(rng.choice(len(models), p=[w for _, w, _ in models]))]
+        price = Decimal(
+            f"{max(TYPICAL_PRICE_USD_PER_GPU_HOUR[model] * price_noise[s_i], 0.01):.2f}"
         )
-    return specs
+        network = _pick(rng, TIER_NETWORKS[tier])
+        provider = f"provider-{int(rng.integers(providers))}"
+        low, high = TIER_RELIABILITY[tier]
+        lat = float(np.clip(c.lat + jitter[s_i, 0], -89.9, 89.9))
+        lon = float((c.lon + jitter[s_i, 1] + 180) % 360 - 180)
+        gpus = int(rng.choice(gpu_sizes))
+        count = min(int(sizes[s_i]), n - len(nodes))
+        rel = rng.uniform(low, high, size=count)
+        region = c.region
+        nodes.extend(
+            SyntheticNode(provider, model, gpus, price, lat, lon, tier, region, network, float(r))
+            for r in rel
+        )
+    return nodes
+
+
+def synthetic_fleet(n: int, *, seed: int = 0) -> list[NodeSpec]:
+    """``synthetic_nodes`` as validated NodeSpecs, ready to register."""
+    return [node.spec() for node in synthetic_nodes(n, seed=seed)]

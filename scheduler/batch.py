@@ -1,8 +1,8 @@
-"""A batch of jobs grouped by request class, each group scored once against the snapshot.
+"""A batch of jobs grouped by request class, each class evaluated once against the snapshot.
 
 A ``Group`` holds the jobs that ask for the same thing, in priority order,
-their feasibility, their candidates ordered best first, and the metric that
-explains every placement the group makes.
+their feasibility, their cell scores, the candidates ranked so far, and the
+metric that explains every placement the group makes.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from depin.spec import JobSpec
 from scheduler.explain import Candidate, JobMetric, suggestions
 from scheduler.feasibility import Feasibility, evaluate
 from scheduler.offers import Snapshot
-from scheduler.request import Request, request_key
-from scheduler.scoring import References, Scored, best_first, score, top
+from scheduler.request import Request, RequestKey, request_key
+from scheduler.scoring import CellScores, Ranked, best_rows, row_totals
 
 TOP_CANDIDATES = 3
-# How many candidates to order up front, per replica the group needs; more are sorted on demand.
-_ORDER_AHEAD = 2
-_ORDER_MIN = 16
+# Rank this many candidates per replica the group needs, at least _RANK_MIN; more on demand.
+_RANK_AHEAD = 2
+_RANK_MIN = 8
 
 
 @dataclass(slots=True)
@@ -32,111 +32,142 @@ class Group:
     req: Request
     keys: list[Hashable]
     feas: Feasibility
-    refs: References
-    scored: Scored  # the candidates that had room when the batch started
-    order: np.ndarray  # indices into ``scored``, best first (maybe only a prefix)
-    fully_ordered: bool
+    cs: CellScores
+    ranked: Ranked
     metric: JobMetric
-    pointer: int = 0
-    first_index: int = 0  # position of the group's first job in the batch (priority)
+    first_index: int  # the group's first job's position in the batch (its priority)
+    pointer: int = 0  # ranked rows before this one cannot fit the group any more
 
     @property
     def demand(self) -> int:
         return len(self.keys) * self.req.replicas
 
     def options(self, snap: Snapshot) -> int:
-        """Replica-sized slots on the group's candidates (the fewer, the sooner it goes)."""
-        return int((snap.gpus_free[self.scored.rows] // self.req.gpus).sum())
+        """About how many replicas the group's feasible nodes have room for (fewer: sooner)."""
+        return int(snap.cell_free_sum[self.feas.cells].sum()) // self.req.gpus
 
     def regret(self) -> float:
         """The loss if the best node is taken: best total minus the next best."""
-        if len(self.order) < 2:
+        if len(self.ranked.rows) < 2:
             return float("inf")
-        return float(self.scored.total[self.order[0]] - self.scored.total[self.order[1]])
+        return float(self.ranked.total[0] - self.ranked.total[1])
 
-    def ensure_ordered(self, snap: Snapshot) -> None:
-        if not self.fully_ordered:
-            self.order = best_first(snap, self.scored)
-            self.fully_ordered = True
+    def rank(self, snap: Snapshot, k: int) -> None:
+        """Rank at least the ``k`` best candidates with room now, and start over at the top."""
+        self.ranked = best_rows(self.req, snap, self.feas, self.cs, k)
+        self.pointer = 0
 
-    def unplaced_metric(self, snap: Snapshot) -> JobMetric:
-        """The group's metric as it stands now that a job of it found no room."""
+    def unplaced_metric(self, snap: Snapshot, *, suggest: bool) -> JobMetric:
+        """The group's metric as it stands now that a job of it found no room.
+
+        Suggestions take a pass over the whole snapshot per constraint, so a big
+        batch computes them only for jobs that can never fit (``suggest``).
+        """
         metric = JobMetric(
             nodes_evaluated=self.metric.nodes_evaluated,
             filtered=dict(self.metric.filtered),
             exhausted=self.feas.exhausted(snap, self.req.gpus),
             feasible=self.metric.feasible,
-            candidates=[],
             replicas=self.req.replicas,
         )
-        metric.suggestions = suggestions(self.req, snap)
+        if suggest or metric.never_fits:
+            metric.suggestions = suggestions(self.req, snap)
         return metric
 
 
 @dataclass(slots=True)
 class Batch:
     groups: list[Group] = field(default_factory=list)
-    spec_of: dict[Hashable, JobSpec] = field(default_factory=dict)
+
+
+def evaluate_group(
+    req: Request, snap: Snapshot, index: int, demand: int = 1, verdicts: dict | None = None
+) -> Group:
+    """Feasibility, cell scores and the top candidates of one request class."""
+    feas = evaluate(req, snap, verdicts)
+    cs = CellScores.of(req, snap, feas)
+    ranked = best_rows(req, snap, feas, cs, max(_RANK_MIN, _RANK_AHEAD * demand))
+    metric = JobMetric(
+        nodes_evaluated=feas.nodes_evaluated,
+        filtered=feas.filtered,
+        feasible=feas.feasible,
+        replicas=req.replicas,
+    )
+    metric.candidates = candidates(snap, cs, ranked, TOP_CANDIDATES)
+    if not ranked.rows.size:
+        metric.exhausted = feas.exhausted(snap, req.gpus)
+    return Group(req, [], feas, cs, ranked, metric, index)
 
 
 def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapshot) -> Batch:
     """Group jobs by request class (first-seen order) and evaluate each class once."""
-    by_key: dict[str, Group] = {}
-    batch = Batch()
+    group_of_key: dict[RequestKey, int] = {}
+    # Jobs made from one template share their sub-models: look them up by identity first,
+    # so each distinct object tuple is hashed by value only once.
+    group_of_identity: dict[tuple[int, ...], int] = {}
+    members: list[list[Hashable]] = []
+    firsts: list[tuple[int, JobSpec, RequestKey]] = []
     for index, (key, spec) in enumerate(zip(keys, jobs, strict=True)):
-        batch.spec_of[key] = spec
-        rkey = request_key(spec)
-        group = by_key.get(rkey)
-        if group is None:
-            group = by_key[rkey] = _evaluate_group(Request.of(spec, rkey), snap, index)
-            batch.groups.append(group)
-        group.keys.append(key)
-    for group in batch.groups:
-        _order_for_demand(group, snap)
+        identity = (
+            id(spec.resources),
+            id(spec.placement),
+            id(spec.pricing),
+            id(spec.objective),
+            spec.replicas,
+        )
+        gi = group_of_identity.get(identity)
+        if gi is None:
+            rkey = request_key(spec)
+            gi = group_of_key.get(rkey)
+            if gi is None:
+                gi = group_of_key[rkey] = len(members)
+                members.append([])
+                firsts.append((index, spec, rkey))
+            group_of_identity[identity] = gi
+        members[gi].append(key)
+    batch = Batch()
+    verdicts: dict = {}
+    for (index, spec, rkey), group_keys in zip(firsts, members, strict=True):
+        req = Request.of(spec, rkey)
+        group = evaluate_group(req, snap, index, len(group_keys) * req.replicas, verdicts)
+        group.keys = group_keys
+        batch.groups.append(group)
     return batch
 
 
-def _evaluate_group(req: Request, snap: Snapshot, index: int) -> Group:
-    feas = evaluate(req, snap)
-    refs = References.of(snap, feas)
-    scored = score(req, snap, feas, refs, feas.fits_now(snap, req.gpus))
-    metric = JobMetric(
-        nodes_evaluated=feas.nodes_evaluated,
-        filtered=feas.filtered,
-        exhausted=len(feas.static_rows) - len(scored.rows),
-        feasible=len(feas.static_rows),
-        replicas=req.replicas,
-    )
-    best = top(snap, scored, TOP_CANDIDATES)
-    metric.candidates = [_candidate(snap, scored, int(i)) for i in best]
-    return Group(
-        req,
-        [],
-        feas,
-        refs,
-        scored,
-        best,
-        len(scored.rows) <= TOP_CANDIDATES,
-        metric,
-        first_index=index,
-    )
+def candidates(snap: Snapshot, cs: CellScores, ranked: Ranked, k: int) -> list[Candidate]:
+    """The ``k`` best ranked rows as explainable candidates."""
+    rows, pos = ranked.rows[:k], ranked.cell_pos[:k]
+    rtts = [None] * len(rows) if cs.rtt_ms is None else cs.rtt_ms[pos].tolist()
+    return [
+        Candidate(
+            node_id=node_id,
+            total=total,
+            scores={"cost": cost, "latency": latency, "reliability": reliability},
+            rtt_ms=rtt,
+            price_usd_per_gpu_hour=price,
+        )
+        for node_id, total, cost, latency, reliability, rtt, price in zip(
+            snap.node_id[rows].tolist(),
+            ranked.total[:k].tolist(),
+            cs.cost[pos].tolist(),
+            cs.latency[pos].tolist(),
+            snap.reliability_score[rows].tolist(),
+            rtts,
+            snap.price[rows].tolist(),
+            strict=True,
+        )
+    ]
 
 
-def _order_for_demand(group: Group, snap: Snapshot) -> None:
-    """Order enough candidates for the group's demand; the rest wait until needed."""
-    k = max(_ORDER_MIN, _ORDER_AHEAD * group.demand)
-    if group.fully_ordered or len(group.scored.rows) <= k:
-        group.ensure_ordered(snap)
-    else:
-        group.order = top(snap, group.scored, k)
+def ranked_all(group: Group, snap: Snapshot) -> Ranked:
+    """Every feasible row with room for the group, ranked (for the solver and the repair)."""
+    return best_rows(group.req, snap, group.feas, group.cs, max(len(group.feas.cells), 1) + 1)
 
 
-def _candidate(snap: Snapshot, scored: Scored, i: int) -> Candidate:
-    row = int(scored.rows[i])
-    return Candidate(
-        node_id=int(snap.node_id[row]),
-        total=float(scored.total[i]),
-        scores=scored.by_scorer(i),
-        rtt_ms=None if scored.rtt_ms is None else float(scored.rtt_ms[i]),
-        price_usd_per_gpu_hour=float(snap.price[row]),
-    )
+def row_score(group: Group, snap: Snapshot, row: int) -> tuple[float, float | None]:
+    """(total, rtt) of one feasible row for the group, as ranking would compute them now."""
+    pos = np.searchsorted(group.feas.cells, snap.node_cell[row])
+    total = row_totals(group.req, snap, group.cs, np.array([row]), np.array([pos]))[0]
+    rtt = None if group.cs.rtt_ms is None else float(group.cs.rtt_ms[pos])
+    return float(total), rtt

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.feasibility import class_checks, latency_label, latency_thresholds
+from scheduler.feasibility import class_checks, latency_label, location_min_dot, location_thresholds
 from scheduler.latency import distance_km_from_dot, rtt_ms_array
 from scheduler.offers import ACCELERATOR_CODES, MODEL_CODES, TIER_CODES, Snapshot
 from scheduler.request import Request
@@ -102,10 +102,12 @@ def suggestions(req: Request, snap: Snapshot) -> list[str]:
     node_masks = {label: mask[snap.node_class] for label, mask in class_masks.items()}
     worst_dot = None
     if req.has_near:
-        worst_dot = (snap.xyz @ req.near_xyz.T).min(axis=1)
-    if req.max_latency_ms is not None:
-        all_rows = np.arange(snap.size)
-        node_masks[latency_label(req)] = worst_dot >= latency_thresholds(req, snap, all_rows)
+        loc_dot = location_min_dot(req, snap)
+        worst_dot = loc_dot[snap.node_location]
+        if req.max_latency_ms is not None:
+            node_masks[latency_label(req)] = (loc_dot >= location_thresholds(req, snap))[
+                snap.node_location
+            ]
     names = {c.label: c.name for c in checks}
     if req.max_latency_ms is not None:
         names[latency_label(req)] = "latency"

@@ -1,11 +1,11 @@
 """Feasibility: which nodes could take a request, and why the others cannot.
 
 Each check owns one constraint. Class checks run once per node class; the
-latency check runs per node, but only on nodes the class checks kept, and as
-a dot product against a per-network threshold. Like Nomad's AllocMetric, each
-check records how many nodes it was the first to reject. All checks are
-static (a node they reject will never take the job); free capacity is looked
-at last: "does not fit now, retry later".
+latency check once per location, as a dot product against a per-network
+threshold; their conjunction marks the feasible *cells*. Like Nomad's
+AllocMetric, each check records how many nodes it was the first to reject.
+All checks are static (a node they reject will never take the job); free
+capacity is looked at later: "does not fit now, retry later".
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from scheduler.latency import FIBRE_KM_PER_MS, ROUTE_STRETCH, min_dot_for_distan
 from scheduler.offers import ACCESS_RTT_BY_CODE, Snapshot
 from scheduler.request import Request
 
-# Below this many passing classes, gather their rows class by class instead of masking all nodes.
-_FEW_CLASSES = 64
 _KM_PER_SPARE_MS = FIBRE_KM_PER_MS / (2 * ROUTE_STRETCH)
 
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One constraint: a label for people, a name for suggestions, a test over classes."""
+    """One constraint: a name for suggestions, a label for people, a test over classes."""
 
     name: str
     label: str
@@ -35,50 +33,32 @@ class Check:
 
 def class_checks(req: Request) -> list[Check]:
     """The static constraints of ``req`` that depend only on a node's class."""
+    res, place = req.spec.resources, req.spec.placement
     checks = [
         Check(
             "accelerator",
-            f"accelerator = {req.spec.resources.accelerator}",
+            f"accelerator = {res.accelerator}",
             lambda r, s: s.class_accelerator == r.accelerator,
         )
     ]
     if req.models is not None:
-        names = list(req.spec.resources.gpu_models)
-        checks.append(
-            Check(
-                "gpu_model", f"gpu_model in {names}", lambda r, s: np.isin(s.class_model, r.models)
-            )
-        )
+        label = f"gpu_model in {list(res.gpu_models)}"
+        checks.append(Check("gpu_model", label, lambda r, s: r.models[s.class_model]))
     if req.vram_gib is not None:
-        checks.append(
-            Check(
-                "vram_gib",
-                f"vram_gib >= {req.vram_gib:g}",
-                lambda r, s: s.class_vram_gib >= r.vram_gib,
-            )
-        )
+        label = f"vram_gib >= {req.vram_gib:g}"
+        checks.append(Check("vram_gib", label, lambda r, s: s.class_vram_gib >= r.vram_gib))
     checks.append(Check("gpus", f"gpus >= {req.gpus}", lambda r, s: s.class_gpus_total >= r.gpus))
     if req.tiers is not None:
-        tiers = list(req.spec.placement.tiers)
-        checks.append(
-            Check("tier", f"tier in {tiers}", lambda r, s: np.isin(s.class_tier, r.tiers))
-        )
+        label = f"tier in {list(place.tiers)}"
+        checks.append(Check("tier", label, lambda r, s: r.tiers[s.class_tier]))
     if req.regions:
+        label = f"region in {list(req.regions)}"
         checks.append(
-            Check(
-                "region",
-                f"region in {list(req.regions)}",
-                lambda r, s: np.isin(s.class_region, s.region_codes_matching(r.regions)),
-            )
+            Check("region", label, lambda r, s: s.region_table(r.regions)[s.class_region])
         )
     if req.price_cap is not None:
-        checks.append(
-            Check(
-                "price",
-                f"price <= {req.price_cap:g} USD/GPU-h",
-                lambda r, s: s.class_price <= r.price_cap + 1e-12,
-            )
-        )
+        label = f"price <= {req.price_cap:g} USD/GPU-h"
+        checks.append(Check("price", label, lambda r, s: s.class_price <= r.price_cap + 1e-12))
     return checks
 
 
@@ -86,57 +66,58 @@ def latency_label(req: Request) -> str:
     return f"rtt <= {req.max_latency_ms:g} ms"
 
 
-@dataclass(slots=True)
-class Feasibility:
-    """The outcome of the checks for one request over one snapshot."""
-
-    static_rows: np.ndarray  # rows that pass every static check
-    min_dot: (
-        np.ndarray | None
-    )  # per static row: dot product with the farthest user; None without near
-    filtered: dict[str, int] = field(default_factory=dict)  # label -> nodes it rejected first
-    nodes_evaluated: int = 0
-
-    def fits_now(self, snap: Snapshot, gpus: int) -> np.ndarray:
-        """Positions (into ``static_rows``) of nodes with ``gpus`` free right now."""
-        return np.flatnonzero(snap.gpus_free[self.static_rows] >= gpus)
-
-    def exhausted(self, snap: Snapshot, gpus: int) -> int:
-        return int(np.count_nonzero(snap.gpus_free[self.static_rows] < gpus))
-
-
-def rows_of_classes(snap: Snapshot, class_ok: np.ndarray) -> np.ndarray:
-    """The node rows of every class where ``class_ok`` is true."""
-    ok = np.flatnonzero(class_ok)
-    if len(ok) == 0:
-        return np.zeros(0, dtype=np.int64)
-    if len(ok) <= _FEW_CLASSES:
-        return np.concatenate([snap.class_rows(c) for c in ok])
-    return np.flatnonzero(class_ok[snap.node_class])
-
-
-def latency_thresholds(req: Request, snap: Snapshot, rows: np.ndarray) -> np.ndarray:
-    """Per row: the least dot product with a user's location that keeps the RTT in budget.
+def location_thresholds(req: Request, snap: Snapshot) -> np.ndarray:
+    """Per location: the least dot product with a user's place that keeps the RTT in budget.
 
     The budget minus the access network's RTT becomes a maximum distance per
-    network type (four thresholds in all); only nodes with a measured RTT bias
-    get a threshold of their own.
+    network type (four thresholds in all); only locations with a measured RTT
+    bias get a threshold of their own.
     """
     budget = req.max_latency_ms
     assert budget is not None
     by_network = min_dot_for_distance((budget - ACCESS_RTT_BY_CODE) * _KM_PER_SPARE_MS)
-    thresholds = by_network[snap.network[rows]]
-    if len(snap.biased_rows):
-        biased = np.flatnonzero(snap.rtt_bias_ms[rows] != 0.0)
-        if len(biased):
-            b_rows = rows[biased]
-            spare = budget - snap.access_rtt_ms[b_rows] - snap.rtt_bias_ms[b_rows]
-            thresholds[biased] = min_dot_for_distance(spare * _KM_PER_SPARE_MS)
+    thresholds = by_network[snap.location_network]
+    biased = snap.biased_locations
+    if len(biased):
+        spare = budget - snap.location_access_rtt_ms[biased] - snap.location_rtt_bias_ms[biased]
+        thresholds[biased] = min_dot_for_distance(spare * _KM_PER_SPARE_MS)
     return thresholds
 
 
-def evaluate(req: Request, snap: Snapshot) -> Feasibility:
-    """Run every static check, recording what each one rejected."""
+def location_min_dot(req: Request, snap: Snapshot) -> np.ndarray:
+    """Per location: the dot product with the farthest of the request's users."""
+    if len(req.near_xyz) == 1:
+        return snap.location_xyz @ req.near_xyz[0]
+    return (snap.location_xyz @ req.near_xyz.T).min(axis=1)
+
+
+@dataclass(slots=True)
+class Feasibility:
+    """The outcome of the static checks for one request over one snapshot."""
+
+    cells: np.ndarray  # cells that pass every static check
+    location_dot: np.ndarray | None  # per location: dot with the farthest user; None without users
+    filtered: dict[str, int] = field(default_factory=dict)  # label -> nodes it rejected first
+    nodes_evaluated: int = 0
+    feasible: int = 0  # nodes in the feasible cells
+    _rows: np.ndarray | None = None
+
+    def static_rows(self, snap: Snapshot) -> np.ndarray:
+        """Every node row that passes the static checks (expanded once, on demand)."""
+        if self._rows is None:
+            self._rows = snap.cell_rows(self.cells)
+        return self._rows
+
+    def exhausted(self, snap: Snapshot, gpus: int) -> int:
+        """Feasible nodes without ``gpus`` free right now."""
+        return int(np.count_nonzero(snap.gpus_free[self.static_rows(snap)] < gpus))
+
+
+ClassVerdict = tuple[np.ndarray, dict[str, int]]
+
+
+def class_verdict(req: Request, snap: Snapshot) -> ClassVerdict:
+    """Which classes pass every class check, and how many nodes each check rejected first."""
     class_ok = np.ones(snap.classes, dtype=bool)
     filtered: dict[str, int] = {}
     for check in class_checks(req):
@@ -145,18 +126,41 @@ def evaluate(req: Request, snap: Snapshot) -> Feasibility:
         if rejected:
             filtered[check.label] = rejected
         class_ok &= passed
-    rows = rows_of_classes(snap, class_ok)
-    min_dot = None
-    if req.has_near and len(rows):
-        min_dot = (snap.xyz[rows] @ req.near_xyz.T).min(axis=1)
+    return class_ok, filtered
+
+
+def class_signature(req: Request) -> tuple[object, ...]:
+    """What the class checks depend on: requests equal in it share one verdict."""
+    spec = req.spec
+    return (spec.resources, spec.placement.tiers, spec.placement.regions, req.price_cap)
+
+
+def evaluate(
+    req: Request, snap: Snapshot, verdicts: dict[tuple[object, ...], ClassVerdict] | None = None
+) -> Feasibility:
+    """Run every static check, recording what each one rejected.
+
+    ``verdicts`` caches class verdicts across the requests of one batch: jobs
+    from one template near different cities differ only in the latency check.
+    """
+    if verdicts is None:
+        class_ok, filtered = class_verdict(req, snap)
+    else:
+        signature = class_signature(req)
+        if signature not in verdicts:
+            verdicts[signature] = class_verdict(req, snap)
+        class_ok, filtered = verdicts[signature]
+    filtered = dict(filtered)
+    cell_ok = class_ok[snap.cell_class]
+    location_dot = None
+    if req.has_near:
+        location_dot = location_min_dot(req, snap)
         if req.max_latency_ms is not None:
-            ok = min_dot >= latency_thresholds(req, snap, rows)
-            rejected = len(rows) - int(np.count_nonzero(ok))
+            in_reach = (location_dot >= location_thresholds(req, snap))[snap.cell_location]
+            rejected = int(snap.cell_count[cell_ok & ~in_reach].sum())
             if rejected:
                 filtered[latency_label(req)] = rejected
-            rows, min_dot = rows[ok], min_dot[ok]
-    elif req.has_near:
-        min_dot = np.zeros(0)
-    return Feasibility(
-        static_rows=rows, min_dot=min_dot, filtered=filtered, nodes_evaluated=snap.size
-    )
+            cell_ok &= in_reach
+    cells = np.flatnonzero(cell_ok)
+    feasible = int(snap.cell_count[cells].sum())
+    return Feasibility(cells, location_dot, filtered, snap.size, feasible)

@@ -18,12 +18,15 @@ its placements in it, so a long-lived scheduler keeps one snapshot current.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import gc
+import importlib.util
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from depin.spec import JobSpec
 from scheduler.assign import Assigned, assign_fast
-from scheduler.batch import Batch, Group, build_batch
+from scheduler.batch import Batch, build_batch
 from scheduler.explain import Candidate, JobMetric
 from scheduler.feasibility import evaluate
 from scheduler.flow import assign_optimal, estimate_arcs
@@ -31,8 +34,10 @@ from scheduler.offers import Offer, Snapshot
 from scheduler.request import Request
 
 MODES = ("fast", "optimal", "auto")
-# mode="auto" solves exactly when the flow has at most this many arcs (~0.2 s here).
-OPTIMAL_MAX_ARCS = 200_000
+# mode="auto" solves exactly when the flow has at most this many arcs (~1 s here).
+OPTIMAL_MAX_ARCS = 1_000_000
+# Suggestions for jobs that only wait for capacity, when at most this many request classes wait.
+SUGGEST_FOR_GROUPS = 8
 
 __all__ = ["Admission", "Assignment", "Candidate", "JobMetric", "Plan", "admit", "plan"]
 
@@ -88,64 +93,66 @@ def plan(
     if len(keys) != len(jobs) or len(set(keys)) != len(keys):
         raise ValueError("plan() needs one distinct key per job")
     snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
-    batch = build_batch(jobs, keys, snap)
-    if mode == "auto":
-        mode = "optimal" if estimate_arcs(batch) <= OPTIMAL_MAX_ARCS else "fast"
-    if mode == "optimal":
-        result = _best_of_exact_and_fast(batch, snap)
-    else:
-        result = assign_fast(batch, snap, regret=regret, repair=repair)
-    return _to_plan(result, batch, snap, keys, mode)
+    with _no_full_collections():
+        batch = build_batch(jobs, keys, snap)
+        if mode == "auto":
+            mode = "optimal" if _flow_pays_off(jobs, batch) else "fast"
+        if mode == "optimal":
+            result = assign_optimal(batch, snap)
+        else:
+            result = assign_fast(batch, snap, regret=regret, repair=repair)
+        return _to_plan(result, batch, snap, keys, mode)
 
 
-def _best_of_exact_and_fast(batch: Batch, snap: Snapshot) -> Assigned:
-    """The flow's result, unless greedy did better (possible only with mixed GPU sizes)."""
-    before = snap.copy_free()
-    exact = assign_optimal(batch, snap)
-    after_exact = snap.copy_free()
-    snap.gpus_free[:] = before
-    fast = assign_fast(batch, snap)
-    if (len(exact.placed), exact.score_sum()) >= (len(fast.placed), fast.score_sum() - 1e-9):
-        snap.gpus_free[:] = after_exact
-        return exact
-    return fast
+@contextmanager
+def _no_full_collections() -> Iterator[None]:
+    """Pause the cyclic garbage collector while planning.
+
+    A plan allocates a few small objects per job and no cycles; a collection in
+    the middle would walk every live object of the process (every queued
+    JobSpec), which costs more than the plan itself on a big batch.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _flow_pays_off(jobs: Sequence[JobSpec], batch: Batch) -> bool:
+    """Solve exactly unless the batch is one job, the flow is too big, or OR-Tools is missing."""
+    if len(jobs) < 2 or estimate_arcs(batch) > OPTIMAL_MAX_ARCS:
+        return False
+    return importlib.util.find_spec("ortools") is not None
 
 
 def _to_plan(
     result: Assigned, batch: Batch, snap: Snapshot, keys: list[Hashable], mode: str
 ) -> Plan:
     out = Plan(mode=mode)
+    node_ids = snap.node_id.tolist()
+    prices = snap.price.tolist()
+    placements, metrics = out.placements, out.metrics
     for key in keys:
-        if key in result.placed:
-            group, indices = result.placed[key]
-            out.metrics[key] = group.metric
-            out.placements.extend(_assignments(key, group, indices, snap))
-    failed_metric: dict[int, JobMetric] = {}
+        found = result.placed.get(key)
+        if found is None:
+            continue
+        group, pick = found
+        metrics[key] = group.metric
+        gpus = group.req.gpus
+        for n, (row, total, rtt) in enumerate(zip(pick.rows, pick.totals, pick.rtts, strict=True)):
+            placements.append(Assignment(key, node_ids[row], gpus, rtt, prices[row], total, n))
+    suggest = len({id(g) for g, _ in result.failed}) <= SUGGEST_FOR_GROUPS
+    explained: dict[int, tuple[JobMetric, list[str]]] = {}
     for group, key in result.failed:
-        metric = failed_metric.get(id(group))
-        if metric is None:
-            metric = failed_metric[id(group)] = group.unplaced_metric(snap)
-        out.metrics[key] = metric
-        out.unplaced[key] = metric.reasons(group.req.gpus)
+        if id(group) not in explained:
+            metric = group.unplaced_metric(snap, suggest=suggest)
+            explained[id(group)] = (metric, metric.reasons(group.req.gpus))
+        metrics[key], reasons = explained[id(group)]
+        out.unplaced[key] = list(reasons)
     return out
-
-
-def _assignments(
-    key: Hashable, group: Group, indices: list[int], snap: Snapshot
-) -> list[Assignment]:
-    s = group.scored
-    return [
-        Assignment(
-            job=key,
-            node_id=int(snap.node_id[s.rows[i]]),
-            gpus=group.req.gpus,
-            rtt_ms=None if s.rtt_ms is None else float(s.rtt_ms[i]),
-            price_usd_per_gpu_hour=float(snap.price[s.rows[i]]),
-            score=float(s.total[i]),
-            replica=n,
-        )
-        for n, i in enumerate(indices)
-    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,10 +178,10 @@ def admit(spec: JobSpec, offers: Sequence[Offer] | Snapshot) -> Admission:
     metric = JobMetric(
         nodes_evaluated=snap.size,
         filtered=feas.filtered,
-        feasible=len(feas.static_rows),
+        feasible=feas.feasible,
         replicas=req.replicas,
     )
-    node_ids = [int(n) for n in snap.node_id[feas.static_rows]]
+    node_ids = [int(n) for n in snap.node_id[feas.static_rows(snap)]]
     if metric.never_fits:
         metric.suggestions = suggestions(req, snap)
         return Admission(node_ids, metric, metric.reasons(req.gpus))

@@ -8,7 +8,6 @@ job may go, so they are not part of the key.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,18 +16,27 @@ from depin.spec import JobSpec
 from scheduler.latency import unit_vectors
 from scheduler.offers import ACCELERATOR_CODES, MODEL_CODES, TIER_CODES
 
+RequestKey = tuple[object, ...]
 
-def request_key(spec: JobSpec) -> str:
-    """Canonical JSON of everything that decides where ``spec`` may run and how it scores."""
-    data = spec.to_json_dict()
-    relevant = {
-        "resources": data["resources"],
-        "placement": data["placement"],
-        "max_usd_per_gpu_hour": data["pricing"]["max_usd_per_gpu_hour"],
-        "objective": data["objective"],
-        "replicas": data["replicas"],
-    }
-    return json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+
+def request_key(spec: JobSpec) -> RequestKey:
+    """Everything that decides where ``spec`` may run and how it scores (hashable)."""
+    return (
+        spec.resources,
+        spec.placement,
+        spec.pricing.max_usd_per_gpu_hour,
+        spec.objective,
+        spec.replicas,
+    )
+
+
+def _table(size: int, codes: list[int]) -> np.ndarray | None:
+    """A boolean lookup table over codes; index -1 (unknown) is always false. None: any."""
+    if not codes:
+        return None
+    table = np.zeros(size + 1, dtype=bool)
+    table[codes] = True
+    return table
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +44,13 @@ class Request:
     """One request class: the requirements of one replica, in the snapshot's codes."""
 
     spec: JobSpec
-    key: str
+    key: RequestKey
     gpus: int
     replicas: int
     accelerator: int
-    models: np.ndarray | None  # model codes, None: any
+    models: np.ndarray | None  # lookup table over model codes, None: any
     vram_gib: float | None
-    tiers: np.ndarray | None
+    tiers: np.ndarray | None  # lookup table over tier codes, None: any
     regions: tuple[str, ...]
     price_cap: float | None
     max_latency_ms: float | None
@@ -50,7 +58,7 @@ class Request:
     weights: tuple[float, float, float]  # cost, latency, reliability; summing to 1
 
     @classmethod
-    def of(cls, spec: JobSpec, key: str | None = None) -> Request:
+    def of(cls, spec: JobSpec, key: RequestKey | None = None) -> Request:
         res, place = spec.resources, spec.placement
         near = place.near
         cap = spec.pricing.max_usd_per_gpu_hour
@@ -60,15 +68,9 @@ class Request:
             gpus=res.gpus,
             replicas=spec.replicas,
             accelerator=ACCELERATOR_CODES[res.accelerator],
-            models=(
-                np.array([MODEL_CODES[m] for m in res.gpu_models], dtype=np.int16)
-                if res.gpu_models
-                else None
-            ),
+            models=_table(len(MODEL_CODES), [MODEL_CODES[m] for m in res.gpu_models]),
             vram_gib=res.vram_gib,
-            tiers=np.array([TIER_CODES[t] for t in place.tiers], dtype=np.int16)
-            if place.tiers
-            else None,
+            tiers=_table(len(TIER_CODES), [TIER_CODES[t] for t in place.tiers]),
             regions=place.regions,
             price_cap=None if cap is None else float(cap),
             max_latency_ms=place.max_latency_ms,

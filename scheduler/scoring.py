@@ -1,11 +1,15 @@
 """Scoring: each scorer rates feasible nodes 0-100; the objective's weights combine them.
 
-Scores are ratios to the best node the request could ever use (its static
-candidates), so they read plainly and do not drift with load: cost 50 means
-twice the price of the cheapest feasible node, latency 50 twice the RTT of the
-nearest. Reliability is the node's own record (0.99 -> 99). A small spread
-term (at most ``SPREAD_POINTS``) favours emptier nodes, so equal nodes share
-load instead of one filling up first.
+Scores are ratios to the best node the request could ever use (its feasible
+nodes, busy or not), so they read plainly and do not drift with load: cost 50
+means twice the price of the cheapest feasible node, latency 50 twice the RTT
+of the nearest. Reliability is the node's own record (0.99 -> 99). A small
+spread term (at most ``SPREAD_POINTS``) favours emptier nodes, so equal nodes
+share load instead of one filling up first.
+
+Cost and latency are the same for every node of a cell, so they are computed
+per cell; a cell's bounds (its best and worst reliability, an empty or full
+node) let ``best_rows`` score only the cells that can hold a top candidate.
 """
 
 from __future__ import annotations
@@ -24,92 +28,90 @@ SPREAD_POINTS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class Scored:
-    """Scores of candidate positions (into ``Feasibility.static_rows``)."""
+class CellScores:
+    """Per feasible cell (aligned with ``Feasibility.cells``): the cell-level part of the score."""
 
-    positions: np.ndarray
-    rows: np.ndarray
-    total: np.ndarray
     cost: np.ndarray
     latency: np.ndarray
-    reliability: np.ndarray
     rtt_ms: np.ndarray | None
+    part: np.ndarray  # weighted cost + latency
+    upper: np.ndarray  # the best total any node of the cell can have
+    lower: np.ndarray  # the worst total a node of the cell with room can have
 
-    def by_scorer(self, i: int) -> dict[str, float]:
-        return {
-            "cost": float(self.cost[i]),
-            "latency": float(self.latency[i]),
-            "reliability": float(self.reliability[i]),
-        }
-
-
-def static_rtt_ms(snap: Snapshot, feas: Feasibility) -> np.ndarray | None:
-    """Estimated RTT from the farthest user to each static candidate; None without users."""
-    if feas.min_dot is None:
-        return None
-    rows = feas.static_rows
-    return rtt_ms_array(
-        distance_km_from_dot(feas.min_dot), snap.access_rtt_ms[rows], snap.rtt_bias_ms[rows]
-    )
+    @classmethod
+    def of(cls, req: Request, snap: Snapshot, feas: Feasibility) -> CellScores:
+        w_cost, w_latency, w_reliability = req.weights
+        cells = feas.cells
+        price = snap.cell_price[cells]
+        cost = 100.0 * price.min() / np.maximum(price, 1e-9) if len(cells) else price
+        rtt = None
+        latency = np.full(len(cells), 100.0)
+        if feas.location_dot is not None and len(cells):
+            locations = snap.cell_location[cells]
+            rtt = rtt_ms_array(
+                distance_km_from_dot(feas.location_dot[locations]),
+                snap.location_access_rtt_ms[locations],
+                snap.location_rtt_bias_ms[locations],
+            )
+            latency = 100.0 * rtt.min() / rtt
+        part = w_cost * cost + w_latency * latency
+        upper = part + w_reliability * snap.cell_reliability_max[cells] + SPREAD_POINTS
+        lower = part + w_reliability * snap.cell_reliability_min[cells]
+        return cls(cost, latency, rtt, part, upper, lower)
 
 
 @dataclass(frozen=True, slots=True)
-class References:
-    """The best price and RTT among a request's static candidates: the 100-point marks."""
+class Ranked:
+    """Candidate rows best first, with their totals and the cell (position) each belongs to."""
 
-    price: float
-    rtt_ms: float | None
-    all_rtt_ms: np.ndarray | None  # per static row
+    rows: np.ndarray
+    total: np.ndarray
+    cell_pos: np.ndarray  # index into Feasibility.cells / CellScores arrays
+    complete: bool  # every feasible row with room is here (else only a top prefix)
 
-    @classmethod
-    def of(cls, snap: Snapshot, feas: Feasibility) -> References:
-        rtt = static_rtt_ms(snap, feas)
-        rows = feas.static_rows
-        best_price = float(snap.price[rows].min()) if len(rows) else 1.0
-        best_rtt = float(rtt.min()) if rtt is not None and len(rtt) else None
-        return cls(best_price, best_rtt, rtt)
+    def scores(self, cs: CellScores, snap: Snapshot, i: int) -> dict[str, float]:
+        c = int(self.cell_pos[i])
+        return {
+            "cost": float(cs.cost[c]),
+            "latency": float(cs.latency[c]),
+            "reliability": float(snap.reliability_score[self.rows[i]]),
+        }
+
+    def rtt_ms(self, cs: CellScores, i: int) -> float | None:
+        return None if cs.rtt_ms is None else float(cs.rtt_ms[self.cell_pos[i]])
 
 
-def score(
-    req: Request, snap: Snapshot, feas: Feasibility, refs: References, positions: np.ndarray
-) -> Scored:
-    """Score the static candidates at ``positions`` under the request's objective."""
-    w_cost, w_latency, w_reliability = req.weights
-    rows = feas.static_rows[positions]
-    cost = 100.0 * refs.price * snap.inv_price[rows]
-    if refs.all_rtt_ms is None or refs.rtt_ms is None:
-        rtt, latency = None, np.full(len(rows), 100.0)
-    else:
-        rtt = refs.all_rtt_ms[positions]
-        latency = 100.0 * refs.rtt_ms / rtt
-    reliability = snap.reliability_score[rows]
+def row_totals(
+    req: Request, snap: Snapshot, cs: CellScores, rows: np.ndarray, cell_pos: np.ndarray
+) -> np.ndarray:
+    """Exact totals of ``rows`` (cell part + reliability + spread)."""
+    w_reliability = req.weights[2]
     spread = SPREAD_POINTS * snap.gpus_free[rows] / np.maximum(snap.gpus_total[rows], 1)
-    total = w_cost * cost + w_latency * latency + w_reliability * reliability + spread
-    return Scored(positions, rows, total, cost, latency, reliability, rtt)
+    return cs.part[cell_pos] + w_reliability * snap.reliability_score[rows] + spread
 
 
-def best_first(snap: Snapshot, scored: Scored) -> np.ndarray:
-    """Indices into ``scored`` ordered best first: total, then cheaper, then lower node id."""
-    rows = scored.rows
-    return np.lexsort((snap.node_id[rows], snap.price[rows], -scored.total))
+def best_rows(req: Request, snap: Snapshot, feas: Feasibility, cs: CellScores, k: int) -> Ranked:
+    """At least the ``k`` best rows with room, exactly ordered: total, then cheaper, then node id.
 
-
-def top(snap: Snapshot, scored: Scored, k: int) -> np.ndarray:
-    """The ``k`` best indices into ``scored``, best first, without sorting them all."""
-    n = len(scored.rows)
-    if n <= k:
-        return best_first(snap, scored)
-    part = np.argpartition(-scored.total, k - 1)[:k]
-    # Ties at the k-th total may straddle the cut; widen to every row that ties it.
-    kth = scored.total[part].min()
-    part = np.flatnonzero(scored.total >= kth)
-    sub = Scored(
-        scored.positions[part],
-        scored.rows[part],
-        scored.total[part],
-        scored.cost[part],
-        scored.latency[part],
-        scored.reliability[part],
-        None if scored.rtt_ms is None else scored.rtt_ms[part],
-    )
-    return part[best_first(snap, sub)][:k]
+    Cells are ranked by their lower bound; the k-th best lower bound is a
+    threshold no top-k row falls below, so only cells whose upper bound
+    reaches it are expanded, and only rows at or above it are returned.
+    """
+    gpus = req.gpus
+    open_pos = np.flatnonzero(snap.cell_free_max[feas.cells] >= gpus)
+    if len(open_pos) > k:
+        lower = cs.lower[open_pos]
+        threshold = float(-np.partition(-lower, k - 1)[k - 1])
+        expand = open_pos[cs.upper[open_pos] >= threshold]
+    else:
+        threshold, expand = -np.inf, open_pos
+    cells = feas.cells[expand]
+    rows = snap.cell_rows(cells)
+    cell_pos = np.repeat(expand, snap.cell_count[cells])
+    room = snap.gpus_free[rows] >= gpus
+    rows, cell_pos = rows[room], cell_pos[room]
+    total = row_totals(req, snap, cs, rows, cell_pos)
+    keep = total >= threshold
+    rows, cell_pos, total = rows[keep], cell_pos[keep], total[keep]
+    order = np.lexsort((snap.node_id[rows], snap.price[rows], -total))
+    return Ranked(rows[order], total[order], cell_pos[order], complete=threshold == -np.inf)
