@@ -9,7 +9,6 @@ price each node around the model's typical 2025 marketplace price.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from decimal import Decimal
 

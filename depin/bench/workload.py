@@ -97,7 +97,12 @@ def synthetic_jobs(
             if cost_only:
                 fields["objective"] = {"cost": 1.0, "latency": 0.0, "reliability": 0.0}
             base = cache[key] = JobSpec.model_validate(
-                {"name": names[key[0]], "command": ["python", "-c", "pass"], "max_duration_s": 600, **fields}
+                {
+                    "name": names[key[0]],
+                    "command": ["python", "-c", "pass"],
+                    "max_duration_s": 600,
+                    **fields,
+                }
             )
         jobs.append(base.model_copy(update={"name": f"{base.name}-{i}"}))
     return jobs
