@@ -477,7 +477,12 @@ def job_explain(ctx: click.Context, job_id: int, as_json: bool) -> None:
 
     def render() -> None:
         m = data["metric"]
-        where = f"node {data['node_id']}" if data["node_id"] is not None else "no node"
+        nodes = data["node_ids"]
+        where = (
+            f"node{'s' if len(nodes) > 1 else ''} {', '.join(map(str, nodes))}"
+            if nodes
+            else "no node"
+        )
         console.print(
             f"[bold]job {data['job']}[/bold] {data['name']}: {data['state']}, {where} "
             f"({data['source']})"
@@ -504,6 +509,9 @@ def job_explain(ctx: click.Context, job_id: int, as_json: bool) -> None:
             console.print(table)
         for reason in data["reasons"]:
             console.print(f"  reason: {reason}", markup=False)
+        for suggestion in m.get("suggestions", []):
+            if suggestion not in data["reasons"]:
+                console.print(f"  suggestion: {suggestion}", markup=False)
 
     _emit(as_json, data, render)
 

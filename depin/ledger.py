@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -73,31 +73,86 @@ class Balance:
         )
 
 
-def entry_fields(t: Transfer) -> dict[str, Any]:
-    """The fields an entry's hash covers, in a canonical, backend-independent form."""
-    return {
-        "id": t.id,
-        "debit_account_id": t.debit_account_id,
-        "credit_account_id": t.credit_account_id,
-        "amount_micro_usd": t.amount_micro_usd,
-        "kind": t.kind,
-        "pending": bool(t.pending),
-        "pending_id": t.pending_id,
-        "timeout_at": _iso(t.timeout_at),
-        "job_id": t.job_id,
-        "allocation_id": t.allocation_id,
-        "memo": t.memo,
-        "created_at": _iso(t.created_at),
-    }
-
-
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(timespec="microseconds")
 
 
-def entry_hash(prev_hash: str, fields: dict[str, Any]) -> str:
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+def entry_values(t: Transfer) -> tuple[Any, ...]:
+    """The fields an entry's hash covers, in a fixed order and a backend-independent form."""
+    return (
+        t.id,
+        t.debit_account_id,
+        t.credit_account_id,
+        t.amount_micro_usd,
+        t.kind,
+        bool(t.pending),
+        t.pending_id,
+        _iso(t.timeout_at),
+        t.job_id,
+        t.allocation_id,
+        t.memo,
+        _iso(t.created_at),
+    )
+
+
+def entry_hash(prev_hash: str, values: tuple[Any, ...]) -> str:
+    """SHA-256 over the previous entry's hash and this entry's canonical JSON array."""
+    body = json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()
     return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """An open pending transfer: what resolving it needs to know."""
+
+    id: int
+    debit_account_id: int
+    credit_account_id: int
+    amount_micro_usd: int
+    job_id: int | None = None
+    allocation_id: int | None = None
+
+    @classmethod
+    def of(cls, t: Transfer) -> Hold:
+        return cls(
+            t.id,
+            t.debit_account_id,
+            t.credit_account_id,
+            t.amount_micro_usd,
+            t.job_id,
+            t.allocation_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One ledger entry to append: a transfer, a hold (``pending``), or a post/void of ``hold``."""
+
+    kind: str
+    debit_account_id: int
+    credit_account_id: int
+    amount_micro_usd: int
+    pending: bool = False
+    hold: Hold | None = None
+    job_id: int | None = None
+    allocation_id: int | None = None
+    memo: str = ""
+    timeout_at: datetime | None = None
+
+
+_TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+
+
+def _deltas(e: Entry) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """How an entry moves (debit account, credit account) totals: (dpend, dpost, cpend, cpost)."""
+    a = e.amount_micro_usd
+    if e.hold is not None:
+        held = e.hold.amount_micro_usd
+        posted = a if e.kind == "post" else 0
+        return (-held, posted, 0, 0), (0, 0, -held, posted)
+    if e.pending:
+        return (a, 0, 0, 0), (0, 0, a, 0)
+    return (0, a, 0, 0), (0, 0, 0, a)
 
 
 class Ledger:
@@ -107,7 +162,7 @@ class Ledger:
         self.session = session
         self._head: LedgerHead | None = None
 
-    # -- the chain head ------------------------------------------------------------------------
+    # -- the chain head -------------------------------------------------------------
     def lock(self) -> LedgerHead:
         """Lock the chain head for the rest of the transaction (first, before other rows)."""
         if self._head is None:
@@ -120,7 +175,7 @@ class Ledger:
             self._head = self.session.execute(stmt).scalar_one()
         return self._head
 
-    # -- accounts ------------------------------------------------------------------------------
+    # -- accounts ---------------------------------------------------------------------
     def account(self, name: str) -> Account:
         acct = self.session.execute(
             select(Account).where(Account.name == name)
@@ -139,7 +194,7 @@ class Ledger:
             stmt = stmt.with_for_update()
         return Balance.of(self.session.execute(stmt).scalar_one())
 
-    # -- transfers -----------------------------------------------------------------------------
+    # -- single entries ---------------------------------------------------------------
     def transfer(
         self,
         debit_id: int,
@@ -152,82 +207,133 @@ class Ledger:
         job_id: int | None = None,
         allocation_id: int | None = None,
         memo: str = "",
-    ) -> Transfer:
-        """Move (or, if ``pending``, reserve) an amount; refuses to overdraw a developer."""
+    ) -> int:
+        """Move (or, if ``pending``, reserve) an amount, never overdrawing; returns its id."""
         if amount_micro_usd < 0:
             raise LedgerError(f"transfer amount must not be negative (got {amount_micro_usd})")
         self.lock()
         self._check_funds(debit_id, amount_micro_usd, memo or kind)
-        entry = self._append(
-            debit_account_id=debit_id,
-            credit_account_id=credit_id,
-            amount_micro_usd=amount_micro_usd,
-            kind=kind,
+        entry = Entry(
+            kind,
+            debit_id,
+            credit_id,
+            amount_micro_usd,
             pending=pending,
-            pending_id=None,
-            timeout_at=timeout_at,
             job_id=job_id,
             allocation_id=allocation_id,
             memo=memo,
+            timeout_at=timeout_at,
         )
-        column = "pending" if pending else "posted"
-        self._add(debit_id, **{f"debits_{column}": amount_micro_usd})
-        self._add(credit_id, **{f"credits_{column}": amount_micro_usd})
-        return entry
+        return self.append([entry])[0]
 
-    def post(
-        self, hold: Transfer, amount_micro_usd: int | None = None, *, memo: str = ""
-    ) -> Transfer:
+    def post(self, hold: Hold, amount_micro_usd: int | None = None, *, memo: str = "") -> int:
         """Resolve a hold by posting ``amount`` of it (default: all); the rest returns."""
         amount = hold.amount_micro_usd if amount_micro_usd is None else amount_micro_usd
         if not 0 <= amount <= hold.amount_micro_usd:
             raise LedgerError(
                 f"cannot post {amount} of hold #{hold.id} for {hold.amount_micro_usd}"
             )
-        entry = self._resolve(hold, "post", amount, memo)
-        self._add(
-            hold.debit_account_id, debits_pending=-hold.amount_micro_usd, debits_posted=amount
-        )
-        self._add(
-            hold.credit_account_id, credits_pending=-hold.amount_micro_usd, credits_posted=amount
-        )
-        return entry
+        self._check_open(hold)
+        return self.append([self.resolution(hold, "post", amount, memo)])[0]
 
-    def void(self, hold: Transfer, *, memo: str = "") -> Transfer:
-        """Resolve a pending transfer by returning all of it."""
-        entry = self._resolve(hold, "void", hold.amount_micro_usd, memo)
-        self._add(hold.debit_account_id, debits_pending=-hold.amount_micro_usd)
-        self._add(hold.credit_account_id, credits_pending=-hold.amount_micro_usd)
-        return entry
+    def void(self, hold: Hold, *, memo: str = "") -> int:
+        """Resolve a hold by returning all of it."""
+        self._check_open(hold)
+        return self.append([self.resolution(hold, "void", hold.amount_micro_usd, memo)])[0]
 
-    def pending_transfer(self, transfer_id: int) -> Transfer:
-        hold = self.session.get(Transfer, transfer_id)
-        if hold is None or not hold.pending:
+    @staticmethod
+    def resolution(hold: Hold, kind: str, amount: int, memo: str = "") -> Entry:
+        """The entry that posts (``kind="post"``) or voids a hold."""
+        return Entry(
+            kind,
+            hold.debit_account_id,
+            hold.credit_account_id,
+            amount,
+            hold=hold,
+            job_id=hold.job_id,
+            allocation_id=hold.allocation_id,
+            memo=memo,
+        )
+
+    def pending_transfer(self, transfer_id: int) -> Hold:
+        t = self.session.get(Transfer, transfer_id)
+        if t is None or not t.pending:
             raise LedgerError(f"transfer #{transfer_id} is not a pending transfer")
-        return hold
+        return Hold.of(t)
+
+    # -- many entries at once ----------------------------------------------------------
+    def append(self, entries: Sequence[Entry]) -> list[int]:
+        """Append entries in order, chained by hash, and apply their totals; returns their ids.
+
+        One INSERT for all entries and one UPDATE per account touched, so a
+        scheduling cycle commits its ledger work in a few statements. A hold
+        resolved twice trips the UNIQUE constraint on ``pending_id``; an
+        overdraft trips the accounts' CHECK.
+        """
+        if not entries:
+            return []
+        head = self.lock()
+        now = utcnow()
+        now_iso = _iso(now)
+        seq, prev = head.seq, head.hash
+        rows: list[dict[str, Any]] = []
+        totals: dict[int, list[int]] = {}
+        for e in entries:
+            seq += 1
+            pending_id = None if e.hold is None else e.hold.id
+            values = (
+                seq,
+                e.debit_account_id,
+                e.credit_account_id,
+                e.amount_micro_usd,
+                e.kind,
+                e.pending,
+                pending_id,
+                _iso(e.timeout_at),
+                e.job_id,
+                e.allocation_id,
+                e.memo,
+                now_iso,
+            )
+            digest = entry_hash(prev, values)
+            rows.append(
+                {
+                    "id": seq,
+                    "debit_account_id": e.debit_account_id,
+                    "credit_account_id": e.credit_account_id,
+                    "amount_micro_usd": e.amount_micro_usd,
+                    "kind": e.kind,
+                    "pending": e.pending,
+                    "pending_id": pending_id,
+                    "timeout_at": e.timeout_at,
+                    "job_id": e.job_id,
+                    "allocation_id": e.allocation_id,
+                    "memo": e.memo,
+                    "created_at": now,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+            debit, credit = _deltas(e)
+            for account_id, delta in ((e.debit_account_id, debit), (e.credit_account_id, credit)):
+                acc = totals.setdefault(account_id, [0, 0, 0, 0])
+                for k in range(4):
+                    acc[k] += delta[k]
+        self.session.execute(insert(Transfer), rows)
+        for account_id, delta in totals.items():
+            self._add(account_id, **dict(zip(_TOTALS, delta, strict=True)))
+        head.seq, head.hash = seq, prev
+        return [r["id"] for r in rows]
 
     # -- internals -----------------------------------------------------------------------------
-    def _resolve(self, hold: Transfer, kind: str, amount: int, memo: str) -> Transfer:
-        if not hold.pending:
-            raise LedgerError(f"transfer #{hold.id} is not pending; only holds can be resolved")
+    def _check_open(self, hold: Hold) -> None:
         self.lock()
         resolved = self.session.execute(
             select(Transfer.id).where(Transfer.pending_id == hold.id)
         ).scalar_one_or_none()
         if resolved is not None:
             raise LedgerError(f"hold #{hold.id} was already resolved by entry #{resolved}")
-        return self._append(
-            debit_account_id=hold.debit_account_id,
-            credit_account_id=hold.credit_account_id,
-            amount_micro_usd=amount,
-            kind=kind,
-            pending=False,
-            pending_id=hold.id,
-            timeout_at=None,
-            job_id=hold.job_id,
-            allocation_id=hold.allocation_id,
-            memo=memo,
-        )
 
     def _check_funds(self, debit_id: int, amount: int, what: str) -> None:
         acct = self.session.execute(
@@ -241,14 +347,6 @@ class Ledger:
                     f"{format_usd(amount)} needed for {what}: deposit with "
                     f"`depin account deposit {acct.name} USD`"
                 )
-
-    def _append(self, **fields: Any) -> Transfer:
-        head = self.lock()
-        entry = Transfer(id=head.seq + 1, created_at=utcnow(), prev_hash=head.hash, **fields)
-        entry.hash = entry_hash(head.hash, entry_fields(entry))
-        self.session.add(entry)
-        head.seq, head.hash = entry.id, entry.hash
-        return entry
 
     def _add(self, account_id: int, **deltas: int) -> None:
         values = {name: getattr(Account, name) + delta for name, delta in deltas.items() if delta}
@@ -340,7 +438,7 @@ def verify(session: Session) -> VerifyReport:
                     t.id,
                     f"entry #{t.id} does not link to the entry before it: inserted or reordered",
                 )
-            elif entry_hash(prev_hash, entry_fields(t)) != t.hash:
+            elif entry_hash(prev_hash, entry_values(t)) != t.hash:
                 problem(t.id, f"entry #{t.id} was changed after it was written (hash mismatch)")
         expected_id, prev_hash = t.id + 1, t.hash
         _apply(t, totals, pending_amounts, problem)

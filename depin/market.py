@@ -13,7 +13,6 @@ import re
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -32,6 +31,7 @@ from depin.db.models import (
     Driver,
     Job,
     Nonce,
+    PlanRecord,
     Setting,
     utcnow,
 )
@@ -57,7 +57,8 @@ from depin.manifest import (
     parse_claims,
     verify_signature,
 )
-from depin.money import format_usd, time_covered_s, usage_cost_micro, usd_to_micro
+from depin.money import usage_cost_micro, usd_to_micro
+from depin.reserve import CycleCommit, PendingJob, PendingWork, max_cost_micro, reserve
 from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
 from depin.views import AccountView, JobView, NodeView
 from providers import registry
@@ -72,25 +73,6 @@ DRIVER_TIMEOUT_S = 30
 MAX_BATCH_JOBS = 10_000
 OUTPUT_TAIL_CHARS = 4000
 _NAME_RE = re.compile(NAME_PATTERN)
-
-
-@dataclass(frozen=True, slots=True)
-class PendingWork:
-    """A consistent snapshot for one scheduling cycle: pending jobs and active nodes."""
-
-    job_ids: list[int]
-    specs: list[JobSpec]
-    offers: list[Offer]
-    price_micro: dict[int, int]  # node id -> price the plan saw, re-checked at reserve
-
-
-@dataclass(slots=True)
-class CycleCommit:
-    """What a cycle's reserve transaction did."""
-
-    reserved: list[int] = field(default_factory=list)  # allocation ids
-    unschedulable: list[int] = field(default_factory=list)  # job ids refused for good
-    conflicts: int = 0  # placements lost to a concurrent scheduler
 
 
 class Marketplace:
@@ -267,7 +249,7 @@ class Marketplace:
             if cap is not None
             else max(prices[n] for n in admission.feasible_node_ids)
         )
-        hold_micro = max_cost_micro(spec, max_price)
+        hold_micro = max_cost_micro(spec, max_price) * spec.replicas
 
         def work(s: Session) -> JobView:
             ledger = Ledger(s)
@@ -292,7 +274,7 @@ class Marketplace:
             s.add(job)
             s.flush()
             escrow = ledger.account(ESCROW_ACCOUNT)
-            hold = ledger.transfer(
+            job.hold_transfer_id = ledger.transfer(
                 acct.id,
                 escrow.id,
                 hold_micro,
@@ -301,7 +283,6 @@ class Marketplace:
                 job_id=job.id,
                 memo=f"job {job.id} {spec.name}: most it can cost",
             )
-            job.hold_transfer_id = hold.id
             s.flush()
             return JobView.of(job, acct.name, [])
 
@@ -319,7 +300,11 @@ class Marketplace:
                 stmt = stmt.where(Job.state == state)
             rows = s.execute(stmt.order_by(Job.id.desc()).limit(limit)).all()
             allocs = _allocations_by_job(s, [job.id for job, _ in rows])
-            return [JobView.of(job, name, allocs.get(job.id, [])) for job, name in rows]
+            reasons = _plan_reasons(s, [job for job, _ in rows])
+            return [
+                JobView.of(job, name, allocs.get(job.id, []), reasons.get(job.plan_record_id, []))
+                for job, name in rows
+            ]
 
         return self._read(work)
 
@@ -333,38 +318,40 @@ class Marketplace:
             if row is None:
                 raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
             job, name = row
-            return JobView.of(job, name, _allocations_by_job(s, [job.id]).get(job.id, []))
+            allocs = _allocations_by_job(s, [job.id]).get(job.id, [])
+            return JobView.of(
+                job, name, allocs, _plan_reasons(s, [job]).get(job.plan_record_id, [])
+            )
 
         return self._read(work)
 
     def explain(self, job_id: int) -> dict[str, Any]:
         """Why the job went where it went, or why it is not running: the plan's record.
 
-        A pending job without a record is planned afresh against current capacity.
+        A pending job the scheduler has not looked at yet is planned afresh.
         """
         job = self.job(job_id)
 
         def work(s: Session) -> tuple[str | None, list[Offer]]:
             row = s.get(Job, job_id)
             assert row is not None
-            return row.metric_json, registry.offers(s)
+            record = s.get(PlanRecord, row.plan_record_id) if row.plan_record_id else None
+            return (record.metric_json if record else None), registry.offers(s)
 
         metric_json, offers = self._read(work)
         if metric_json:
             metric = json.loads(metric_json)
-            source = "recorded when the job was placed"
+            source = "recorded by the scheduler"
         else:
-            spec = JobSpec.model_validate(job.spec)
-            fresh = plan([spec], offers, keys=[job.id])
+            fresh = plan([JobSpec.model_validate(job.spec)], offers, keys=[job.id])
             metric = fresh.metrics[job.id].to_dict()
             source = "planned now against current free capacity"
-        chosen = job.allocation.node_id if job.allocation else None
         return {
             "job": job.id,
             "name": job.name,
             "state": job.state,
             "source": source,
-            "node_id": chosen,
+            "node_ids": [a.node_id for a in job.allocations if a.state != "lost"],
             "metric": metric,
             "reasons": job.reasons,
         }
@@ -376,65 +363,29 @@ class Marketplace:
         """Pending jobs (oldest first) and every active node, read in one snapshot."""
 
         def work(s: Session) -> PendingWork:
-            stmt = select(Job.id, Job.spec_json).where(Job.state == "pending")
+            stmt = select(
+                Job.id, Job.account_id, Job.hold_transfer_id, Job.max_cost_micro_usd, Job.spec_json
+            ).where(Job.state == "pending")
             if job_ids is not None:
                 stmt = stmt.where(Job.id.in_(list(job_ids)))
             rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
             offers, prices = _capacity(s)
-            return PendingWork(
-                job_ids=[r.id for r in rows],
-                specs=[JobSpec.model_validate_json(r.spec_json) for r in rows],
-                offers=offers,
-                price_micro=prices,
-            )
+            specs: dict[str, JobSpec] = {}  # identical manifests parse once
+            jobs = []
+            for r in rows:
+                spec = specs.get(r.spec_json)
+                if spec is None:
+                    spec = specs[r.spec_json] = JobSpec.model_validate_json(r.spec_json)
+                jobs.append(
+                    PendingJob(r.id, r.account_id, r.hold_transfer_id, r.max_cost_micro_usd, spec)
+                )
+            return PendingWork(jobs=jobs, offers=offers, price_micro=prices)
 
         return self._read(work)
 
     def commit_plan(self, work: PendingWork, result: Plan, *, driver_id: str | None) -> CycleCommit:
-        """Reserve every placement of ``result`` in one transaction.
-
-        Capacity is taken by a conditional update (the plan may be stale: another
-        scheduler may have booked the node since), the job moves pending ->
-        scheduled only if still pending, and the job's hold shrinks to the locked
-        price. Jobs no node can ever take are refused and their hold returned.
-        """
-        specs = dict(zip(work.job_ids, work.specs, strict=True))
-
-        def tx(s: Session) -> CycleCommit:
-            ledger = Ledger(s)
-            ledger.lock()
-            commit = CycleCommit()
-            escrow_id = ledger.account(ESCROW_ACCOUNT).id
-            for placement in result.placements:
-                job_id = int(placement.job)  # type: ignore[call-overload]
-                alloc = _reserve_one(
-                    s,
-                    ledger,
-                    escrow_id,
-                    job_id,
-                    specs[job_id],
-                    placement.node_id,
-                    work.price_micro[placement.node_id],
-                    placement.rtt_ms,
-                    placement.score,
-                    json.dumps(result.metrics[job_id].to_dict()),
-                    driver_id,
-                )
-                if alloc is None:
-                    commit.conflicts += 1
-                else:
-                    commit.reserved.append(alloc)
-            for key, reasons in result.unplaced.items():
-                job_id = int(key)  # type: ignore[call-overload]
-                if result.never_fits(key) and _refuse(s, ledger, job_id, reasons):
-                    commit.unschedulable.append(job_id)
-                elif not result.never_fits(key):
-                    s.execute(
-                        update(Job).where(Job.id == job_id).values(reasons_json=json.dumps(reasons))
-                    )
-            return commit
-
-        return self._tx(tx)
+        """Reserve every placement of ``result`` in one transaction (see ``depin.reserve``)."""
+        return self._tx(lambda s: reserve(s, work, result, driver_id=driver_id))
 
     def claim_reserved(self, driver_id: str, *, limit: int = 1000) -> list[Launch]:
         """Mark this driver's reserved allocations running and return what to launch."""
@@ -471,8 +422,8 @@ class Marketplace:
     def finish(self, outcome: Outcome) -> None:
         """Settle an allocation that ended: pay the used part, return the rest, free the GPUs.
 
-        A lost allocation (its node or worker died) pays nothing and requeues its job.
-        Finishing twice is a no-op: only a running allocation can end.
+        A lost allocation (its node or worker died) pays nothing; a single-replica
+        job is queued again. Finishing twice is a no-op: only a running allocation ends.
         """
 
         def work(s: Session) -> None:
@@ -481,40 +432,14 @@ class Marketplace:
             alloc = s.get(Allocation, outcome.allocation_id, populate_existing=True)
             if alloc is None or alloc.state != "running":
                 return
-            job = s.get(Job, alloc.job_id)
+            job = s.get(Job, alloc.job_id, populate_existing=True)
             assert job is not None
-            hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
-            if outcome.lost:
+            spec = JobSpec.model_validate_json(job.spec_json)
+            if outcome.lost and spec.replicas == 1:
                 _requeue(s, ledger, alloc, job, outcome.error or "node lost")
                 return
-            used = min(
-                hold.amount_micro_usd,
-                usage_cost_micro(
-                    alloc.price_micro_usd_per_gpu_hour, alloc.gpus, outcome.duration_ms
-                ),
-            )
-            ledger.post(
-                hold, used, memo=f"job {job.id}: {outcome.duration_ms} ms on node {alloc.node_id}"
-            )
-            if used:
-                node = registry.get_node(s, alloc.node_id)
-                ledger.transfer(
-                    hold.credit_account_id,
-                    node.provider_id,
-                    used,
-                    "payout",
-                    job_id=job.id,
-                    allocation_id=alloc.id,
-                    memo=f"job {job.id} on node {node.id}",
-                )
-            registry.release_capacity(s, alloc.node_id, alloc.gpus)
-            state = "succeeded" if outcome.succeeded else "failed"
-            alloc.state, alloc.ended_at = state, outcome.ended_at
-            alloc.started_at = outcome.started_at
-            alloc.exit_code, alloc.error = outcome.exit_code, outcome.error
-            alloc.output_tail = outcome.output_tail[-OUTPUT_TAIL_CHARS:]
-            alloc.cost_micro_usd = used
-            job.state, job.ended_at, job.updated_at = state, outcome.ended_at, utcnow()
+            _settle(s, ledger, alloc, job, outcome)
+            _end_job_if_done(s, job, spec)
 
         self._tx(work)
 
@@ -619,16 +544,6 @@ class Marketplace:
 # -- helpers that run inside a transaction -------------------------------------------------
 
 
-def max_cost_micro(spec: JobSpec, price_micro_per_gpu_hour: int) -> int:
-    """The most ``spec`` can cost at a price: price x gpus x max duration, capped by the budget."""
-    bound = usage_cost_micro(
-        price_micro_per_gpu_hour, spec.resources.gpus, spec.max_duration_s * 1000
-    )
-    if spec.pricing.budget_usd is not None:
-        bound = min(bound, usd_to_micro(spec.pricing.budget_usd))
-    return bound
-
-
 def _capacity(s: Session, *, full: bool = False) -> tuple[list[Offer], dict[int, int]]:
     """Offers of every active node, and each node's exact price in micro-USD."""
     nodes = registry.list_nodes(s, status="active")
@@ -670,6 +585,19 @@ def _record_nonce(s: Session, claims: Claims, account_id: int) -> None:
         ) from exc
 
 
+def _plan_reasons(s: Session, jobs: Sequence[Job]) -> dict[int | None, list[str]]:
+    """The scheduler's reasons for jobs that wait or were refused, by plan record id."""
+    ids = {
+        j.plan_record_id
+        for j in jobs
+        if j.plan_record_id and j.state in ("pending", "unschedulable")
+    }
+    if not ids:
+        return {}
+    rows = s.execute(select(PlanRecord.id, PlanRecord.reasons_json).where(PlanRecord.id.in_(ids)))
+    return {rid: json.loads(r) for rid, r in rows if r}
+
+
 def _allocations_by_job(s: Session, job_ids: Sequence[int]) -> dict[int, list[Allocation]]:
     out: dict[int, list[Allocation]] = {}
     if not job_ids:
@@ -681,83 +609,49 @@ def _allocations_by_job(s: Session, job_ids: Sequence[int]) -> dict[int, list[Al
     return out
 
 
-def _reserve_one(
-    s: Session,
-    ledger: Ledger,
-    escrow_id: int,
-    job_id: int,
-    spec: JobSpec,
-    node_id: int,
-    price_micro: int,
-    rtt_ms: float | None,
-    score: float,
-    metric_json: str,
-    driver_id: str | None,
-) -> int | None:
-    """Book one placement; None when the node or the job was taken meanwhile."""
-    gpus = spec.resources.gpus
-    if not registry.take_capacity(s, node_id, gpus, price_micro):
-        return None
-    now = utcnow()
-    claimed = s.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "pending")
-        .values(state="scheduled", updated_at=now, metric_json=metric_json, reasons_json=None)
-    )
-    if claimed.rowcount != 1:
-        registry.release_capacity(s, node_id, gpus)
-        return None
-    job = s.get(Job, job_id, populate_existing=True)
-    assert job is not None and job.hold_transfer_id is not None
-    old_hold = ledger.pending_transfer(job.hold_transfer_id)
-    hold_micro = min(old_hold.amount_micro_usd, max_cost_micro(spec, price_micro))
-    time_limit_s = max(1, min(spec.max_duration_s, time_covered_s(hold_micro, price_micro, gpus)))
-    alloc = Allocation(
-        job_id=job_id,
-        node_id=node_id,
-        gpus=gpus,
-        price_micro_usd_per_gpu_hour=price_micro,
-        time_limit_s=time_limit_s,
-        rtt_ms=rtt_ms,
-        score=score,
-        state="reserved",
-        driver_id=driver_id,
-    )
-    s.add(alloc)
-    s.flush()
-    ledger.void(old_hold, memo=f"job {job_id}: replaced by the hold at the locked price")
-    hold = ledger.transfer(
-        old_hold.debit_account_id,
-        escrow_id,
-        hold_micro,
-        "hold",
-        pending=True,
-        job_id=job_id,
-        allocation_id=alloc.id,
-        memo=f"job {job_id} on node {node_id} at {format_usd(price_micro)}/GPU-h",
-    )
-    alloc.hold_transfer_id = hold.id
-    return alloc.id
-
-
-def _refuse(s: Session, ledger: Ledger, job_id: int, reasons: list[str]) -> bool:
-    """A pending job that no node can ever take ends unschedulable; its hold returns."""
-    claimed = s.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "pending")
-        .values(
-            state="unschedulable",
-            reasons_json=json.dumps(reasons),
-            ended_at=utcnow(),
-            updated_at=utcnow(),
+def _settle(s: Session, ledger: Ledger, alloc: Allocation, job: Job, outcome: Outcome) -> None:
+    """Post what the allocation used (nothing, if lost), pay the provider, free the GPUs."""
+    hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
+    used = 0
+    if not outcome.lost:
+        cost = usage_cost_micro(alloc.price_micro_usd_per_gpu_hour, alloc.gpus, outcome.duration_ms)
+        used = min(hold.amount_micro_usd, cost)
+    if used:
+        ledger.post(
+            hold, used, memo=f"job {job.id}: {outcome.duration_ms} ms on node {alloc.node_id}"
         )
-    )
-    if claimed.rowcount != 1:
-        return False
-    job = s.get(Job, job_id, populate_existing=True)
-    assert job is not None and job.hold_transfer_id is not None
-    ledger.void(ledger.pending_transfer(job.hold_transfer_id), memo=f"job {job_id}: unschedulable")
-    return True
+        node = registry.get_node(s, alloc.node_id)
+        ledger.transfer(
+            hold.credit_account_id,
+            node.provider_id,
+            used,
+            "payout",
+            job_id=job.id,
+            allocation_id=alloc.id,
+            memo=f"job {job.id} on node {node.id}",
+        )
+    else:
+        ledger.void(hold, memo=f"job {job.id}: allocation {alloc.id} used nothing")
+    registry.release_capacity(s, alloc.node_id, alloc.gpus)
+    alloc.state = "lost" if outcome.lost else ("succeeded" if outcome.succeeded else "failed")
+    alloc.started_at, alloc.ended_at = outcome.started_at, outcome.ended_at
+    alloc.exit_code, alloc.error = outcome.exit_code, outcome.error
+    alloc.output_tail = outcome.output_tail[-OUTPUT_TAIL_CHARS:]
+    alloc.cost_micro_usd = used
+
+
+def _end_job_if_done(s: Session, job: Job, spec: JobSpec) -> None:
+    """A job ends when its last allocation does: succeeded only if every replica did."""
+    s.flush()
+    states = s.execute(select(Allocation.state).where(Allocation.job_id == job.id)).scalars().all()
+    if any(state in ("reserved", "running") for state in states):
+        return
+    if spec.replicas == 1:
+        final = states[-1] if states[-1] in ("succeeded", "failed") else "failed"
+    else:
+        final = "succeeded" if all(state == "succeeded" for state in states) else "failed"
+    now = utcnow()
+    job.state, job.ended_at, job.updated_at = final, now, now
 
 
 def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: str) -> None:
@@ -773,7 +667,7 @@ def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: st
             [f"{reason}; not requeued: the balance no longer covers the hold"]
         )
         return
-    new_hold = ledger.transfer(
+    job.hold_transfer_id = ledger.transfer(
         job.account_id,
         hold.credit_account_id,
         job.max_cost_micro_usd,
@@ -782,5 +676,4 @@ def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: st
         job_id=job.id,
         memo=f"job {job.id}: requeued after {reason}",
     )
-    job.hold_transfer_id = new_hold.id
-    job.state, job.updated_at, job.metric_json = "pending", now, None
+    job.state, job.updated_at, job.plan_record_id = "pending", now, None

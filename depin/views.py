@@ -167,7 +167,13 @@ class JobView:
         return self.allocations[-1] if self.allocations else None
 
     @classmethod
-    def of(cls, job: Job, account: str, allocations: list[Allocation]) -> JobView:
+    def of(
+        cls,
+        job: Job,
+        account: str,
+        allocations: list[Allocation],
+        plan_reasons: list[str] | None = None,
+    ) -> JobView:
         return cls(
             id=job.id,
             name=job.name,
@@ -180,7 +186,8 @@ class JobView:
             ended_at=_iso(job.ended_at),
             spec=json.loads(job.spec_json),
             allocations=[AllocationView.of(a) for a in allocations],
-            reasons=json.loads(job.reasons_json) if job.reasons_json else [],
+            reasons=(json.loads(job.reasons_json) if job.reasons_json else [])
+            + (plan_reasons or []),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from depin.market import CycleCommit, Marketplace
+from depin.market import Marketplace
+from depin.reserve import CycleCommit
 from scheduler.executor import RayExecutor
 from scheduler.plan import plan
 from scheduler.work import Outcome

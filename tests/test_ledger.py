@@ -65,7 +65,7 @@ def test_a_hold_reserves_money_and_a_partial_post_returns_the_rest(market: Marke
     hold = tx(market, lambda lg: lg.transfer(dev, escrow, 4_000_000, "hold", pending=True))
     assert tx(market, lambda lg: lg.balance(dev)).available == 6_000_000
     assert_balanced(market)
-    tx(market, lambda lg: lg.post(lg.pending_transfer(hold.id), 1_500_000))
+    tx(market, lambda lg: lg.post(lg.pending_transfer(hold), 1_500_000))
     after = tx(market, lambda lg: lg.balance(dev))
     assert (after.available, after.debits_pending, after.debits_posted) == (8_500_000, 0, 1_500_000)
     assert tx(market, lambda lg: lg.balance(escrow)).credits_posted == 1_500_000
@@ -77,7 +77,7 @@ def test_a_void_returns_the_whole_hold(market: Marketplace) -> None:
     world, escrow = ids(market)
     tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
     hold = tx(market, lambda lg: lg.transfer(dev, escrow, 3_000_000, "hold", pending=True))
-    tx(market, lambda lg: lg.void(lg.pending_transfer(hold.id)))
+    tx(market, lambda lg: lg.void(lg.pending_transfer(hold)))
     assert tx(market, lambda lg: lg.balance(dev)).available == 3_000_000
     assert_balanced(market)
 
@@ -87,9 +87,9 @@ def test_a_hold_is_resolved_at_most_once(market: Marketplace) -> None:
     world, escrow = ids(market)
     tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
     hold = tx(market, lambda lg: lg.transfer(dev, escrow, 1_000_000, "hold", pending=True))
-    tx(market, lambda lg: lg.post(lg.pending_transfer(hold.id)))
+    tx(market, lambda lg: lg.post(lg.pending_transfer(hold)))
     with pytest.raises(LedgerError, match="already resolved"):
-        tx(market, lambda lg: lg.void(lg.pending_transfer(hold.id)))
+        tx(market, lambda lg: lg.void(lg.pending_transfer(hold)))
     assert_balanced(market)
 
 
@@ -117,7 +117,7 @@ def test_posting_more_than_the_hold_is_refused(market: Marketplace) -> None:
     tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
     hold = tx(market, lambda lg: lg.transfer(dev, escrow, 1_000_000, "hold", pending=True))
     with pytest.raises(LedgerError, match="cannot post"):
-        tx(market, lambda lg: lg.post(lg.pending_transfer(hold.id), 1_000_001))
+        tx(market, lambda lg: lg.post(lg.pending_transfer(hold), 1_000_001))
 
 
 def _three_entries(market: Marketplace) -> None:

@@ -229,6 +229,6 @@ def test_explain_shows_the_recorded_decision(world: World) -> None:
     assert pending["source"].startswith("planned now")
     cycle(world)
     placed = world.client.explain(job_id)
-    assert placed["node_id"] == world.node_ids["frankfurt-a100"]
+    assert placed["node_ids"] == [world.node_ids["frankfurt-a100"]]
     assert placed["metric"]["filtered"] == {"vram_gib >= 70": 3}
     assert placed["metric"]["candidates"][0]["node_id"] == world.node_ids["frankfurt-a100"]

@@ -236,11 +236,23 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")
     max_cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
     hold_transfer_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transfers.id"))
-    reasons_json: Mapped[str | None] = mapped_column(Text)
-    metric_json: Mapped[str | None] = mapped_column(Text)
+    # The scheduler's record of the last decision about this job (shared by its request class).
+    plan_record_id: Mapped[int | None] = mapped_column(ForeignKey("plan_records.id"))
+    reasons_json: Mapped[str | None] = mapped_column(Text)  # reasons of the job's own (failures)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class PlanRecord(Base):
+    """Why the scheduler placed a request class where it did, or nowhere (depin job explain)."""
+
+    __tablename__ = "plan_records"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    metric_json: Mapped[str] = mapped_column(Text)
+    reasons_json: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Nonce(Base):

@@ -66,6 +66,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ledger_head")),
     )
     op.create_table(
+        "plan_records",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("metric_json", sa.Text(), nullable=False),
+        sa.Column("reasons_json", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_plan_records")),
+    )
+    op.create_table(
         "settings",
         sa.Column("key", sa.String(length=64), nullable=False),
         sa.Column("value", sa.String(length=256), nullable=False),
@@ -213,8 +221,8 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("max_cost_micro_usd", sa.BigInteger(), nullable=False),
         sa.Column("hold_transfer_id", sa.BigInteger(), nullable=True),
+        sa.Column("plan_record_id", sa.Integer(), nullable=True),
         sa.Column("reasons_json", sa.Text(), nullable=True),
-        sa.Column("metric_json", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ended_at", sa.DateTime(timezone=True), nullable=True),
@@ -228,6 +236,11 @@ def upgrade() -> None:
         ),
         sa.ForeignKeyConstraint(
             ["hold_transfer_id"], ["transfers.id"], name=op.f("fk_jobs_hold_transfer_id_transfers")
+        ),
+        sa.ForeignKeyConstraint(
+            ["plan_record_id"],
+            ["plan_records.id"],
+            name=op.f("fk_jobs_plan_record_id_plan_records"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
     )
@@ -350,6 +363,7 @@ def downgrade() -> None:
 
     op.drop_table("account_keys")
     op.drop_table("settings")
+    op.drop_table("plan_records")
     op.drop_table("ledger_head")
     op.drop_table("drivers")
     op.drop_table("accounts")

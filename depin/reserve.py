@@ -1,0 +1,373 @@
+"""Reserve a plan: capacity, allocations and holds at the locked price, in one transaction.
+
+The plan may be stale (another scheduler may have booked a node or taken a
+job since the snapshot), so every claim is conditional: a job moves pending
+-> scheduled only if still pending, a node gives GPUs only if it still has
+them at the price the plan saw, and the nodes' CHECK has the last word.
+
+A cycle first tries the bulk path: a handful of statements for the whole
+batch (jobs claimed per request class, capacity per node, allocations and
+ledger entries in one INSERT each). If any claim comes up short, the bulk
+attempt is rolled back to a savepoint and the cycle reserves job by job,
+skipping what was taken.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from depin.db.models import Allocation, Job, PlanRecord, utcnow
+from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
+from depin.money import format_usd, time_covered_s, usage_cost_micro, usd_to_micro
+from depin.spec import JobSpec
+from providers import registry
+from scheduler import Assignment, Offer, Plan
+from scheduler.explain import JobMetric
+
+CLAIM_CHUNK = 500  # ids per IN (...) list
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    """What reserving a pending job needs, read with the snapshot."""
+
+    id: int
+    account_id: int
+    hold_id: int
+    hold_micro: int
+    spec: JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWork:
+    """A consistent snapshot for one scheduling cycle: pending jobs and active nodes."""
+
+    jobs: list[PendingJob]
+    offers: list[Offer]
+    price_micro: dict[int, int]  # node id -> price the plan saw, re-checked at reserve
+
+    @property
+    def job_ids(self) -> list[int]:
+        return [j.id for j in self.jobs]
+
+    @property
+    def specs(self) -> list[JobSpec]:
+        return [j.spec for j in self.jobs]
+
+
+@dataclass(slots=True)
+class CycleCommit:
+    """What a cycle's reserve transaction did."""
+
+    reserved: list[int] = field(default_factory=list)  # allocation ids
+    unschedulable: list[int] = field(default_factory=list)  # job ids refused for good
+    conflicts: int = 0  # jobs whose placement a concurrent scheduler took first
+
+
+class _Conflict(Exception):
+    """The bulk path met a claim that came up short; fall back to job by job."""
+
+
+def max_cost_micro(spec: JobSpec, price_micro_per_gpu_hour: int) -> int:
+    """The most one replica can cost at a price: price x gpus x max duration, within the budget."""
+    bound = usage_cost_micro(
+        price_micro_per_gpu_hour, spec.resources.gpus, spec.max_duration_s * 1000
+    )
+    if spec.pricing.budget_usd is not None:
+        bound = min(bound, usd_to_micro(spec.pricing.budget_usd) // spec.replicas)
+    return bound
+
+
+def reserve(
+    session: Session, work: PendingWork, result: Plan, *, driver_id: str | None
+) -> CycleCommit:
+    """Reserve every placement of ``result`` and record why the rest were not placed."""
+    ledger = Ledger(session)
+    ledger.lock()
+    escrow_id = ledger.account(ESCROW_ACCOUNT).id
+    jobs = {j.id: j for j in work.jobs}
+    by_job: dict[int, list[Assignment]] = defaultdict(list)
+    for a in result.placements:
+        by_job[int(a.job)].append(a)  # type: ignore[call-overload]
+    records = _records(session, result)
+    commit = CycleCommit()
+    try:
+        with session.begin_nested():
+            commit.reserved = _bulk(
+                session, ledger, escrow_id, jobs, by_job, work, result, records, driver_id
+            )
+    except _Conflict:
+        ledger._head = None  # the savepoint rolled the head back; read it again
+        ledger.lock()
+        for job_id, placements in by_job.items():
+            allocs = reserve_job(
+                session,
+                ledger,
+                escrow_id,
+                jobs[job_id],
+                placements,
+                work.price_micro,
+                records[id(result.metrics[job_id])],
+                driver_id,
+            )
+            if allocs is None:
+                commit.conflicts += 1
+            else:
+                commit.reserved.extend(allocs)
+    _record_unplaced(session, ledger, result, records, commit)
+    return commit
+
+
+def _records(session: Session, result: Plan) -> dict[int, int]:
+    """One plan record per distinct metric (a request class shares one); id(metric) -> row id."""
+    metrics: dict[int, tuple[JobMetric, list[str] | None]] = {}
+    for key, metric in result.metrics.items():
+        if id(metric) not in metrics:
+            metrics[id(metric)] = (metric, result.unplaced.get(key))
+    if not metrics:
+        return {}
+    rows = [
+        {
+            "metric_json": json.dumps(m.to_dict()),
+            "reasons_json": None if r is None else json.dumps(r),
+        }
+        for m, r in metrics.values()
+    ]
+    ids = session.execute(
+        insert(PlanRecord).returning(PlanRecord.id, sort_by_parameter_order=True), rows
+    )
+    return dict(zip(metrics, ids.scalars().all(), strict=True))
+
+
+def _bulk(
+    s: Session,
+    ledger: Ledger,
+    escrow_id: int,
+    jobs: dict[int, PendingJob],
+    by_job: dict[int, list[Assignment]],
+    work: PendingWork,
+    result: Plan,
+    records: dict[int, int],
+    driver_id: str | None,
+) -> list[int]:
+    if not by_job:
+        return []
+    now = utcnow()
+    # 1. Claim the jobs, per request class (they share a plan record).
+    per_record: dict[int, list[int]] = defaultdict(list)
+    for job_id in by_job:
+        per_record[records[id(result.metrics[job_id])]].append(job_id)
+    claimed = 0
+    for record_id, ids in per_record.items():
+        for chunk in _chunks(ids):
+            claimed += s.execute(
+                update(Job)
+                .where(Job.id.in_(chunk), Job.state == "pending")
+                .values(
+                    state="scheduled", plan_record_id=record_id, updated_at=now, reasons_json=None
+                )
+                .execution_options(synchronize_session=False)
+            ).rowcount
+    if claimed != len(by_job):
+        raise _Conflict
+    # 2. Take capacity, one conditional update per node.
+    taken: dict[int, int] = defaultdict(int)
+    for placements in by_job.values():
+        for a in placements:
+            taken[a.node_id] += a.gpus
+    params = [{"node": n, "gpus": g, "price": work.price_micro[n]} for n, g in taken.items()]
+    updated = s.execute(
+        text(
+            "UPDATE nodes SET gpus_free = gpus_free - :gpus WHERE id = :node "
+            "AND status = 'active' AND gpus_free >= :gpus AND price_micro_usd_per_gpu_hour = :price"
+        ),
+        params,
+    ).rowcount
+    if updated != len(params):
+        raise _Conflict
+    # 3. Allocations with ids known up front, so holds can name them.
+    count = sum(len(p) for p in by_job.values())
+    alloc_ids = _next_ids(s, count)
+    hold_ids_start = ledger.lock().seq + 1
+    alloc_rows, entries = [], []
+    i = 0
+    for job_id, placements in by_job.items():
+        job = jobs[job_id]
+        old = Hold(job.hold_id, job.account_id, escrow_id, job.hold_micro, job_id)
+        entries.append(
+            Ledger.resolution(
+                old, "void", old.amount_micro_usd, f"job {job_id}: replaced at the locked price"
+            )
+        )
+        share = job.hold_micro // len(placements)
+        for a in placements:
+            price = work.price_micro[a.node_id]
+            hold_micro = min(share, max_cost_micro(job.spec, price))
+            limit = max(1, min(job.spec.max_duration_s, time_covered_s(hold_micro, price, a.gpus)))
+            alloc_id = alloc_ids[i]
+            i += 1
+            alloc_rows.append(
+                {
+                    "id": alloc_id,
+                    "job_id": job_id,
+                    "node_id": a.node_id,
+                    "gpus": a.gpus,
+                    "price_micro_usd_per_gpu_hour": price,
+                    "time_limit_s": limit,
+                    "hold_transfer_id": hold_ids_start + len(entries),
+                    "rtt_ms": a.rtt_ms,
+                    "score": a.score,
+                    "state": "reserved",
+                    "driver_id": driver_id,
+                    "created_at": now,
+                }
+            )
+            entries.append(
+                Entry(
+                    "hold",
+                    job.account_id,
+                    escrow_id,
+                    hold_micro,
+                    pending=True,
+                    job_id=job_id,
+                    allocation_id=alloc_id,
+                    memo=f"job {job_id} on node {a.node_id} at {format_usd(price)}/GPU-h",
+                )
+            )
+    # 4. Ledger entries first (allocations reference their holds), then the allocations.
+    ids = ledger.append(entries)
+    assert ids[0] == hold_ids_start, "ledger ids moved while the head was locked"
+    s.execute(insert(Allocation), alloc_rows)
+    return alloc_ids
+
+
+def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    return [ids[i : i + CLAIM_CHUNK] for i in range(0, len(ids), CLAIM_CHUNK)]
+
+
+def _next_ids(s: Session, n: int) -> list[int]:
+    """``n`` fresh allocation ids: the sequence on PostgreSQL, max+1 under SQLite's write lock."""
+    if s.get_bind().dialect.name == "postgresql":
+        rows = s.execute(
+            text(
+                "SELECT nextval(pg_get_serial_sequence('allocations', 'id')) "
+                "FROM generate_series(1, :n)"
+            ),
+            {"n": n},
+        )
+        return [int(r[0]) for r in rows]
+    start = s.execute(select(func.coalesce(func.max(Allocation.id), 0))).scalar_one() + 1
+    return list(range(start, start + n))
+
+
+def reserve_job(
+    s: Session,
+    ledger: Ledger,
+    escrow_id: int,
+    job: PendingJob,
+    placements: Sequence[Assignment],
+    price_micro: dict[int, int],
+    record_id: int,
+    driver_id: str | None,
+) -> list[int] | None:
+    """Book one job's replicas, all or none; None when a node or the job was taken meanwhile."""
+    try:
+        with s.begin_nested():
+            for a in placements:
+                if not registry.take_capacity(s, a.node_id, a.gpus, price_micro[a.node_id]):
+                    raise _Conflict
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.state == "pending")
+                .values(
+                    state="scheduled",
+                    plan_record_id=record_id,
+                    updated_at=utcnow(),
+                    reasons_json=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:
+                raise _Conflict
+            old = ledger.pending_transfer(job.hold_id)
+            ledger.void(old, memo=f"job {job.id}: replaced at the locked price")
+            share = job.hold_micro // len(placements)
+            allocs = []
+            for a in placements:
+                price = price_micro[a.node_id]
+                hold_micro = min(share, max_cost_micro(job.spec, price))
+                alloc = Allocation(
+                    job_id=job.id,
+                    node_id=a.node_id,
+                    gpus=a.gpus,
+                    price_micro_usd_per_gpu_hour=price,
+                    time_limit_s=max(
+                        1, min(job.spec.max_duration_s, time_covered_s(hold_micro, price, a.gpus))
+                    ),
+                    rtt_ms=a.rtt_ms,
+                    score=a.score,
+                    state="reserved",
+                    driver_id=driver_id,
+                )
+                s.add(alloc)
+                s.flush()
+                alloc.hold_transfer_id = ledger.transfer(
+                    job.account_id,
+                    escrow_id,
+                    hold_micro,
+                    "hold",
+                    pending=True,
+                    job_id=job.id,
+                    allocation_id=alloc.id,
+                    memo=f"job {job.id} on node {a.node_id} at {format_usd(price)}/GPU-h",
+                )
+                allocs.append(alloc.id)
+            s.flush()
+            return allocs
+    except _Conflict:
+        ledger._head = None  # the savepoint rolled the head back; read it again
+        return None
+
+
+def _record_unplaced(
+    s: Session, ledger: Ledger, result: Plan, records: dict[int, int], commit: CycleCommit
+) -> None:
+    """Jobs that wait point at their plan record; jobs that never fit end, refunded."""
+    waiting: dict[int, list[int]] = defaultdict(list)
+    for key in result.unplaced:
+        job_id = int(key)  # type: ignore[call-overload]
+        if result.never_fits(key):
+            if refuse(s, ledger, job_id, records[id(result.metrics[key])]):
+                commit.unschedulable.append(job_id)
+        else:
+            waiting[records[id(result.metrics[key])]].append(job_id)
+    for record_id, ids in waiting.items():
+        for chunk in _chunks(ids):
+            s.execute(
+                update(Job)
+                .where(Job.id.in_(chunk), Job.state == "pending")
+                .values(plan_record_id=record_id)
+                .execution_options(synchronize_session=False)
+            )
+
+
+def refuse(s: Session, ledger: Ledger, job_id: int, record_id: int | None) -> bool:
+    """A pending job that no node can ever take ends unschedulable; its hold returns."""
+    now = utcnow()
+    claimed = s.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "pending")
+        .values(state="unschedulable", plan_record_id=record_id, ended_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        return False
+    hold_id = s.execute(select(Job.hold_transfer_id).where(Job.id == job_id)).scalar_one()
+    ledger.void(ledger.pending_transfer(hold_id), memo=f"job {job_id}: unschedulable")
+    return True
