@@ -12,6 +12,7 @@ ever sees public keys and signed envelopes.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,10 @@ class Client:
             spec = _validated(NodeSpec, fields, "node")
         return self.market.add_node(spec)
 
+    def add_nodes(self, specs: Sequence[NodeSpec]) -> list[int]:
+        """Register many nodes at once (all or none); returns their ids."""
+        return self.market.add_nodes(specs)
+
     def nodes(self) -> list[NodeView]:
         return self.market.nodes()
 
@@ -188,6 +193,29 @@ class Client:
         account = account or self.default_account()
         envelope = self.sign(job, key=key or self.signing_key_for(account), account=account)
         return self.market.submit(envelope)
+
+    def submit_many(
+        self,
+        jobs: Sequence[JobSpec | Envelope],
+        *,
+        account: str | None = None,
+        key: str | None = None,
+    ) -> list[int]:
+        """Sign (where needed) and submit many jobs in one transaction, all or none; returns ids."""
+        envelopes = [j for j in jobs if isinstance(j, Envelope)]
+        if len(envelopes) < len(jobs):
+            account = account or self.default_account()
+            private = keystore.load_private(
+                key or self.signing_key_for(account), self.settings.keys_dir
+            )
+            audience = self.market_id
+            envelopes = [
+                j
+                if isinstance(j, Envelope)
+                else manifest.sign(j, private, issuer=account, audience=audience)
+                for j in jobs
+            ]
+        return self.market.submit_many(envelopes)
 
     def submit_file(self, path: str | Path, *, account: str | None = None) -> JobView:
         """Submit a YAML manifest (signed here) or a JSON envelope signed elsewhere."""

@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from depin.db.engine import db_time, executemany
 from depin.db.models import Account, LedgerHead, Transfer, utcnow
 from depin.errors import InsufficientFundsError, LedgerError, NotFoundError
 from depin.money import format_usd
@@ -96,9 +97,23 @@ def entry_values(t: Transfer) -> tuple[Any, ...]:
 
 
 def entry_hash(prev_hash: str, values: tuple[Any, ...]) -> str:
-    """SHA-256 over the previous entry's hash and this entry's canonical JSON array."""
-    body = json.dumps(values, separators=(",", ":"), ensure_ascii=False).encode()
-    return hashlib.sha256(prev_hash.encode("ascii") + body).hexdigest()
+    """SHA-256 over the previous entry's hash and this entry's canonical encoding.
+
+    Fields joined by ``|`` in a fixed order, None as empty and booleans as 0/1;
+    the memo, the only free text, comes last as a JSON string, so no two
+    entries encode alike.
+    """
+    (id_, debit, credit, amount, kind, pending, held, timeout, job, alloc, memo, created) = values
+    memo_json = json.dumps(memo, ensure_ascii=False)
+    body = (
+        f"{id_}|{debit}|{credit}|{amount}|{kind}|{1 if pending else 0}|{_text(held)}|"
+        f"{_text(timeout)}|{_text(job)}|{_text(alloc)}|{created}|{memo_json}"
+    )
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +156,11 @@ class Entry:
 
 
 _TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+_INSERT_ENTRY = (
+    "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount_micro_usd, kind, "
+    "pending, pending_id, timeout_at, job_id, allocation_id, memo, created_at, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def _deltas(e: Entry) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
@@ -275,8 +295,9 @@ class Ledger:
         head = self.lock()
         now = utcnow()
         now_iso = _iso(now)
+        stored_now = db_time(self.session, now)
         seq, prev = head.seq, head.hash
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         totals: dict[int, list[int]] = {}
         for e in entries:
             seq += 1
@@ -297,22 +318,22 @@ class Ledger:
             )
             digest = entry_hash(prev, values)
             rows.append(
-                {
-                    "id": seq,
-                    "debit_account_id": e.debit_account_id,
-                    "credit_account_id": e.credit_account_id,
-                    "amount_micro_usd": e.amount_micro_usd,
-                    "kind": e.kind,
-                    "pending": e.pending,
-                    "pending_id": pending_id,
-                    "timeout_at": e.timeout_at,
-                    "job_id": e.job_id,
-                    "allocation_id": e.allocation_id,
-                    "memo": e.memo,
-                    "created_at": now,
-                    "prev_hash": prev,
-                    "hash": digest,
-                }
+                (
+                    seq,
+                    e.debit_account_id,
+                    e.credit_account_id,
+                    e.amount_micro_usd,
+                    e.kind,
+                    e.pending,
+                    pending_id,
+                    db_time(self.session, e.timeout_at),
+                    e.job_id,
+                    e.allocation_id,
+                    e.memo,
+                    stored_now,
+                    prev,
+                    digest,
+                )
             )
             prev = digest
             debit, credit = _deltas(e)
@@ -320,11 +341,11 @@ class Ledger:
                 acc = totals.setdefault(account_id, [0, 0, 0, 0])
                 for k in range(4):
                     acc[k] += delta[k]
-        self.session.execute(insert(Transfer), rows)
+        executemany(self.session, _INSERT_ENTRY, rows)
         for account_id, delta in totals.items():
             self._add(account_id, **dict(zip(_TOTALS, delta, strict=True)))
         head.seq, head.hash = seq, prev
-        return [r["id"] for r in rows]
+        return [r[0] for r in rows]
 
     # -- internals -----------------------------------------------------------------------------
     def _check_open(self, hold: Hold) -> None:

@@ -30,7 +30,6 @@ from depin.db.models import (
     Allocation,
     Driver,
     Job,
-    Nonce,
     PlanRecord,
     Setting,
     utcnow,
@@ -39,30 +38,23 @@ from depin.errors import (
     ConflictError,
     InputError,
     NotFoundError,
-    ReplayError,
-    RevokedKeyError,
-    UnknownKeyError,
-    UnschedulableError,
 )
+from depin.gcpause import gc_paused
 from depin.keys import key_id as compute_key_id
 from depin.keys import public_key_b64, public_key_from_b64
-from depin.ledger import ESCROW_ACCOUNT, WORLD_ACCOUNT, Balance, Ledger, VerifyReport, balances
+from depin.ledger import WORLD_ACCOUNT, Balance, Ledger, VerifyReport, balances
 from depin.ledger import entries as ledger_entries
 from depin.ledger import verify as verify_ledger
 from depin.manifest import (
-    CLOCK_SKEW_S,
-    Claims,
     Envelope,
-    check_claims,
-    parse_claims,
-    verify_signature,
 )
-from depin.money import usage_cost_micro, usd_to_micro
-from depin.reserve import CycleCommit, PendingJob, PendingWork, max_cost_micro, reserve
+from depin.money import usage_cost_micro
+from depin.reserve import CycleCommit, PendingJob, PendingWork, reserve
 from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
+from depin.submission import KeyRecord, admit_envelopes, load_keys, queue
 from depin.views import AccountView, JobView, NodeView
 from providers import registry
-from scheduler import Offer, Plan, admit, plan
+from scheduler import Offer, Plan, Snapshot, plan
 from scheduler.work import Launch, Outcome
 
 T = TypeVar("T")
@@ -70,7 +62,7 @@ T = TypeVar("T")
 # A driver (scheduler or waiting submit) that has not heartbeated for this long is dead:
 # its reserved and running allocations are reconciled (requeued).
 DRIVER_TIMEOUT_S = 30
-MAX_BATCH_JOBS = 10_000
+MAX_BATCH_JOBS = 20_000  # jobs one scheduling cycle plans at most
 OUTPUT_TAIL_CHARS = 4000
 _NAME_RE = re.compile(NAME_PATTERN)
 
@@ -185,7 +177,7 @@ class Marketplace:
 
     def registered_key(self, key_id: str) -> Ed25519PublicKey | None:
         """The public key registered under ``key_id``, if any."""
-        row = self._read(lambda s: _keys_by_id(s, [key_id]).get(key_id))
+        row = self._read(lambda s: load_keys(s, [key_id]).get(key_id))
         return None if row is None else public_key_from_b64(row.public_key)
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -201,6 +193,28 @@ class Marketplace:
             return NodeView.of(node, provider.name)
 
         return self._tx(work)
+
+    def add_nodes(self, specs: Sequence[NodeSpec]) -> list[int]:
+        """Register a fleet in one transaction, all or none; returns the node ids."""
+
+        def work(s: Session) -> list[int]:
+            names = sorted({spec.provider for spec in specs})
+            found = dict(
+                s.execute(
+                    select(Account.name, Account.id).where(
+                        Account.name.in_(names), Account.kind == "provider"
+                    )
+                ).all()
+            )
+            missing = [n for n in names if n not in found]
+            if missing:
+                raise InputError(
+                    f"not registered as providers: {', '.join(missing)}; "
+                    "register them with `depin provider register NAME --key KEY`"
+                )
+            return registry.add_nodes(s, found, list(specs))
+
+        return self._tx(work) if specs else []
 
     def nodes(self) -> list[NodeView]:
         def work(s: Session) -> list[NodeView]:
@@ -224,69 +238,26 @@ class Marketplace:
         Verification happens before anything in the payload is parsed; nothing is
         written unless every check passes.
         """
+        return self.job(self.submit_many([envelope], now=now)[0])
+
+    def submit_many(
+        self, envelopes: Sequence[Envelope], *, now: datetime | None = None
+    ) -> list[int]:
+        """Submit a batch of envelopes in one transaction, all or none; returns the job ids."""
+        if not envelopes:
+            return []
         now = now or utcnow()
-        key_rows = self._read(lambda s: _keys_by_id(s, [sig.keyid for sig in envelope.signatures]))
-        signature, _ = verify_signature(
-            envelope,
-            lambda kid: [public_key_from_b64(key_rows[kid].public_key)] if kid in key_rows else [],
-        )
-        key_row = key_rows[signature.keyid]
-        claims = parse_claims(envelope)
-        check_claims(claims, audience=self.market_id, now=now)
-        _check_key_usable(key_row, claims, now)
-        spec = claims.job
-        offers, prices = self._read(lambda s: _capacity(s, full=True))
-        admission = admit(spec, offers)
-        if not admission.ok:
-            raise UnschedulableError(
-                f"no node can ever run job {spec.name!r}: " + "; ".join(admission.reasons),
-                admission.reasons,
-            )
-        cap = spec.pricing.max_usd_per_gpu_hour
-        # The most it can cost: at the declared price cap, else at the dearest node that fits.
-        max_price = (
-            usd_to_micro(cap)
-            if cap is not None
-            else max(prices[n] for n in admission.feasible_node_ids)
-        )
-        hold_micro = max_cost_micro(spec, max_price) * spec.replicas
+        key_ids = [sig.keyid for e in envelopes for sig in e.signatures]
 
-        def work(s: Session) -> JobView:
-            ledger = Ledger(s)
-            ledger.lock()
-            acct = s.get(Account, key_row.account_id)
-            assert acct is not None
-            if acct.name != claims.issuer:
-                raise UnknownKeyError(
-                    f"key {key_row.key_id} signs for account {acct.name!r}, not {claims.issuer!r}"
-                )
-            _record_nonce(s, claims, acct.id)
-            job = Job(
-                account_id=acct.id,
-                key_id=key_row.key_id,
-                name=spec.name,
-                spec_json=json.dumps(spec.to_json_dict(), sort_keys=True),
-                envelope_json=json.dumps(envelope.to_dict(), sort_keys=True),
-                manifest_digest=envelope.digest,
-                state="pending",
-                max_cost_micro_usd=hold_micro,
-            )
-            s.add(job)
-            s.flush()
-            escrow = ledger.account(ESCROW_ACCOUNT)
-            job.hold_transfer_id = ledger.transfer(
-                acct.id,
-                escrow.id,
-                hold_micro,
-                "hold",
-                pending=True,
-                job_id=job.id,
-                memo=f"job {job.id} {spec.name}: most it can cost",
-            )
-            s.flush()
-            return JobView.of(job, acct.name, [])
+        def read(s: Session) -> tuple[dict[str, KeyRecord], list[Offer], dict[int, int]]:
+            offers, prices = _capacity(s, full=True)
+            return load_keys(s, key_ids), offers, prices
 
-        return self._tx(work)
+        keys, offers, prices = self._read(read)
+        admitted = admit_envelopes(
+            envelopes, keys, Snapshot(offers), prices, audience=self.market_id, now=now
+        )
+        return self._tx(lambda s: queue(s, admitted))
 
     # -- jobs ----------------------------------------------------------------------------------
     def jobs(
@@ -364,28 +335,37 @@ class Marketplace:
 
         def work(s: Session) -> PendingWork:
             stmt = select(
-                Job.id, Job.account_id, Job.hold_transfer_id, Job.max_cost_micro_usd, Job.spec_json
+                Job.id,
+                Job.name,
+                Job.account_id,
+                Job.hold_transfer_id,
+                Job.max_cost_micro_usd,
+                Job.template_json,
             ).where(Job.state == "pending")
             if job_ids is not None:
                 stmt = stmt.where(Job.id.in_(list(job_ids)))
             rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
             offers, prices = _capacity(s)
-            specs: dict[str, JobSpec] = {}  # identical manifests parse once
+            templates: dict[str, JobSpec] = {}  # jobs of one template parse it once
             jobs = []
             for r in rows:
-                spec = specs.get(r.spec_json)
-                if spec is None:
-                    spec = specs[r.spec_json] = JobSpec.model_validate_json(r.spec_json)
+                base = templates.get(r.template_json)
+                if base is None:
+                    data = json.loads(r.template_json) | {"name": r.name}
+                    base = templates[r.template_json] = JobSpec.model_validate(data)
+                spec = base if base.name == r.name else base.model_copy(update={"name": r.name})
                 jobs.append(
                     PendingJob(r.id, r.account_id, r.hold_transfer_id, r.max_cost_micro_usd, spec)
                 )
             return PendingWork(jobs=jobs, offers=offers, price_micro=prices)
 
-        return self._read(work)
+        with gc_paused():
+            return self._read(work)
 
     def commit_plan(self, work: PendingWork, result: Plan, *, driver_id: str | None) -> CycleCommit:
         """Reserve every placement of ``result`` in one transaction (see ``depin.reserve``)."""
-        return self._tx(lambda s: reserve(s, work, result, driver_id=driver_id))
+        with gc_paused():
+            return self._tx(lambda s: reserve(s, work, result, driver_id=driver_id))
 
     def claim_reserved(self, driver_id: str, *, limit: int = 1000) -> list[Launch]:
         """Mark this driver's reserved allocations running and return what to launch."""
@@ -549,40 +529,6 @@ def _capacity(s: Session, *, full: bool = False) -> tuple[list[Offer], dict[int,
     nodes = registry.list_nodes(s, status="active")
     offers = [registry.to_offer(n, full=full) for n in nodes]
     return offers, {n.id: n.price_micro_usd_per_gpu_hour for n in nodes}
-
-
-def _keys_by_id(s: Session, key_ids: Sequence[str]) -> dict[str, AccountKey]:
-    rows = s.execute(select(AccountKey).where(AccountKey.key_id.in_(list(key_ids)))).scalars()
-    return {row.key_id: row for row in rows}
-
-
-def _check_key_usable(key: AccountKey, claims: Claims, now: datetime) -> None:
-    """A revoked key, or one outside its validity window, signs nothing new."""
-    skew = timedelta(seconds=CLOCK_SKEW_S)
-    if key.state == "revoked" and (
-        key.revoked_at is None or claims.issued_at >= key.revoked_at - skew
-    ):
-        raise RevokedKeyError(f"key {key.key_id} was revoked: sign with an active key")
-    if key.not_after is not None and now > key.not_after + skew:
-        raise RevokedKeyError(f"key {key.key_id} expired at {key.not_after.isoformat()}")
-    if key.not_before is not None and now < key.not_before - skew:
-        raise RevokedKeyError(f"key {key.key_id} is not valid before {key.not_before.isoformat()}")
-
-
-def _record_nonce(s: Session, claims: Claims, account_id: int) -> None:
-    """Remember the nonce until the envelope can no longer be valid; a replay is refused."""
-    if s.get(Nonce, claims.nonce) is not None:
-        raise ReplayError(
-            f"envelope nonce {claims.nonce} was already used: sign the manifest again"
-        )
-    expires_at = claims.expires_at + timedelta(seconds=CLOCK_SKEW_S)
-    s.add(Nonce(nonce=claims.nonce, account_id=account_id, expires_at=expires_at))
-    try:
-        s.flush()  # the primary key refuses a replay that raced past the check above
-    except IntegrityError as exc:
-        raise ReplayError(
-            f"envelope nonce {claims.nonce} was already used: sign the manifest again"
-        ) from exc
 
 
 def _plan_reasons(s: Session, jobs: Sequence[Job]) -> dict[int | None, list[str]]:

@@ -19,9 +19,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from depin.db.engine import db_time, executemany, reserve_ids
 from depin.db.models import Allocation, Job, PlanRecord, utcnow
 from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
 from depin.money import format_usd, time_covered_s, usage_cost_micro, usd_to_micro
@@ -31,6 +32,20 @@ from scheduler import Assignment, Offer, Plan
 from scheduler.explain import JobMetric
 
 CLAIM_CHUNK = 500  # ids per IN (...) list
+_CLAIM = (
+    "UPDATE jobs SET state = 'scheduled', plan_record_id = ?, updated_at = ?, reasons_json = NULL "
+    "WHERE id = ? AND state = 'pending'"
+)
+_WAIT = "UPDATE jobs SET plan_record_id = ? WHERE id = ? AND state = 'pending'"
+_TAKE = (
+    "UPDATE nodes SET gpus_free = gpus_free - ? WHERE id = ? AND status = 'active' "
+    "AND gpus_free >= ? AND price_micro_usd_per_gpu_hour = ?"
+)
+_INSERT_ALLOCATION = (
+    "INSERT INTO allocations (id, job_id, node_id, gpus, price_micro_usd_per_gpu_hour, "
+    "time_limit_s, hold_transfer_id, rtt_ms, score, state, driver_id, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,41 +174,24 @@ def _bulk(
     if not by_job:
         return []
     now = utcnow()
-    # 1. Claim the jobs, per request class (they share a plan record).
-    per_record: dict[int, list[int]] = defaultdict(list)
-    for job_id in by_job:
-        per_record[records[id(result.metrics[job_id])]].append(job_id)
-    claimed = 0
-    for record_id, ids in per_record.items():
-        for chunk in _chunks(ids):
-            claimed += s.execute(
-                update(Job)
-                .where(Job.id.in_(chunk), Job.state == "pending")
-                .values(
-                    state="scheduled", plan_record_id=record_id, updated_at=now, reasons_json=None
-                )
-                .execution_options(synchronize_session=False)
-            ).rowcount
-    if claimed != len(by_job):
+    # 1. Claim the jobs, each only if still pending (one executemany; rowcounts add up).
+    stamp = db_time(s, now)
+    claims = [(records[id(result.metrics[job_id])], stamp, job_id) for job_id in by_job]
+    claimed = executemany(s, _CLAIM, claims)
+    if claimed != len(claims):
         raise _Conflict
     # 2. Take capacity, one conditional update per node.
     taken: dict[int, int] = defaultdict(int)
     for placements in by_job.values():
         for a in placements:
             taken[a.node_id] += a.gpus
-    params = [{"node": n, "gpus": g, "price": work.price_micro[n]} for n, g in taken.items()]
-    updated = s.execute(
-        text(
-            "UPDATE nodes SET gpus_free = gpus_free - :gpus WHERE id = :node "
-            "AND status = 'active' AND gpus_free >= :gpus AND price_micro_usd_per_gpu_hour = :price"
-        ),
-        params,
-    ).rowcount
+    params = [(g, n, g, work.price_micro[n]) for n, g in taken.items()]
+    updated = executemany(s, _TAKE, params)
     if updated != len(params):
         raise _Conflict
     # 3. Allocations with ids known up front, so holds can name them.
     count = sum(len(p) for p in by_job.values())
-    alloc_ids = _next_ids(s, count)
+    alloc_ids = reserve_ids(s, "allocations", count)
     hold_ids_start = ledger.lock().seq + 1
     alloc_rows, entries = [], []
     i = 0
@@ -213,20 +211,19 @@ def _bulk(
             alloc_id = alloc_ids[i]
             i += 1
             alloc_rows.append(
-                {
-                    "id": alloc_id,
-                    "job_id": job_id,
-                    "node_id": a.node_id,
-                    "gpus": a.gpus,
-                    "price_micro_usd_per_gpu_hour": price,
-                    "time_limit_s": limit,
-                    "hold_transfer_id": hold_ids_start + len(entries),
-                    "rtt_ms": a.rtt_ms,
-                    "score": a.score,
-                    "state": "reserved",
-                    "driver_id": driver_id,
-                    "created_at": now,
-                }
+                (
+                    alloc_id,
+                    job_id,
+                    a.node_id,
+                    a.gpus,
+                    price,
+                    limit,
+                    hold_ids_start + len(entries),
+                    a.rtt_ms,
+                    a.score,
+                    driver_id,
+                    stamp,
+                )
             )
             entries.append(
                 Entry(
@@ -243,27 +240,12 @@ def _bulk(
     # 4. Ledger entries first (allocations reference their holds), then the allocations.
     ids = ledger.append(entries)
     assert ids[0] == hold_ids_start, "ledger ids moved while the head was locked"
-    s.execute(insert(Allocation), alloc_rows)
+    executemany(s, _INSERT_ALLOCATION, alloc_rows)
     return alloc_ids
 
 
 def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
     return [ids[i : i + CLAIM_CHUNK] for i in range(0, len(ids), CLAIM_CHUNK)]
-
-
-def _next_ids(s: Session, n: int) -> list[int]:
-    """``n`` fresh allocation ids: the sequence on PostgreSQL, max+1 under SQLite's write lock."""
-    if s.get_bind().dialect.name == "postgresql":
-        rows = s.execute(
-            text(
-                "SELECT nextval(pg_get_serial_sequence('allocations', 'id')) "
-                "FROM generate_series(1, :n)"
-            ),
-            {"n": n},
-        )
-        return [int(r[0]) for r in rows]
-    start = s.execute(select(func.coalesce(func.max(Allocation.id), 0))).scalar_one() + 1
-    return list(range(start, start + n))
 
 
 def reserve_job(
@@ -339,22 +321,16 @@ def _record_unplaced(
     s: Session, ledger: Ledger, result: Plan, records: dict[int, int], commit: CycleCommit
 ) -> None:
     """Jobs that wait point at their plan record; jobs that never fit end, refunded."""
-    waiting: dict[int, list[int]] = defaultdict(list)
+    waiting = []
     for key in result.unplaced:
         job_id = int(key)  # type: ignore[call-overload]
+        record_id = records[id(result.metrics[key])]
         if result.never_fits(key):
-            if refuse(s, ledger, job_id, records[id(result.metrics[key])]):
+            if refuse(s, ledger, job_id, record_id):
                 commit.unschedulable.append(job_id)
         else:
-            waiting[records[id(result.metrics[key])]].append(job_id)
-    for record_id, ids in waiting.items():
-        for chunk in _chunks(ids):
-            s.execute(
-                update(Job)
-                .where(Job.id.in_(chunk), Job.state == "pending")
-                .values(plan_record_id=record_id)
-                .execution_options(synchronize_session=False)
-            )
+            waiting.append((record_id, job_id))
+    executemany(s, _WAIT, waiting)
 
 
 def refuse(s: Session, ledger: Ledger, job_id: int, record_id: int | None) -> bool:

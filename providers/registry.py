@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,25 +23,42 @@ from scheduler.offers import Offer
 HEARTBEAT_TIMEOUT_S = 60
 
 
+def _row(provider_id: int, spec: NodeSpec) -> dict[str, object]:
+    return {
+        "provider_id": provider_id,
+        "name": spec.name,
+        "gpu_model": spec.gpu_model,
+        "accelerator": spec.accelerator,
+        "gpus": spec.gpus,
+        "gpus_free": spec.gpus,
+        "vram_gib": spec.effective_vram_gib,
+        "price_micro_usd_per_gpu_hour": usd_to_micro(spec.price_usd_per_gpu_hour),
+        "lat": spec.lat,
+        "lon": spec.lon,
+        "tier": spec.tier,
+        "region": spec.region,
+        "network": spec.network,
+        "reliability": spec.reliability,
+        "status": "active",
+    }
+
+
+def add_nodes(session: Session, provider_ids: dict[str, int], specs: list[NodeSpec]) -> list[int]:
+    """Register many nodes in one INSERT; returns their ids in order."""
+    try:
+        with session.begin_nested():
+            result = session.execute(
+                insert(Node).returning(Node.id, sort_by_parameter_order=True),
+                [_row(provider_ids[s.provider], s) | {"created_at": utcnow()} for s in specs],
+            )
+            return list(result.scalars().all())
+    except IntegrityError as exc:
+        raise ConflictError("two nodes of one provider share a name") from exc
+
+
 def add_node(session: Session, provider_id: int, spec: NodeSpec) -> Node:
     """Register a node for a provider; all its GPUs start free."""
-    node = Node(
-        provider_id=provider_id,
-        name=spec.name,
-        gpu_model=spec.gpu_model,
-        accelerator=spec.accelerator,
-        gpus=spec.gpus,
-        gpus_free=spec.gpus,
-        vram_gib=spec.effective_vram_gib,
-        price_micro_usd_per_gpu_hour=usd_to_micro(spec.price_usd_per_gpu_hour),
-        lat=spec.lat,
-        lon=spec.lon,
-        tier=spec.tier,
-        region=spec.region,
-        network=spec.network,
-        reliability=spec.reliability,
-        status="active",
-    )
+    node = Node(**_row(provider_id, spec))
     session.add(node)
     try:
         with session.begin_nested():

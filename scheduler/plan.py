@@ -18,12 +18,11 @@ its placements in it, so a long-lived scheduler keeps one snapshot current.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
-from collections.abc import Hashable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+from depin.gcpause import gc_paused
 from depin.spec import JobSpec
 from scheduler.assign import Assigned, assign_fast
 from scheduler.batch import Batch, build_batch
@@ -93,7 +92,7 @@ def plan(
     if len(keys) != len(jobs) or len(set(keys)) != len(keys):
         raise ValueError("plan() needs one distinct key per job")
     snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
-    with _no_full_collections():
+    with gc_paused():
         batch = build_batch(jobs, keys, snap)
         if mode == "auto":
             mode = "optimal" if _flow_pays_off(jobs, batch) else "fast"
@@ -102,23 +101,6 @@ def plan(
         else:
             result = assign_fast(batch, snap, regret=regret, repair=repair)
         return _to_plan(result, batch, snap, keys, mode)
-
-
-@contextmanager
-def _no_full_collections() -> Iterator[None]:
-    """Pause the cyclic garbage collector while planning.
-
-    A plan allocates a few small objects per job and no cycles; a collection in
-    the middle would walk every live object of the process (every queued
-    JobSpec), which costs more than the plan itself on a big batch.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _flow_pays_off(jobs: Sequence[JobSpec], batch: Batch) -> bool:

@@ -51,6 +51,10 @@ NODE_STATES = ("active", "draining", "offline")
 KEY_STATES = ("active", "revoked")
 
 
+# 64-bit ids; on SQLite plain INTEGER, so a primary key is the rowid instead of a second index.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -149,16 +153,14 @@ class Transfer(Base):
     )
 
     # The entry's position in the hash chain, assigned by the ledger: 1, 2, 3 ...
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=False)
     debit_account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     credit_account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     amount_micro_usd: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))
     pending: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set on a post or void: the pending transfer it resolves. UNIQUE: at most once.
-    pending_id: Mapped[int | None] = mapped_column(
-        BigInteger, ForeignKey("transfers.id"), unique=True
-    )
+    pending_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("transfers.id"), unique=True)
     timeout_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     job_id: Mapped[int | None] = mapped_column(Integer, index=True)
     allocation_id: Mapped[int | None] = mapped_column(Integer)
@@ -231,11 +233,13 @@ class Job(Base):
     key_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(64))
     spec_json: Mapped[str] = mapped_column(Text)
+    # The spec without its name: jobs from one template share it, so a cycle parses it once.
+    template_json: Mapped[str] = mapped_column(Text)
     envelope_json: Mapped[str] = mapped_column(Text)
     manifest_digest: Mapped[str] = mapped_column(String(80))
     state: Mapped[str] = mapped_column(String(16), default="pending")
     max_cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
-    hold_transfer_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transfers.id"))
+    hold_transfer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("transfers.id"))
     # The scheduler's record of the last decision about this job (shared by its request class).
     plan_record_id: Mapped[int | None] = mapped_column(ForeignKey("plan_records.id"))
     reasons_json: Mapped[str | None] = mapped_column(Text)  # reasons of the job's own (failures)
@@ -281,7 +285,7 @@ class Allocation(Base):
     gpus: Mapped[int] = mapped_column(Integer)
     price_micro_usd_per_gpu_hour: Mapped[int] = mapped_column(BigInteger)
     time_limit_s: Mapped[int] = mapped_column(Integer)
-    hold_transfer_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("transfers.id"))
+    hold_transfer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("transfers.id"))
     rtt_ms: Mapped[float | None] = mapped_column(Float)
     score: Mapped[float] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16), default="reserved")

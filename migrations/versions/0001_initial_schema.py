@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
+# 64-bit ids; on SQLite plain INTEGER, so a primary key is the rowid instead of a second index.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -165,13 +168,13 @@ def upgrade() -> None:
 
     op.create_table(
         "transfers",
-        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("id", BigId, autoincrement=False, nullable=False),
         sa.Column("debit_account_id", sa.Integer(), nullable=False),
         sa.Column("credit_account_id", sa.Integer(), nullable=False),
         sa.Column("amount_micro_usd", sa.BigInteger(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("pending", sa.Boolean(), nullable=False),
-        sa.Column("pending_id", sa.BigInteger(), nullable=True),
+        sa.Column("pending_id", BigId, nullable=True),
         sa.Column("timeout_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("job_id", sa.Integer(), nullable=True),
         sa.Column("allocation_id", sa.Integer(), nullable=True),
@@ -216,11 +219,12 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("spec_json", sa.Text(), nullable=False),
+        sa.Column("template_json", sa.Text(), nullable=False),
         sa.Column("envelope_json", sa.Text(), nullable=False),
         sa.Column("manifest_digest", sa.String(length=80), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("max_cost_micro_usd", sa.BigInteger(), nullable=False),
-        sa.Column("hold_transfer_id", sa.BigInteger(), nullable=True),
+        sa.Column("hold_transfer_id", BigId, nullable=True),
         sa.Column("plan_record_id", sa.Integer(), nullable=True),
         sa.Column("reasons_json", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -256,7 +260,7 @@ def upgrade() -> None:
         sa.Column("gpus", sa.Integer(), nullable=False),
         sa.Column("price_micro_usd_per_gpu_hour", sa.BigInteger(), nullable=False),
         sa.Column("time_limit_s", sa.Integer(), nullable=False),
-        sa.Column("hold_transfer_id", sa.BigInteger(), nullable=True),
+        sa.Column("hold_transfer_id", BigId, nullable=True),
         sa.Column("rtt_ms", sa.Float(), nullable=True),
         sa.Column("score", sa.Float(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),

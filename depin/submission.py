@@ -1,0 +1,273 @@
+"""Submission: verify signed manifests, admit them, and queue them with their escrow holds.
+
+Verification happens before anything in a payload is parsed. A batch is all
+or nothing: one bad envelope refuses the batch, naming it, and writes nothing.
+Admission asks the scheduler whether any registered node could ever take the
+job (busy nodes count; they free up), so a job that can never run is refused
+at the door instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from depin.db.engine import reserve_ids
+from depin.db.models import Account, AccountKey, Job, Nonce, utcnow
+from depin.errors import (
+    DepinError,
+    InsufficientFundsError,
+    ReplayError,
+    RevokedKeyError,
+    UnknownKeyError,
+    UnschedulableError,
+)
+from depin.keys import public_key_from_b64
+from depin.ledger import ESCROW_ACCOUNT, Balance, Entry, Ledger
+from depin.manifest import (
+    CLOCK_SKEW_S,
+    Claims,
+    Envelope,
+    check_claims,
+    parse_claims,
+    verify_signature,
+)
+from depin.money import format_usd, usd_to_micro
+from depin.reserve import max_cost_micro
+from depin.spec import JobSpec
+from scheduler import Admission, Snapshot, admit
+from scheduler.request import request_key
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A verified, admitted envelope, ready to be queued."""
+
+    envelope: Envelope
+    claims: Claims
+    key_id: str
+    account_id: int
+    hold_micro: int
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.claims.job
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A registered key as verification needs it (read before any transaction)."""
+
+    key_id: str
+    account_id: int
+    account_name: str
+    public_key: str
+    state: str
+    revoked_at: datetime | None
+    not_before: datetime | None
+    not_after: datetime | None
+
+
+def load_keys(s: Session, key_ids: Sequence[str]) -> dict[str, KeyRecord]:
+    rows = s.execute(
+        select(AccountKey, Account.name)
+        .join(Account, Account.id == AccountKey.account_id)
+        .where(AccountKey.key_id.in_(sorted(set(key_ids))))
+    )
+    return {
+        k.key_id: KeyRecord(
+            k.key_id,
+            k.account_id,
+            name,
+            k.public_key,
+            k.state,
+            k.revoked_at,
+            k.not_before,
+            k.not_after,
+        )
+        for k, name in rows
+    }
+
+
+def admit_envelopes(
+    envelopes: Sequence[Envelope],
+    keys: dict[str, KeyRecord],
+    snapshot: Snapshot,
+    prices: dict[int, int],
+    *,
+    audience: str,
+    now: datetime,
+) -> list[Admitted]:
+    """Verify and admit every envelope; the first bad one raises, naming its position."""
+    admissions: dict[object, Admission] = {}  # jobs of one request class are admitted once
+    out = []
+    for index, envelope in enumerate(envelopes):
+        try:
+            out.append(_admit_one(envelope, keys, snapshot, prices, admissions, audience, now))
+        except DepinError as exc:
+            if len(envelopes) > 1:
+                raise type(exc)(f"envelope {index + 1} of {len(envelopes)}: {exc}") from exc
+            raise
+    return out
+
+
+def _admit_one(
+    envelope: Envelope,
+    keys: dict[str, KeyRecord],
+    snapshot: Snapshot,
+    prices: dict[int, int],
+    admissions: dict[object, Admission],
+    audience: str,
+    now: datetime,
+) -> Admitted:
+    signature, _ = verify_signature(
+        envelope, lambda kid: [public_key_from_b64(keys[kid].public_key)] if kid in keys else []
+    )
+    key = keys[signature.keyid]
+    claims = parse_claims(envelope)
+    check_claims(claims, audience=audience, now=now)
+    check_key_usable(key, claims, now)
+    if key.account_name != claims.issuer:
+        raise UnknownKeyError(
+            f"key {key.key_id} signs for account {key.account_name!r}, not {claims.issuer!r}"
+        )
+    spec = claims.job
+    rkey = request_key(spec)
+    admission = admissions.get(rkey)
+    if admission is None:
+        admission = admissions[rkey] = admit(spec, snapshot)
+    if not admission.ok:
+        raise UnschedulableError(
+            f"no node can ever run job {spec.name!r}: " + "; ".join(admission.reasons),
+            admission.reasons,
+        )
+    cap = spec.pricing.max_usd_per_gpu_hour
+    # The most it can cost: at the declared price cap, else at the dearest node that fits.
+    max_price = (
+        usd_to_micro(cap)
+        if cap is not None
+        else max(prices[n] for n in admission.feasible_node_ids)
+    )
+    hold = max_cost_micro(spec, max_price) * spec.replicas
+    return Admitted(envelope, claims, key.key_id, key.account_id, hold)
+
+
+def template_json(spec: JobSpec) -> str:
+    """The spec without its name, canonical: equal for every job made from one template."""
+    data = spec.to_json_dict()
+    del data["name"]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def check_key_usable(key: KeyRecord, claims: Claims, now: datetime) -> None:
+    """A revoked key, or one outside its validity window, signs nothing new."""
+    skew = timedelta(seconds=CLOCK_SKEW_S)
+    if key.state == "revoked" and (
+        key.revoked_at is None or claims.issued_at >= key.revoked_at - skew
+    ):
+        raise RevokedKeyError(f"key {key.key_id} was revoked: sign with an active key")
+    if key.not_after is not None and now > key.not_after + skew:
+        raise RevokedKeyError(f"key {key.key_id} expired at {key.not_after.isoformat()}")
+    if key.not_before is not None and now < key.not_before - skew:
+        raise RevokedKeyError(f"key {key.key_id} is not valid before {key.not_before.isoformat()}")
+
+
+def queue(s: Session, admitted: Sequence[Admitted]) -> list[int]:
+    """Record nonces, holds and jobs for admitted envelopes in the caller's transaction."""
+    ledger = Ledger(s)
+    ledger.lock()
+    escrow_id = ledger.account(ESCROW_ACCOUNT).id
+    _check_balances(s, ledger, admitted)
+    _record_nonces(s, admitted)
+    job_ids = reserve_ids(s, "jobs", len(admitted))
+    entries = [
+        Entry(
+            "hold",
+            a.account_id,
+            escrow_id,
+            a.hold_micro,
+            pending=True,
+            job_id=job_id,
+            memo=f"job {job_id} {a.spec.name}: most it can cost",
+        )
+        for a, job_id in zip(admitted, job_ids, strict=True)
+    ]
+    hold_ids = ledger.append(entries)
+    now = utcnow()
+    s.connection().execute(
+        Job.__table__.insert(),
+        [
+            {
+                "id": job_id,
+                "account_id": a.account_id,
+                "key_id": a.key_id,
+                "name": a.spec.name,
+                "spec_json": json.dumps(a.spec.to_json_dict(), sort_keys=True),
+                "template_json": template_json(a.spec),
+                "envelope_json": json.dumps(a.envelope.to_dict(), sort_keys=True),
+                "manifest_digest": a.envelope.digest,
+                "state": "pending",
+                "max_cost_micro_usd": a.hold_micro,
+                "hold_transfer_id": hold_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for a, job_id, hold_id in zip(admitted, job_ids, hold_ids, strict=True)
+        ],
+    )
+    return job_ids
+
+
+def _check_balances(s: Session, ledger: Ledger, admitted: Sequence[Admitted]) -> None:
+    """Every account covers all its holds in the batch (the CHECK backs this up)."""
+    needed: dict[int, int] = defaultdict(int)
+    for a in admitted:
+        needed[a.account_id] += a.hold_micro
+    for account_id, amount in needed.items():
+        balance = ledger.balance(account_id)
+        if amount > balance.available:
+            raise InsufficientFundsError(_short_of(balance, amount, admitted))
+
+
+def _short_of(balance: Balance, amount: int, admitted: Sequence[Admitted]) -> str:
+    what = f"job {admitted[0].spec.name!r}" if len(admitted) == 1 else f"{len(admitted)} jobs"
+    return (
+        f"account {balance.account!r} has {format_usd(balance.available)} available, "
+        f"{format_usd(amount)} needed to hold the most {what} can cost "
+        "(price x gpus x max_duration_s): deposit with "
+        f"`depin account deposit {balance.account} USD` or lower max_duration_s or budget_usd"
+    )
+
+
+def _record_nonces(s: Session, admitted: Sequence[Admitted]) -> None:
+    """Remember each nonce until its envelope can no longer be valid; a replay is refused."""
+    nonces = [a.claims.nonce for a in admitted]
+    if len(set(nonces)) != len(nonces):
+        raise ReplayError("the batch holds the same envelope twice: sign each manifest once")
+    seen = s.execute(select(Nonce.nonce).where(Nonce.nonce.in_(nonces))).scalars().first()
+    if seen is not None:
+        raise ReplayError(f"envelope nonce {seen} was already used: sign the manifest again")
+    skew = timedelta(seconds=CLOCK_SKEW_S)
+    rows = [
+        {
+            "nonce": a.claims.nonce,
+            "account_id": a.account_id,
+            "expires_at": a.claims.expires_at + skew,
+        }
+        for a in admitted
+    ]
+    try:
+        with s.begin_nested():
+            # The primary key refuses a replay that raced the check above.
+            s.connection().execute(Nonce.__table__.insert(), rows)
+    except IntegrityError as exc:
+        raise ReplayError(
+            "an envelope's nonce was used concurrently: sign the manifest again"
+        ) from exc
