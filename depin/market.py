@@ -329,9 +329,17 @@ class Marketplace:
 
     # -- scheduling: one cycle is pending_work -> plan -> commit_plan --------------------------
     def pending_work(
-        self, job_ids: Sequence[int] | None = None, *, limit: int = MAX_BATCH_JOBS
+        self,
+        job_ids: Sequence[int] | None = None,
+        *,
+        limit: int = MAX_BATCH_JOBS,
+        nodes_version: int | None = None,
     ) -> PendingWork:
-        """Pending jobs (oldest first) and every active node, read in one snapshot."""
+        """Pending jobs (oldest first) and the fleet, read in one snapshot.
+
+        Given the ``nodes_version`` of a snapshot the caller keeps, and if the
+        fleet has not changed since, only free GPUs are read.
+        """
 
         def work(s: Session) -> PendingWork:
             stmt = select(
@@ -345,7 +353,11 @@ class Marketplace:
             if job_ids is not None:
                 stmt = stmt.where(Job.id.in_(list(job_ids)))
             rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
-            offers, prices = _capacity(s)
+            version = registry.version(s)
+            if nodes_version == version:
+                offers, prices, free = None, {}, registry.free_capacity(s)
+            else:
+                (offers, prices), free = _capacity(s), None
             templates: dict[str, JobSpec] = {}  # jobs of one template parse it once
             jobs = []
             for r in rows:
@@ -357,7 +369,7 @@ class Marketplace:
                 jobs.append(
                     PendingJob(r.id, r.account_id, r.hold_transfer_id, r.max_cost_micro_usd, spec)
                 )
-            return PendingWork(jobs=jobs, offers=offers, price_micro=prices)
+            return PendingWork(jobs, offers, prices, version, free)
 
         with gc_paused():
             return self._read(work)

@@ -61,11 +61,17 @@ class PendingJob:
 
 @dataclass(frozen=True, slots=True)
 class PendingWork:
-    """A consistent snapshot for one scheduling cycle: pending jobs and active nodes."""
+    """What one scheduling cycle reads: pending jobs, and the fleet or just its free GPUs.
+
+    ``offers`` is None when the caller's cached snapshot is still current
+    (``nodes_version`` unchanged): then only ``free`` (node ids, free GPUs) is read.
+    """
 
     jobs: list[PendingJob]
-    offers: list[Offer]
+    offers: list[Offer] | None
     price_micro: dict[int, int]  # node id -> price the plan saw, re-checked at reserve
+    nodes_version: int = 0
+    free: tuple[list[int], list[int]] | None = None
 
     @property
     def job_ids(self) -> list[int]:

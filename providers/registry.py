@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Integer, String, cast, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from depin.db.models import Node, utcnow
+from depin.db.models import Node, Setting, utcnow
 from depin.errors import CapacityError, ConflictError, NotFoundError
 from depin.money import micro_to_usd, usd_to_micro
 from depin.spec import NodeSpec
@@ -43,6 +43,29 @@ def _row(provider_id: int, spec: NodeSpec) -> dict[str, object]:
     }
 
 
+def bump_version(session: Session) -> None:
+    """Tell cached snapshots that the set of nodes or their static attributes changed."""
+    session.execute(
+        update(Setting)
+        .where(Setting.key == "nodes_version")
+        .values(value=cast(cast(Setting.value, Integer) + 1, String))
+    )
+
+
+def version(session: Session) -> int:
+    return int(
+        session.execute(select(Setting.value).where(Setting.key == "nodes_version")).scalar_one()
+    )
+
+
+def free_capacity(session: Session) -> tuple[list[int], list[int]]:
+    """(node ids, free GPUs) of every active node: what a cached snapshot refreshes each cycle."""
+    rows = session.execute(
+        select(Node.id, Node.gpus_free).where(Node.status == "active").order_by(Node.id)
+    ).all()
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
 def add_nodes(session: Session, provider_ids: dict[str, int], specs: list[NodeSpec]) -> list[int]:
     """Register many nodes in one INSERT; returns their ids in order."""
     try:
@@ -51,7 +74,9 @@ def add_nodes(session: Session, provider_ids: dict[str, int], specs: list[NodeSp
                 insert(Node).returning(Node.id, sort_by_parameter_order=True),
                 [_row(provider_ids[s.provider], s) | {"created_at": utcnow()} for s in specs],
             )
-            return list(result.scalars().all())
+            ids = list(result.scalars().all())
+        bump_version(session)
+        return ids
     except IntegrityError as exc:
         raise ConflictError("two nodes of one provider share a name") from exc
 
@@ -65,6 +90,7 @@ def add_node(session: Session, provider_id: int, spec: NodeSpec) -> Node:
             session.flush()
     except IntegrityError as exc:
         raise ConflictError(f"provider already has a node named {spec.name!r}") from exc
+    bump_version(session)
     return node
 
 
@@ -84,13 +110,15 @@ def list_nodes(session: Session, *, status: str | None = None) -> list[Node]:
 
 def heartbeat(session: Session, node_id: int, *, now: datetime | None = None) -> None:
     """Record that the node's agent is alive; an offline node comes back."""
-    result = session.execute(
+    node = get_node(session, node_id)
+    came_back = node.status == "offline"
+    session.execute(
         update(Node)
         .where(Node.id == node_id)
         .values(last_heartbeat_at=now or utcnow(), status="active")
     )
-    if result.rowcount == 0:
-        raise NotFoundError(f"no node with id {node_id}")
+    if came_back:
+        bump_version(session)
 
 
 def mark_silent_nodes_offline(session: Session, *, now: datetime | None = None) -> list[int]:
@@ -111,6 +139,7 @@ def mark_silent_nodes_offline(session: Session, *, now: datetime | None = None) 
     )
     if silent:
         session.execute(update(Node).where(Node.id.in_(silent)).values(status="offline"))
+        bump_version(session)
     return silent
 
 

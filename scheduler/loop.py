@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from depin.market import Marketplace
-from depin.reserve import CycleCommit
+from depin.reserve import CycleCommit, PendingWork
 from scheduler.executor import RayExecutor
+from scheduler.offers import Snapshot
 from scheduler.plan import plan
 from scheduler.work import Outcome
 
@@ -46,7 +47,7 @@ class Driver:
         kind: str = "scheduler",
         job_ids: Sequence[int] | None = None,
         launch: bool = True,
-        mode: str = "fast",
+        mode: str = "auto",
     ) -> None:
         self.market = market
         self.executor = executor or RayExecutor(market.settings.ray_address)
@@ -56,20 +57,26 @@ class Driver:
         self.mode = mode
         self.driver_id = market.register_driver(kind)
         self._last_heartbeat = time.monotonic()
+        # The fleet as a snapshot kept across cycles: rebuilt when nodes change, else only
+        # its free GPUs are refreshed from the database.
+        self._snapshot: Snapshot | None = None
+        self._nodes_version: int | None = None
+        self._prices: dict[int, int] = {}
 
     def cycle(self, *, wait_s: float = 0.0) -> CycleReport:
         """Plan and reserve pending jobs, launch what was reserved, settle what ended."""
         self._heartbeat()
         report = CycleReport()
-        work = self.market.pending_work(self.job_ids)
+        snap, work = self._refresh()
         report.pending = len(work.job_ids)
-        node_gpus = {o.node_id: o.gpus_total or o.gpus_free for o in work.offers}
+        node_gpus = dict(zip(snap.node_id.tolist(), snap.gpus_total.tolist(), strict=True))
         self.executor.restart_if_idle(node_gpus)
         if work.job_ids:
-            reachable = self.executor.reachable([o.node_id for o in work.offers])
             # Nodes Ray cannot reach yet are busy, not gone: jobs wait for them.
-            offers = [o if o.node_id in reachable else replace(o, gpus_free=0) for o in work.offers]
-            result = plan(work.specs, offers, mode=self.mode, keys=work.job_ids)
+            reachable = self.executor.reachable(list(node_gpus))
+            snap.block([n for n in node_gpus if n not in reachable])
+            result = plan(work.specs, snap, mode=self.mode, keys=work.job_ids)
+            work = replace(work, price_micro=self._prices)
             report.commit = self.market.commit_plan(work, result, driver_id=self.driver_id)
         if self.launch:
             launches = self.market.claim_reserved(self.driver_id)
@@ -82,6 +89,19 @@ class Driver:
             self.market.finish(outcome)
             report.finished.append(outcome)
         return report
+
+    def _refresh(self) -> tuple[Snapshot, PendingWork]:
+        """This cycle's pending jobs, and the cached snapshot brought up to date."""
+        known = self._nodes_version if self._snapshot is not None else None
+        work = self.market.pending_work(self.job_ids, nodes_version=known)
+        if work.offers is not None or self._snapshot is None:
+            assert work.offers is not None
+            self._snapshot = Snapshot(work.offers)
+            self._nodes_version, self._prices = work.nodes_version, work.price_micro
+        else:
+            assert work.free is not None
+            self._snapshot.set_free(*work.free)
+        return self._snapshot, work
 
     def run(self, *, until: Callable[[], bool], timeout_s: float | None = None) -> None:
         """Cycle until ``until()`` is true (checked between cycles) or the timeout passes."""

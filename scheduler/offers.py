@@ -266,6 +266,12 @@ class Snapshot:
         self.gpus_free[self.rows_of(node_ids)] = np.asarray(gpus_free, dtype=np.int32)
         self._refresh_cells()
 
+    def block(self, node_ids: Sequence[int]) -> None:
+        """Make nodes look full (Ray cannot reach them yet): jobs wait rather than land there."""
+        if len(node_ids):
+            self.gpus_free[self.rows_of(node_ids)] = 0
+            self._refresh_cells()
+
     def copy_free(self) -> np.ndarray:
         return self.gpus_free.copy()
 

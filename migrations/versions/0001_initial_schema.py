@@ -333,7 +333,12 @@ def _seed() -> None:
     )
     op.bulk_insert(
         sa.table("settings", sa.column("key"), sa.column("value")),
-        [{"key": "market_id", "value": f"depin-{uuid.uuid4().hex[:16]}"}],
+        [
+            {"key": "market_id", "value": f"depin-{uuid.uuid4().hex[:16]}"},
+            # Bumped whenever a node appears, disappears or changes: schedulers that cache a
+            # snapshot of the fleet rebuild it then, and otherwise only refresh free GPUs.
+            {"key": "nodes_version", "value": "0"},
+        ],
     )
 
 
