@@ -23,7 +23,7 @@ from depin.errors import DepinError, InputError
 from depin.ledger import Balance
 from depin.manifest import DEFAULT_TTL_S, MAX_TTL_S, Envelope
 from depin.money import format_usd
-from depin.spec import NETWORKS, TIERS, NodeSpec, describe_validation_error
+from depin.spec import NETWORKS, TIERS, JobSpec, NodeSpec, describe_validation_error
 from depin.tables import balances_table
 from depin.views import JobView, NodeView
 from providers.catalog import CATALOG
@@ -352,6 +352,127 @@ def _print_nodes(views: list[NodeView]) -> None:
             v.status,
         )
     console.print(table)
+
+
+@cli.command()
+@click.option("--gpu", "gpu_models", multiple=True, help="GPU model (repeat for several).")
+@click.option(
+    "--gpus", type=click.IntRange(1, 64), default=1, show_default=True, help="GPUs on one node."
+)
+@click.option("--min-vram-gib", type=click.FloatRange(min=0), help="Per GPU.")
+@click.option(
+    "--accelerator", type=click.Choice(["gpu", "tpu", "npu"]), default="gpu", show_default=True
+)
+@click.option("--near", "near", help="Where the users are: LAT,LON.")
+@click.option(
+    "--max-latency-ms", type=click.FloatRange(min=0, min_open=True), help="RTT from --near."
+)
+@click.option("--max-price", type=_usd, help="USD per GPU-hour.")
+@click.option(
+    "--tier", "tiers", multiple=True, type=click.Choice(TIERS), help="Repeat for several."
+)
+@click.option("--region", "regions", multiple=True, help="e.g. eu (any eu-*), us-east; repeatable.")
+@click.option(
+    "--sort", type=click.Choice(["price", "latency", "score"]), default="price", show_default=True
+)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+@click.pass_context
+def offers(ctx: click.Context, as_json: bool, sort: str, limit: int, **query: Any) -> None:
+    """Search free capacity, like `vastai search offers`."""
+    request = _search_request(query)
+    hits = _client(ctx).search(request, sort=sort, limit=limit)
+    rows = [
+        {
+            "node_id": h.offer.node_id,
+            "gpu_model": h.offer.gpu_model,
+            "gpus_free": h.gpus_free,
+            "vram_gib": h.offer.vram_gib,
+            "price_usd_per_gpu_hour": h.offer.price_usd_per_gpu_hour,
+            "rtt_ms": None if h.rtt_ms is None else round(h.rtt_ms, 2),
+            "score": round(h.score, 2),
+            "tier": h.offer.tier,
+            "region": h.offer.region,
+            "network": h.offer.network,
+            "lat": h.offer.lat,
+            "lon": h.offer.lon,
+            "reliability": h.offer.reliability,
+        }
+        for h in hits
+    ]
+
+    def render() -> None:
+        from providers.fleet import nearest_city
+
+        table = Table(
+            "node",
+            "gpu",
+            "free",
+            "vram GiB",
+            "$/GPU-h",
+            "rtt ms",
+            "score",
+            "near",
+            "tier",
+            "region",
+            "net",
+        )
+        for r in rows:
+            table.add_row(
+                str(r["node_id"]),
+                r["gpu_model"],
+                str(r["gpus_free"]),
+                f"{r['vram_gib']:g}",
+                f"{r['price_usd_per_gpu_hour']:.2f}",
+                "-" if r["rtt_ms"] is None else f"{r['rtt_ms']:.1f}",
+                f"{r['score']:.1f}",
+                nearest_city(r["lat"], r["lon"]),
+                r["tier"],
+                r["region"],
+                r["network"],
+            )
+        console.print(table)
+        if not rows:
+            click.echo("no free capacity matches; loosen a constraint", err=True)
+
+    _emit(as_json, rows, render)
+
+
+def _search_request(query: dict[str, Any]) -> JobSpec:
+    """The search flags as the JobSpec the scheduler would see."""
+    from pydantic import ValidationError
+
+    placement: dict[str, Any] = {"tiers": list(query["tiers"]), "regions": list(query["regions"])}
+    if query["near"]:
+        try:
+            lat, lon = (float(x) for x in query["near"].split(","))
+        except ValueError:
+            raise click.BadParameter(
+                "expected LAT,LON, e.g. 52.52,13.40", param_hint="--near"
+            ) from None
+        placement["near"] = [{"lat": lat, "lon": lon}]
+    if query["max_latency_ms"] is not None:
+        placement["max_latency_ms"] = query["max_latency_ms"]
+    resources: dict[str, Any] = {
+        "gpus": query["gpus"],
+        "accelerator": query["accelerator"],
+        "gpu_models": list(query["gpu_models"]),
+    }
+    if query["min_vram_gib"] is not None:
+        resources["vram_gib"] = query["min_vram_gib"]
+    pricing = {} if query["max_price"] is None else {"max_usd_per_gpu_hour": query["max_price"]}
+    try:
+        return JobSpec.model_validate(
+            {
+                "name": "search",
+                "command": ["-"],
+                "resources": resources,
+                "placement": placement,
+                "pricing": pricing,
+            }
+        )
+    except ValidationError as exc:
+        raise InputError(f"offers: {describe_validation_error(exc)}") from None
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -698,6 +819,88 @@ def ledger_verify(ctx: click.Context, as_json: bool) -> None:
     if not report.ok:
         raise DepinError(
             f"ledger verify failed at entry #{report.first_bad_position}: {report.problems[0]}"
+        )
+
+
+# -- benchmarks -------------------------------------------------------------------------------------
+@cli.group()
+def bench() -> None:
+    """Measure: every performance target has a command here (--json for machines)."""
+
+
+@bench.command("scheduler")
+@click.option("--nodes", type=click.IntRange(10, 1_000_000), default=10_000, show_default=True)
+@click.option("--jobs", type=click.IntRange(1, 200_000), default=20_000, show_default=True)
+@click.option(
+    "--big-nodes",
+    type=click.IntRange(10, 1_000_000),
+    default=100_000,
+    show_default=True,
+    help="Fleet size for the second single-job latency figure.",
+)
+@click.option("--classad-jobs", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--db", "database_url", help="Database for the batch figure (default: a fresh SQLite file)."
+)
+@json_option
+def bench_scheduler(as_json: bool, **options: Any) -> None:
+    """Decision latency, batch placements/s with the ledger commit, quality, ClassAds."""
+    from depin.bench.scheduler import run
+
+    say = None if as_json else (lambda msg: click.echo(f"... {msg}", err=True))
+    data = run(progress=say, **options)
+    _emit(as_json, data, lambda: _print_scheduler_bench(data))
+
+
+def _print_scheduler_bench(data: dict[str, Any]) -> None:
+    table = Table(
+        "nodes",
+        "classes",
+        "cells",
+        "decisions",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        title="single-job decisions",
+    )
+    for r in data["single_job"]:
+        table.add_row(
+            *(
+                str(r[k])
+                for k in ("nodes", "classes", "cells", "decisions", "p50_ms", "p99_ms", "max_ms")
+            )
+        )
+    console.print(table)
+    b = data["batch"]
+    console.print(
+        f"batch: {b['placed']} of {b['jobs']} jobs placed on {b['nodes']} nodes ({b['mode']}, {b['database']}): "
+        f"read {b['read_s']} s, plan {b['plan_s']} s, commit {b['commit_s']} s -> "
+        f"[bold]{b['placements_per_s']}[/bold] placements/s with the commit "
+        f"({b['placements_per_s_with_read']}/s with the read); ledger ok: {b['ledger_ok']}"
+    )
+    for key in ("quality", "quality_single_gpu"):
+        q = data[key]
+        title = f"quality, cost-only objective ({'single-GPU jobs' if q['single_gpu'] else 'the same batch'})"
+        table = Table("strategy", "placed", "vs exact", "USD/h", "cost gap %", "s", title=title)
+        for name, r in q["strategies"].items():
+            table.add_row(
+                name,
+                str(r["placed"]),
+                f"{r['placed_vs_exact']:+d}",
+                f"{r['cost_usd_per_hour']:.2f}",
+                f"{r['cost_gap_pct']:+.2f}",
+                f"{r['seconds']:.2f}",
+            )
+        console.print(table)
+    c = data["classads"]
+    if "skipped" in c:
+        console.print(f"classads: skipped: {c['skipped']}")
+    else:
+        console.print(
+            f"feasibility, {c['jobs']} jobs x {c['nodes']} nodes: depin {c['depin_pairs_per_s']:,} pairs/s, "
+            f"ClassAds {c['classad_pairs_per_s']:,} pairs/s -> [bold]{c['speedup']}x[/bold] "
+            f"(same feasible sets: {c['same_feasible_sets']})"
         )
 
 

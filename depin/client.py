@@ -38,6 +38,7 @@ from depin.spec import (
     read_manifest_text,
 )
 from depin.views import AccountView, JobView, NodeView
+from scheduler.search import Hit
 
 WAIT_POLL_S = 0.5
 
@@ -117,6 +118,10 @@ class Client:
     def add_nodes(self, specs: Sequence[NodeSpec]) -> list[int]:
         """Register many nodes at once (all or none); returns their ids."""
         return self.market.add_nodes(specs)
+
+    def search(self, request: JobSpec, *, sort: str = "price", limit: int = 20) -> list[Hit]:
+        """Free capacity that could take ``request`` now, best first."""
+        return self.market.search(request, sort=sort, limit=limit)
 
     def nodes(self) -> list[NodeView]:
         return self.market.nodes()

@@ -55,6 +55,8 @@ from depin.submission import KeyRecord, admit_envelopes, load_keys, queue
 from depin.views import AccountView, JobView, NodeView
 from providers import registry
 from scheduler import Offer, Plan, Snapshot, plan
+from scheduler.request import Request
+from scheduler.search import Hit, search
 from scheduler.work import Launch, Outcome
 
 T = TypeVar("T")
@@ -230,6 +232,13 @@ class Marketplace:
 
     def offers(self) -> list[Offer]:
         return self._read(registry.offers)
+
+    def search(self, request: JobSpec, *, sort: str = "price", limit: int = 20) -> list[Hit]:
+        """Free capacity that could take ``request`` now, ranked (``depin offers``)."""
+        try:
+            return search(Request.of(request), Snapshot(self.offers()), sort=sort, limit=limit)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
     # -- submission ----------------------------------------------------------------------------
     def submit(self, envelope: Envelope, *, now: datetime | None = None) -> JobView:

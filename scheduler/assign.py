@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 
 from scheduler.batch import Batch, Group, row_score
 from scheduler.offers import Snapshot
+from scheduler.scoring import SPREAD_POINTS
 
 REPAIR_BUDGET_S = 0.25
+SPREAD_WINDOW = 32  # candidates looked at, past the best, for an emptier equal node
 REPAIR_MAX_VISITS = 200_000  # rows looked at per augmenting search
 
 
@@ -76,6 +78,8 @@ def assign_fast(
 def _pick(group: Group, snap: Snapshot) -> Pick | None:
     """The best ``replicas`` distinct candidates with room, taken; None if there are too few."""
     need, gpus = group.req.replicas, group.req.gpus
+    if need == 1:
+        return _pick_one(group, snap)
     while True:
         ranked = group.ranked
         chosen: list[int] = []
@@ -100,6 +104,47 @@ def _pick(group: Group, snap: Snapshot) -> Pick | None:
         [float(ranked.total[i]) for i in chosen],
         [ranked.rtt_ms(group.cs, i) for i in chosen],
     )
+
+
+def _pick_one(group: Group, snap: Snapshot) -> Pick | None:
+    """The best candidate with room; among those within the spread term of the best, the emptiest.
+
+    Ranks were computed when the batch started, so jobs of one class would
+    otherwise all pile onto the first of several equal nodes.
+    """
+    gpus = group.req.gpus
+    while True:
+        ranked = group.ranked
+        rows, total = ranked.rows, ranked.total
+        best, best_fill, floor = -1, 2.0, 0.0
+        i = group.pointer
+        end = min(len(rows), i + SPREAD_WINDOW)
+        while i < end:
+            row = rows[i]
+            free = snap.gpus_free[row]
+            if free >= gpus:
+                if best < 0:
+                    floor = total[i] - SPREAD_POINTS
+                elif total[i] < floor:
+                    break
+                fill = 1.0 - free / snap.gpus_total[row]
+                if fill < best_fill:
+                    best, best_fill = i, fill
+            i += 1
+        if best >= 0:
+            break
+        if i < len(rows):
+            group.pointer = i  # a whole window of full nodes: skip it
+            continue
+        if ranked.complete:
+            group.pointer = len(rows)
+            return None
+        group.rank(snap, 2 * max(len(rows), 1))
+    row = int(rows[best])
+    snap.take(row, gpus)
+    while group.pointer < len(rows) and snap.gpus_free[rows[group.pointer]] < gpus:
+        group.pointer += 1
+    return Pick([row], [float(total[best])], [ranked.rtt_ms(group.cs, best)])
 
 
 # -- augmenting repair -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import numpy as np
 from scheduler.assign import Assigned, Pick
 from scheduler.batch import Batch, Group
 from scheduler.offers import Snapshot
-from scheduler.scoring import row_totals
+from scheduler.scoring import SPREAD_POINTS, row_totals
 
 SCORE_CEILING = 102.0  # above any total (100 + the spread term)
 COST_SCALE = 1000  # arc costs are integers: thousandths of a score point
@@ -112,7 +112,7 @@ def _solve(
 
 
 class _CellNodes:
-    """The nodes of each cell, most reliable first, handed out one slot at a time."""
+    """The nodes of each cell handed out one slot at a time: most reliable (and emptiest) first."""
 
     def __init__(self, snap: Snapshot, size: int) -> None:
         self.snap, self.size = snap, size
@@ -124,14 +124,18 @@ class _CellNodes:
             start, count = int(self.snap.cell_start[cell]), int(self.snap.cell_count[cell])
             rel = self.snap.reliability[start : start + count]
             rows = self.order[cell] = (start + np.argsort(-rel, kind="stable")).tolist()
-        free = self.snap.gpus_free
+        snap, free = self.snap, self.snap.gpus_free
         while rows and free[rows[0]] < self.size:
             rows.pop(0)  # full for this layer's size for the rest of the batch
+        best, best_key = None, -1.0
         for row in rows:
             if row not in exclude and free[row] >= self.size:
-                self.snap.take(row, self.size)
-                return row
-        return None
+                key = snap.reliability_score[row] + SPREAD_POINTS * free[row] / snap.gpus_total[row]
+                if key > best_key:
+                    best, best_key = row, key
+        if best is not None:
+            snap.take(best, self.size)
+        return best
 
 
 def _distribute(

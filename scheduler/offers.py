@@ -143,7 +143,8 @@ class Snapshot:
 
     # -- construction ---------------------------------------------------------------------------
     def _derive(self) -> None:
-        self.inv_price = 1.0 / np.maximum(self.price, 1e-9)
+        # The cost scale: scores measure price against the dearest node in the market.
+        self.price_ref = max(float(self.price.max()), 1e-9) if self.size else 1.0
         self.reliability_score = 100.0 * self.reliability
         self.access_rtt_ms = (
             ACCESS_RTT_BY_CODE[np.maximum(self.network, 0)] if self.size else np.zeros(0)

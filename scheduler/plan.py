@@ -22,6 +22,8 @@ import importlib.util
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from depin.gcpause import gc_paused
 from depin.spec import JobSpec
 from scheduler.assign import Assigned, assign_fast
@@ -114,18 +116,15 @@ def _to_plan(
     result: Assigned, batch: Batch, snap: Snapshot, keys: list[Hashable], mode: str
 ) -> Plan:
     out = Plan(mode=mode)
-    node_ids = snap.node_id.tolist()
-    prices = snap.price.tolist()
+    placed = [(key, *result.placed[key]) for key in keys if key in result.placed]
+    rows = np.array([r for _, _, pick in placed for r in pick.rows], dtype=np.int64)
+    node_ids, prices = iter(snap.node_id[rows].tolist()), iter(snap.price[rows].tolist())
     placements, metrics = out.placements, out.metrics
-    for key in keys:
-        found = result.placed.get(key)
-        if found is None:
-            continue
-        group, pick = found
+    for key, group, pick in placed:
         metrics[key] = group.metric
         gpus = group.req.gpus
-        for n, (row, total, rtt) in enumerate(zip(pick.rows, pick.totals, pick.rtts, strict=True)):
-            placements.append(Assignment(key, node_ids[row], gpus, rtt, prices[row], total, n))
+        for n, (total, rtt) in enumerate(zip(pick.totals, pick.rtts, strict=True)):
+            placements.append(Assignment(key, next(node_ids), gpus, rtt, next(prices), total, n))
     suggest = len({id(g) for g, _ in result.failed}) <= SUGGEST_FOR_GROUPS
     explained: dict[int, tuple[JobMetric, list[str]]] = {}
     for group, key in result.failed:

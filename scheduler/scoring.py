@@ -1,11 +1,17 @@
 """Scoring: each scorer rates feasible nodes 0-100; the objective's weights combine them.
 
-Scores are ratios to the best node the request could ever use (its feasible
-nodes, busy or not), so they read plainly and do not drift with load: cost 50
-means twice the price of the cheapest feasible node, latency 50 twice the RTT
-of the nearest. Reliability is the node's own record (0.99 -> 99). A small
-spread term (at most ``SPREAD_POINTS``) favours emptier nodes, so equal nodes
-share load instead of one filling up first.
+Every score is linear in what it measures, against a fixed reference:
+
+- cost: 100 x (1 - price / the dearest price in the market): 100 is free, 0 the
+  dearest node. Linear and shared by all jobs, so a batch that maximizes the
+  sum of cost scores minimizes the total price, which is what the exact
+  solver is checked against;
+- latency: 100 x (1 - RTT / the job's budget) (or ``LATENCY_REF_MS`` without
+  one, floored at 0): 100 is next door, 0 the edge of the budget;
+- reliability: the node's own record (0.99 -> 99).
+
+A small spread term (at most ``SPREAD_POINTS``) favours emptier nodes, so
+equal nodes share load instead of one filling up first.
 
 Cost and latency are the same for every node of a cell, so they are computed
 per cell; a cell's bounds (its best and worst reliability, an empty or full
@@ -24,7 +30,9 @@ from scheduler.offers import Snapshot
 from scheduler.request import Request
 
 SCORERS = ("cost", "latency", "reliability")
-SPREAD_POINTS = 1.0
+SPREAD_POINTS = 0.1
+# Latency reference for jobs with users but no budget: round trips past it score 0.
+LATENCY_REF_MS = 250.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +50,7 @@ class CellScores:
     def of(cls, req: Request, snap: Snapshot, feas: Feasibility) -> CellScores:
         w_cost, w_latency, w_reliability = req.weights
         cells = feas.cells
-        price = snap.cell_price[cells]
-        cost = 100.0 * price.min() / np.maximum(price, 1e-9) if len(cells) else price
+        cost = 100.0 * (1.0 - snap.cell_price[cells] / snap.price_ref)
         rtt = None
         latency = np.full(len(cells), 100.0)
         if feas.location_dot is not None and len(cells):
@@ -53,7 +60,8 @@ class CellScores:
                 snap.location_access_rtt_ms[locations],
                 snap.location_rtt_bias_ms[locations],
             )
-            latency = 100.0 * rtt.min() / rtt
+            reference = req.max_latency_ms or LATENCY_REF_MS
+            latency = np.maximum(0.0, 100.0 * (1.0 - rtt / reference))
         part = w_cost * cost + w_latency * latency
         upper = part + w_reliability * snap.cell_reliability_max[cells] + SPREAD_POINTS
         lower = part + w_reliability * snap.cell_reliability_min[cells]

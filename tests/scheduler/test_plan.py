@@ -146,8 +146,9 @@ def test_a_cost_only_objective_picks_the_cheapest_node() -> None:
         [spec], [offer(1, price_usd_per_gpu_hour=0.9), offer(2, price_usd_per_gpu_hour=0.3)]
     )
     assert placed_on(result, "j") == 2
-    assert result.metrics["j"].candidates[0].scores["cost"] == 100
-    assert result.metrics["j"].candidates[1].scores["cost"] == pytest.approx(100 * 0.3 / 0.9)
+    # Cost is linear in price against the dearest node in the market: free = 100, dearest = 0.
+    assert result.metrics["j"].candidates[0].scores["cost"] == pytest.approx(100 * (1 - 0.3 / 0.9))
+    assert result.metrics["j"].candidates[1].scores["cost"] == pytest.approx(0)
 
 
 def test_a_latency_objective_picks_the_nearest_node() -> None:
@@ -155,6 +156,27 @@ def test_a_latency_objective_picks_the_nearest_node() -> None:
     far_cheap = offer(1, price_usd_per_gpu_hour=0.1)
     near_dear = offer(2, price_usd_per_gpu_hour=2.0, lat=PARIS["lat"], lon=PARIS["lon"])
     assert placed_on(plan([spec], [far_cheap, near_dear]), "j") == 2
+
+
+def test_latency_scores_fall_linearly_to_zero_at_the_budget() -> None:
+    spec = job(
+        placement={"near": [PARIS], "max_latency_ms": 40},
+        objective={"cost": 0, "latency": 1, "reliability": 0},
+    )
+    result = plan([spec], [offer(1), offer(2, lat=PARIS["lat"], lon=PARIS["lon"])])
+    near, far = result.metrics["j"].candidates
+    assert near.scores["latency"] == pytest.approx(100 * (1 - 2 / 40))
+    assert far.scores["latency"] == pytest.approx(100 * (1 - far.rtt_ms / 40))
+
+
+def test_equal_nodes_share_load() -> None:
+    result = plan([job("a"), job("b")], [offer(1, gpus_free=2), offer(2, gpus_free=2)])
+    assert sorted(p.node_id for p in result.placements) == [1, 2]
+
+
+def test_auto_mode_solves_a_batch_exactly_and_a_single_job_fast() -> None:
+    assert plan([job("a"), job("b")], [offer(1)], mode="auto").mode == "optimal"
+    assert plan([job("a")], [offer(1)], mode="auto").mode == "fast"
 
 
 def test_a_reliability_objective_picks_the_most_reliable_node() -> None:
