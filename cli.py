@@ -822,7 +822,7 @@ def ledger_verify(ctx: click.Context, as_json: bool) -> None:
         )
 
 
-# -- benchmarks -------------------------------------------------------------------------------------
+# -- benchmarks ------------------------------------------------------------------------------
 @cli.group()
 def bench() -> None:
     """Measure: every performance target has a command here (--json for machines)."""
@@ -874,14 +874,16 @@ def _print_scheduler_bench(data: dict[str, Any]) -> None:
     console.print(table)
     b = data["batch"]
     console.print(
-        f"batch: {b['placed']} of {b['jobs']} jobs placed on {b['nodes']} nodes ({b['mode']}, {b['database']}): "
+        f"batch: {b['placed']} of {b['jobs']} jobs placed on {b['nodes']} nodes "
+        f"({b['mode']}, {b['database']}): "
         f"read {b['read_s']} s, plan {b['plan_s']} s, commit {b['commit_s']} s -> "
         f"[bold]{b['placements_per_s']}[/bold] placements/s with the commit "
         f"({b['placements_per_s_with_read']}/s with the read); ledger ok: {b['ledger_ok']}"
     )
     for key in ("quality", "quality_single_gpu"):
         q = data[key]
-        title = f"quality, cost-only objective ({'single-GPU jobs' if q['single_gpu'] else 'the same batch'})"
+        which = "single-GPU jobs" if q["single_gpu"] else "the same batch"
+        title = f"quality, cost-only objective ({which})"
         table = Table("strategy", "placed", "vs exact", "USD/h", "cost gap %", "s", title=title)
         for name, r in q["strategies"].items():
             table.add_row(
@@ -898,7 +900,8 @@ def _print_scheduler_bench(data: dict[str, Any]) -> None:
         console.print(f"classads: skipped: {c['skipped']}")
     else:
         console.print(
-            f"feasibility, {c['jobs']} jobs x {c['nodes']} nodes: depin {c['depin_pairs_per_s']:,} pairs/s, "
+            f"feasibility, {c['jobs']} jobs x {c['nodes']} nodes: "
+            f"depin {c['depin_pairs_per_s']:,} pairs/s, "
             f"ClassAds {c['classad_pairs_per_s']:,} pairs/s -> [bold]{c['speedup']}x[/bold] "
             f"(same feasible sets: {c['same_feasible_sets']})"
         )
