@@ -284,3 +284,37 @@ def test_usage_errors_exit_2(home: Path) -> None:
     assert result.exit_code == 2
     result = run("account", "deposit", "ada", "-5")
     assert result.exit_code == 2
+
+
+def test_offers_searches_free_capacity(market: Path) -> None:
+    hits = as_json("offers", "--near", "52.52,13.40", "--max-latency-ms", "20", "--sort", "latency")
+    assert [h["node_id"] for h in hits] == [1]  # type: ignore[index]
+    assert hits[0]["rtt_ms"] == pytest.approx(2.0, abs=0.05)  # type: ignore[index]
+    assert as_json("offers", "--gpu", "H100") == []
+    assert "RTX 4090" in ok("offers")
+
+
+def test_offers_refuses_a_latency_sort_without_users(market: Path) -> None:
+    result = run("offers", "--sort", "latency")
+    assert result.exit_code == 1
+    assert "needs a place to measure from" in result.stderr
+
+
+def test_bench_scheduler_reports_every_figure(home: Path) -> None:
+    data = as_json(
+        "bench",
+        "scheduler",
+        "--nodes",
+        "300",
+        "--jobs",
+        "200",
+        "--big-nodes",
+        "600",
+        "--classad-jobs",
+        "2",
+    )
+    assert [r["nodes"] for r in data["single_job"]] == [300, 600]  # type: ignore[index]
+    assert data["batch"]["ledger_ok"] is True and data["batch"]["placed"] > 0  # type: ignore[index]
+    optimal = data["quality"]["strategies"]["optimal (flow over cells)"]  # type: ignore[index]
+    assert optimal["placed_vs_exact"] == 0 and abs(optimal["cost_gap_pct"]) < 1
+    assert data["classads"]["same_feasible_sets"] is True  # type: ignore[index]

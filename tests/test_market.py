@@ -232,3 +232,61 @@ def test_explain_shows_the_recorded_decision(world: World) -> None:
     assert placed["node_ids"] == [world.node_ids["frankfurt-a100"]]
     assert placed["metric"]["filtered"] == {"vram_gib >= 70": 3}
     assert placed["metric"]["candidates"][0]["node_id"] == world.node_ids["frankfurt-a100"]
+
+
+def test_replicas_land_on_distinct_nodes_each_with_its_own_hold(world: World) -> None:
+    job_id = world.submit(job(replicas=3, max_duration_s=3600))
+    assert len(cycle(world).reserved) == 3
+    view = world.client.job(job_id)
+    assert view.state == "scheduled"
+    assert len({a.node_id for a in view.allocations}) == 3
+    entries = world.client.ledger_entries(account="dev")
+    holds = [e for e in entries if e["kind"] == "hold" and e["pending"]]
+    assert len(holds) == 4  # the submission hold (now voided) and one per replica
+    assert world.client.verify_ledger().ok
+
+
+def test_a_job_needing_more_distinct_nodes_than_exist_is_refused(world: World) -> None:
+    with pytest.raises(UnschedulableError, match="needs 3 distinct nodes; only 1 meet"):
+        world.client.submit(
+            job(replicas=3, resources={"gpus": 1, "gpu_models": ["L4"]}), account=world.developer
+        )
+
+
+def test_a_multi_replica_job_succeeds_only_when_every_replica_does(world: World) -> None:
+    job_id = world.submit(job(replicas=2, resources={"gpus": 1, "vram_gib": 24}))
+    cycle(world)
+    market = world.client.market
+    launches = market.claim_reserved("test-driver")
+    now = datetime.now(UTC)
+    market.finish(Outcome(launches[0].allocation_id, now, now + timedelta(seconds=5), 0, "ok"))
+    assert world.client.job(job_id).state == "running"
+    market.finish(Outcome(launches[1].allocation_id, now, now + timedelta(seconds=5), 2, "boom"))
+    assert world.client.job(job_id).state == "failed"
+    assert world.client.verify_ledger().ok
+
+
+def test_a_scheduler_keeps_its_snapshot_until_the_fleet_changes(world: World) -> None:
+    from decimal import Decimal
+
+    from scheduler.loop import Driver
+    from tests.factories import node
+
+    driver = Driver(world.client.market, kind="test", launch=False)
+    driver.cycle()
+    cached = driver._snapshot
+    driver.cycle()
+    assert driver._snapshot is cached  # nothing changed: only free GPUs were read
+    new = world.client.add_node(
+        node(name="paris-l4", gpu_model="L4", price_usd_per_gpu_hour=Decimal("0.01"))
+    )
+    job_id = world.submit(
+        job(
+            resources={"gpus": 1, "gpu_models": ["L4"]},
+            objective={"cost": 1, "latency": 0, "reliability": 0},
+        )
+    )
+    driver.cycle()
+    assert driver._snapshot is not cached
+    assert world.client.job(job_id).allocation.node_id == new.id  # type: ignore[union-attr]
+    driver.stop()

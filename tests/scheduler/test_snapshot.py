@@ -1,0 +1,86 @@
+"""The struct-of-arrays snapshot: classes, locations and cells, kept current incrementally."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler import Offer, Snapshot
+
+BERLIN, PARIS = (52.52, 13.405), (48.8566, 2.3522)
+
+
+def offer(node_id: int, **kw: Any) -> Offer:
+    fields: dict[str, Any] = {
+        "node_id": node_id,
+        "gpu_model": "L4",
+        "gpus_free": 2,
+        "vram_gib": 24.0,
+        "price_usd_per_gpu_hour": 0.5,
+        "lat": BERLIN[0],
+        "lon": BERLIN[1],
+        "tier": "edge",
+        "region": "eu-central",
+        "network": "fiber",
+        "reliability": 0.99,
+        "accelerator": "gpu",
+        "gpus_total": 2,
+    }
+    fields.update(kw)
+    return Offer(**fields)
+
+
+def test_identical_hardware_tier_region_and_price_form_one_class() -> None:
+    snap = Snapshot(
+        [offer(1), offer(2, lat=PARIS[0], lon=PARIS[1]), offer(3, price_usd_per_gpu_hour=0.6)]
+    )
+    assert snap.classes == 2
+    assert snap.class_count.tolist() == [2, 1]
+
+
+def test_nodes_at_one_place_share_a_location_and_a_cell() -> None:
+    snap = Snapshot([offer(1), offer(2), offer(3, network="5g")])
+    assert snap.locations == 2
+    assert snap.cells == 2
+    assert sorted(snap.cell_count.tolist()) == [1, 2]
+
+
+def test_rows_are_found_by_node_id_whatever_the_internal_order() -> None:
+    snap = Snapshot([offer(30), offer(10, price_usd_per_gpu_hour=0.9), offer(20)])
+    rows = snap.rows_of([10, 20, 30])
+    assert snap.node_id[rows].tolist() == [10, 20, 30]
+
+
+def test_blocked_nodes_look_full() -> None:
+    snap = Snapshot([offer(1), offer(2)])
+    snap.block([2])
+    assert snap.gpus_free[snap.rows_of([2])].tolist() == [0]
+    assert snap.gpus_free[snap.rows_of([1])].tolist() == [2]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.integers(1, 2), st.booleans()), max_size=40))
+def test_cell_aggregates_stay_exact_under_takes_and_releases(
+    ops: list[tuple[int, int, bool]],
+) -> None:
+    offers = [offer(i + 1, gpus_free=4, gpus_total=4, lat=BERLIN[0] + (i % 2)) for i in range(8)]
+    snap = Snapshot(offers)
+    for row, gpus, take in ops:
+        if take and snap.gpus_free[row] >= gpus:
+            snap.take(row, gpus)
+        elif not take and snap.gpus_free[row] + gpus <= snap.gpus_total[row]:
+            snap.release(row, gpus)
+        assert np.array_equal(
+            snap.cell_free_max, np.maximum.reduceat(snap.gpus_free, snap.cell_start)
+        )
+        assert np.array_equal(snap.cell_free_sum, np.add.reduceat(snap.gpus_free, snap.cell_start))
+
+
+def test_set_free_refreshes_capacity_from_the_database() -> None:
+    snap = Snapshot([offer(1), offer(2)])
+    snap.set_free([2, 1], [0, 1])
+    assert snap.gpus_free[snap.rows_of([1, 2])].tolist() == [1, 0]
+    assert snap.cell_free_max.max() == 1
