@@ -182,11 +182,26 @@ def keys_new(ctx: click.Context, name: str, as_json: bool) -> None:
 
 
 @keys.command("list")
+@click.option("--account", help="Show the keys registered to this account, with their state.")
 @json_option
 @click.pass_context
-def keys_list(ctx: click.Context, as_json: bool) -> None:
-    """List local keys."""
-    infos = _client(ctx).local_keys()
+def keys_list(ctx: click.Context, account: str | None, as_json: bool) -> None:
+    """List local keys, or an account's registered keys."""
+    client = _client(ctx)
+    if account is not None:
+        views = client.registered_keys(account)
+
+        def render_registered() -> None:
+            table = Table("key id", "state", "created", "expires", "revoked")
+            for k in views:
+                table.add_row(
+                    k.key_id, k.state, k.created_at or "-", k.not_after or "-", k.revoked_at or "-"
+                )
+            console.print(table)
+
+        _emit(as_json, [k.to_dict() for k in views], render_registered)
+        return
+    infos = client.local_keys()
     data = [{"name": k.name, "key_id": k.key_id, "public_key": k.public_key} for k in infos]
 
     def render() -> None:
@@ -196,6 +211,44 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
         console.print(table)
 
     _emit(as_json, data, render)
+
+
+@keys.command("rotate")
+@click.argument("account")
+@click.option("--revoke-old", is_flag=True, help="Revoke the account's other keys at once.")
+@click.option("--expires-in-days", type=click.IntRange(1, 3650), help="The new key's validity.")
+@json_option
+@click.pass_context
+def keys_rotate(
+    ctx: click.Context, account: str, revoke_old: bool, expires_in_days: int | None, as_json: bool
+) -> None:
+    """Make and register a new key for ACCOUNT; prints its key id."""
+    info, revoked = _client(ctx).rotate_key(
+        account, revoke_old=revoke_old, expires_in_days=expires_in_days
+    )
+    data = {"name": info.name, "key_id": info.key_id, "revoked": [k.key_id for k in revoked]}
+
+    def render() -> None:
+        click.echo(info.key_id)
+        click.echo(f"new key {info.name} registered to {account}", err=True)
+        for k in revoked:
+            click.echo(f"revoked {k.key_id}", err=True)
+        if not revoke_old:
+            click.echo("old keys stay valid until `depin keys revoke KEY`", err=True)
+
+    _emit(as_json, data, render)
+
+
+@keys.command("revoke")
+@click.argument("key")
+@json_option
+@click.pass_context
+def keys_revoke(ctx: click.Context, key: str, as_json: bool) -> None:
+    """Revoke KEY (a key id, or a local key's name): nothing it signs is accepted any more."""
+    view = _client(ctx).revoke_key(key)
+    _emit(
+        as_json, view.to_dict(), lambda: click.echo(f"revoked key {view.key_id} of {view.account}")
+    )
 
 
 # -- accounts and providers --------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from depin.spec import (
     parse_yaml,
     read_manifest_text,
 )
-from depin.views import AccountView, JobView, NodeView
+from depin.views import AccountView, JobView, KeyView, NodeView
 from scheduler.search import Hit
 
 WAIT_POLL_S = 0.5
@@ -91,6 +92,34 @@ class Client:
 
     def public_key(self, key: str) -> Ed25519PublicKey:
         return keystore.load_public(key, self.settings.keys_dir)
+
+    def rotate_key(
+        self, account: str, *, revoke_old: bool = False, expires_in_days: int | None = None
+    ) -> tuple[KeyInfo, list[KeyView]]:
+        """Make a new local key for ``account``, register it, optionally revoke the others.
+
+        Returns the new key and the keys revoked.
+        """
+        old = [k for k in self.market.keys_of(account) if k.state == "active"]
+        names = {k.name for k in self.local_keys()}
+        n = 2
+        while f"{account}-{n}" in names:
+            n += 1
+        info = self.new_key(f"{account}-{n}")
+        not_after = None
+        if expires_in_days is not None:
+            not_after = datetime.now(UTC) + timedelta(days=expires_in_days)
+        self.market.add_key(account, self.public_key(info.name), not_after=not_after)
+        revoked = [self.market.revoke_key(k.key_id) for k in old] if revoke_old else []
+        return info, revoked
+
+    def revoke_key(self, key: str) -> KeyView:
+        """Revoke a registered key, given its id or the name of a local key."""
+        local = {k.name: k.key_id for k in self.local_keys()}
+        return self.market.revoke_key(local.get(key, key))
+
+    def registered_keys(self, account: str) -> list[KeyView]:
+        return self.market.keys_of(account)
 
     # -- accounts ------------------------------------------------------------------------------
     def create_account(self, name: str, *, key: str, kind: str = "developer") -> AccountView:
@@ -165,15 +194,17 @@ class Client:
         return signature.keyid, manifest.parse_claims(envelope)
 
     def signing_key_for(self, account: str) -> str:
-        """The local key registered to ``account`` (its name in DEPIN_HOME/keys)."""
-        registered = set(self.account(account).key_ids)
-        local = [k for k in self.local_keys() if k.key_id in registered and k.path.exists()]
+        """The newest local key registered, and active, for ``account`` (its name in keys/)."""
+        active = {k.key_id for k in self.market.keys_of(account) if k.state == "active"}
+        local = [k for k in self.local_keys() if k.key_id in active and k.path.exists()]
         if not local:
             raise NotFoundError(
-                f"no private key for account {account!r} in {self.settings.keys_dir}: "
-                "sign elsewhere and submit the envelope, or register a local key"
+                f"no active private key for account {account!r} in {self.settings.keys_dir}: "
+                f"make one with `depin keys rotate {account}`, or sign elsewhere and submit "
+                "the envelope"
             )
-        return local[-1].name
+        order = {k.key_id: i for i, k in enumerate(self.market.keys_of(account))}
+        return max(local, key=lambda k: order[k.key_id]).name
 
     def default_account(self) -> str:
         """The one account a local key is registered to, when there is exactly one."""

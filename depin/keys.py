@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import re
@@ -54,6 +55,7 @@ def public_key_b64(public_key: Ed25519PublicKey) -> str:
     return base64.b64encode(raw_public(public_key)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=4096)
 def public_key_from_b64(text: str) -> Ed25519PublicKey:
     """Parse a base64 raw Ed25519 public key, with or without the ``ed25519 `` prefix."""
     text = text.strip().removeprefix(PUBLIC_PREFIX).strip()

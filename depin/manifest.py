@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from depin.errors import (
     ExpiredEnvelopeError,
@@ -50,17 +52,44 @@ NONCE_BYTES = 16  # 128 bits
 MAX_ENVELOPE_BYTES = 1 << 20
 
 
-class Claims(BaseModel):
-    """What the issuer asserts, inside the signed payload."""
+_CLAIM_KEYS = frozenset({"issuer", "audience", "nonce", "issued_at", "expires_at", "job"})
+_NAME_RE = re.compile(NAME_PATTERN)
+_NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    issuer: str = Field(pattern=NAME_PATTERN)
-    audience: str = Field(min_length=1, max_length=128)
-    nonce: str = Field(pattern=r"^[0-9a-f]{32}$")
+@dataclass(frozen=True)
+class Claims:
+    """What the issuer asserts, inside the signed payload.
+
+    The job is validated on first use: verifying a signature and its claims
+    does not pay for parsing the manifest.
+    """
+
+    issuer: str
+    audience: str
+    nonce: str
     issued_at: datetime
     expires_at: datetime
-    job: JobSpec
+    job_data: dict[str, Any] = field(repr=False, compare=False)
+
+    @functools.cached_property
+    def job(self) -> JobSpec:
+        try:
+            return JobSpec.model_validate(self.job_data)
+        except ValidationError as exc:
+            raise ManifestError(
+                f"envelope payload: job: {describe_validation_error(exc)}"
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "audience": self.audience,
+            "nonce": self.nonce,
+            "issued_at": self.issued_at.isoformat(),
+            "expires_at": self.expires_at.isoformat(),
+            "job": self.job_data,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,15 +183,15 @@ def sign(
     if not 1 <= ttl_s <= MAX_TTL_S:
         raise InputError(f"ttl_s must be between 1 and {MAX_TTL_S} seconds (got {ttl_s})")
     issued = (now or datetime.now(UTC)).replace(microsecond=0)
-    claims = Claims(
-        issuer=issuer,
-        audience=audience,
-        nonce=new_nonce(),
-        issued_at=issued,
-        expires_at=issued + timedelta(seconds=ttl_s),
-        job=spec,
-    )
-    payload = canonical_json(claims.model_dump(mode="json"))
+    claims = {
+        "issuer": issuer,
+        "audience": audience,
+        "nonce": new_nonce(),
+        "issued_at": issued.isoformat(),
+        "expires_at": (issued + timedelta(seconds=ttl_s)).isoformat(),
+        "job": spec.to_json_dict(),
+    }
+    payload = canonical_json(claims)
     sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
     keyid = compute_key_id(private_key.public_key())
     return Envelope(payload, PAYLOAD_TYPE, (Signature(keyid, sig),))
@@ -208,20 +237,39 @@ def verify_signature(
 
 
 def parse_claims(envelope: Envelope) -> Claims:
-    """The claims inside a verified envelope's payload."""
+    """The claims inside a verified envelope's payload, each field checked."""
     try:
         data = json.loads(envelope.payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"envelope payload is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ManifestError("envelope payload is not a JSON object")
+    if not isinstance(data, dict) or data.keys() != _CLAIM_KEYS:
+        keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ManifestError(
+            f"envelope payload must hold exactly {sorted(_CLAIM_KEYS)} (got {keys})"
+        )
+    issuer, audience, nonce, job = data["issuer"], data["audience"], data["nonce"], data["job"]
+    if not isinstance(issuer, str) or not _NAME_RE.match(issuer):
+        raise ManifestError("envelope payload: issuer must be an account name")
+    if not isinstance(audience, str) or not 0 < len(audience) <= 128:
+        raise ManifestError("envelope payload: audience must be a marketplace id")
+    if not isinstance(nonce, str) or not _NONCE_RE.match(nonce):
+        raise ManifestError("envelope payload: nonce must be 32 lowercase hex digits (128 bits)")
+    if not isinstance(job, dict):
+        raise ManifestError("envelope payload: job must be a mapping")
+    return Claims(
+        issuer, audience, nonce, _instant(data, "issued_at"), _instant(data, "expires_at"), job
+    )
+
+
+def _instant(data: dict[str, Any], key: str) -> datetime:
+    value = data[key]
     try:
-        claims = Claims.model_validate(data)
-    except ValidationError as exc:
-        raise ManifestError(f"envelope payload: {describe_validation_error(exc)}") from None
-    if claims.issued_at.tzinfo is None or claims.expires_at.tzinfo is None:
-        raise ManifestError("envelope issued_at and expires_at must carry a timezone")
-    return claims
+        instant = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        instant = None
+    if instant is None or instant.tzinfo is None:
+        raise ManifestError(f"envelope payload: {key} must be an ISO 8601 time with a timezone")
+    return instant
 
 
 def check_claims(claims: Claims, *, audience: str, now: datetime | None = None) -> None:

@@ -52,7 +52,7 @@ from depin.money import usage_cost_micro
 from depin.reserve import CycleCommit, PendingJob, PendingWork, reserve
 from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
 from depin.submission import KeyRecord, admit_envelopes, load_keys, queue
-from depin.views import AccountView, JobView, NodeView
+from depin.views import AccountView, JobView, KeyView, NodeView
 from providers import registry
 from scheduler import Offer, Plan, Snapshot, plan
 from scheduler.request import Request
@@ -176,6 +176,64 @@ class Marketplace:
                 .where(AccountKey.key_id == key_id)
             ).scalar_one_or_none()
         )
+
+    def add_key(
+        self, account: str, public_key: Ed25519PublicKey, *, not_after: datetime | None = None
+    ) -> KeyView:
+        """Register another key for an account (rotation); the old ones stay until revoked."""
+        kid = compute_key_id(public_key)
+
+        def work(s: Session) -> KeyView:
+            acct = Ledger(s).account(account)
+            if acct.kind not in ("developer", "provider"):
+                raise InputError(f"system account {account!r} has no keys")
+            if s.execute(select(AccountKey.id).where(AccountKey.key_id == kid)).first():
+                raise ConflictError(f"key {kid} is already registered")
+            key = AccountKey(
+                account_id=acct.id,
+                key_id=kid,
+                public_key=public_key_b64(public_key),
+                not_after=not_after,
+            )
+            s.add(key)
+            s.flush()
+            return KeyView.of(key, acct.name)
+
+        return self._guard_unique(work, f"key {kid} is already registered")
+
+    def revoke_key(self, key_id: str) -> KeyView:
+        """Revoke a key: from now on nothing it signs is accepted."""
+
+        def work(s: Session) -> KeyView:
+            row = s.execute(
+                select(AccountKey, Account.name)
+                .join(Account, Account.id == AccountKey.account_id)
+                .where(AccountKey.key_id == key_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise NotFoundError(
+                    f"no registered key {key_id!r}: see `depin keys list --account NAME`"
+                )
+            key, name = row
+            if key.state != "revoked":
+                key.state, key.revoked_at = "revoked", utcnow()
+            s.flush()
+            return KeyView.of(key, name)
+
+        return self._tx(work)
+
+    def keys_of(self, account: str) -> list[KeyView]:
+        """Every key registered to ``account``, oldest first."""
+
+        def work(s: Session) -> list[KeyView]:
+            acct = Ledger(s).account(account)
+            rows = s.execute(
+                select(AccountKey).where(AccountKey.account_id == acct.id).order_by(AccountKey.id)
+            ).scalars()
+            return [KeyView.of(k, acct.name) for k in rows]
+
+        return self._read(work)
 
     def registered_key(self, key_id: str) -> Ed25519PublicKey | None:
         """The public key registered under ``key_id``, if any."""

@@ -167,12 +167,18 @@ def template_json(spec: JobSpec) -> str:
 
 
 def check_key_usable(key: KeyRecord, claims: Claims, now: datetime) -> None:
-    """A revoked key, or one outside its validity window, signs nothing new."""
+    """A revoked key, or one outside its validity window, is good for nothing new.
+
+    A revoked key is refused whatever issued-at its envelope claims: whoever
+    holds a stolen key can backdate an envelope to before the revocation.
+    """
     skew = timedelta(seconds=CLOCK_SKEW_S)
-    if key.state == "revoked" and (
-        key.revoked_at is None or claims.issued_at >= key.revoked_at - skew
-    ):
-        raise RevokedKeyError(f"key {key.key_id} was revoked: sign with an active key")
+    if key.state == "revoked":
+        when = f" at {key.revoked_at.isoformat()}" if key.revoked_at else ""
+        raise RevokedKeyError(
+            f"key {key.key_id} was revoked{when}: sign with an active key "
+            f"(`depin keys rotate {key.account_name}`)"
+        )
     if key.not_after is not None and now > key.not_after + skew:
         raise RevokedKeyError(f"key {key.key_id} expired at {key.not_after.isoformat()}")
     if key.not_before is not None and now < key.not_before - skew:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from depin.db.models import Allocation, Job, Node
+from depin.db.models import AccountKey, Allocation, Job, Node
 from depin.ledger import Balance
 from depin.money import micro_to_usd
 
@@ -44,6 +44,36 @@ class AccountView:
             "posted_micro_usd": b.posted,
             "held_micro_usd": b.debits_pending,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    """A registered public key: whose it is, and whether it may sign."""
+
+    key_id: str
+    account: str
+    state: str
+    public_key: str
+    created_at: str | None
+    not_before: str | None
+    not_after: str | None
+    revoked_at: str | None
+
+    @classmethod
+    def of(cls, key: AccountKey, account: str) -> KeyView:
+        return cls(
+            key.key_id,
+            account,
+            key.state,
+            key.public_key,
+            _iso(key.created_at),
+            _iso(key.not_before),
+            _iso(key.not_after),
+            _iso(key.revoked_at),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
