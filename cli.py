@@ -870,9 +870,8 @@ def ledger_verify(ctx: click.Context, as_json: bool) -> None:
 
     _emit(as_json, report.to_dict(), render)
     if not report.ok:
-        raise DepinError(
-            f"ledger verify failed at entry #{report.first_bad_position}: {report.problems[0]}"
-        )
+        where = f" at entry #{report.first_bad_position}" if report.first_bad_position else ""
+        raise DepinError(f"ledger verify failed{where}: {report.problems[0]}")
 
 
 # -- benchmarks ------------------------------------------------------------------------------

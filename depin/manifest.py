@@ -201,7 +201,7 @@ KeyLookup = Callable[[str], Iterable[Ed25519PublicKey]]
 
 
 def verify_signature(
-    envelope: Envelope, find_keys: KeyLookup
+    envelope: Envelope, find_keys: KeyLookup, *, expected_type: str = PAYLOAD_TYPE
 ) -> tuple[Signature, Ed25519PublicKey]:
     """The first signature that a known key verifies, and that key.
 
@@ -210,9 +210,9 @@ def verify_signature(
     signature names a known key and ``TamperedEnvelopeError`` when known keys
     do not verify.
     """
-    if envelope.payload_type != PAYLOAD_TYPE:
+    if envelope.payload_type != expected_type:
         raise WrongPayloadTypeError(
-            f"envelope payloadType is {envelope.payload_type!r}; depin accepts {PAYLOAD_TYPE!r}"
+            f"envelope payloadType is {envelope.payload_type!r}; expected {expected_type!r}"
         )
     message = pae(envelope.payload_type, envelope.payload)
     known = False

@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from depin import receipts
 from depin.config import Settings
 from depin.db.engine import make_engine, read_session, run_transaction, session_factory
 from depin.db.migrate import ensure_schema
@@ -30,7 +31,9 @@ from depin.db.models import (
     Allocation,
     Driver,
     Job,
+    Node,
     PlanRecord,
+    Receipt,
     Setting,
     utcnow,
 )
@@ -49,6 +52,7 @@ from depin.manifest import (
     Envelope,
 )
 from depin.money import usage_cost_micro
+from depin.receipts import AllocationFacts, ReceiptSigner
 from depin.reserve import CycleCommit, PendingJob, PendingWork, reserve
 from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
 from depin.submission import KeyRecord, admit_envelopes, load_keys, queue
@@ -463,6 +467,11 @@ class Marketplace:
                 alloc.state, alloc.started_at = "running", now
                 job.state, job.updated_at = "running", now
                 spec = JobSpec.model_validate_json(job.spec_json)
+                signer = ReceiptSigner(
+                    _facts(alloc, job, self.market_id),
+                    tuple(_provider_keys(s, alloc.node_id, active_only=True)),
+                    str(self.settings.keys_dir),
+                )
                 launches.append(
                     Launch(
                         alloc.id,
@@ -472,6 +481,7 @@ class Marketplace:
                         alloc.gpus,
                         spec.command,
                         alloc.time_limit_s,
+                        signer,
                     )
                 )
             return launches
@@ -497,7 +507,7 @@ class Marketplace:
             if outcome.lost and spec.replicas == 1:
                 _requeue(s, ledger, alloc, job, outcome.error or "node lost")
                 return
-            _settle(s, ledger, alloc, job, outcome)
+            _settle(s, ledger, alloc, job, outcome, self.market_id)
             _end_job_if_done(s, job, spec)
 
         self._tx(work)
@@ -597,7 +607,14 @@ class Marketplace:
         return self._read(work)
 
     def verify_ledger(self) -> VerifyReport:
-        return self._read(verify_ledger)
+        """The hash chain and balances (``depin.ledger.verify``), then every provider receipt."""
+
+        def work(s: Session) -> VerifyReport:
+            report = verify_ledger(s)
+            report.problems.extend(_audit_receipts(s, self.market_id))
+            return report
+
+        return self._read(work)
 
 
 # -- helpers that run inside a transaction -------------------------------------------------
@@ -634,13 +651,63 @@ def _allocations_by_job(s: Session, job_ids: Sequence[int]) -> dict[int, list[Al
     return out
 
 
-def _settle(s: Session, ledger: Ledger, alloc: Allocation, job: Job, outcome: Outcome) -> None:
-    """Post what the allocation used (nothing, if lost), pay the provider, free the GPUs."""
+def _facts(alloc: Allocation, job: Job, market_id: str) -> AllocationFacts:
+    return AllocationFacts(
+        allocation_id=alloc.id,
+        job_id=job.id,
+        node_id=alloc.node_id,
+        gpus=alloc.gpus,
+        price_micro_usd_per_gpu_hour=alloc.price_micro_usd_per_gpu_hour,
+        manifest_digest=job.manifest_digest,
+        market=market_id,
+    )
+
+
+def _provider_keys(s: Session, node_id: int, *, active_only: bool) -> dict[str, Ed25519PublicKey]:
+    """The public keys of the provider that owns ``node_id``, by key id."""
+    stmt = (
+        select(AccountKey)
+        .join(Node, Node.provider_id == AccountKey.account_id)
+        .where(Node.id == node_id)
+    )
+    if active_only:
+        stmt = stmt.where(AccountKey.state == "active")
+    return {k.key_id: public_key_from_b64(k.public_key) for k in s.execute(stmt).scalars()}
+
+
+def _finder(keys: dict[str, Ed25519PublicKey]) -> Callable[[str], list[Ed25519PublicKey]]:
+    return lambda key_id: [keys[key_id]] if key_id in keys else []
+
+
+def _settle(
+    s: Session, ledger: Ledger, alloc: Allocation, job: Job, outcome: Outcome, market_id: str
+) -> None:
+    """Pay what the provider's usage receipt attests (nothing without one), free the GPUs.
+
+    The receipt's times bound the bill; the hold bounds it again. A missing or
+    invalid receipt ends the allocation unpaid and returns the whole hold.
+    """
     hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
-    used = 0
+    used, started, ended, error = 0, outcome.started_at, outcome.ended_at, outcome.error
     if not outcome.lost:
-        cost = usage_cost_micro(alloc.price_micro_usd_per_gpu_hour, alloc.gpus, outcome.duration_ms)
-        used = min(hold.amount_micro_usd, cost)
+        facts = _facts(alloc, job, market_id)
+        keys = _provider_keys(s, alloc.node_id, active_only=True)
+        try:
+            usage = receipts.verify_usage(
+                outcome.usage_json, facts, lambda k: [keys[k]] if k in keys else []
+            )
+        except receipts.ReceiptError as exc:
+            error = f"{error + '; ' if error else ''}provider not paid: {exc}"
+        else:
+            cost = usage_cost_micro(
+                alloc.price_micro_usd_per_gpu_hour, alloc.gpus, usage.duration_ms
+            )
+            used, started, ended = (
+                min(hold.amount_micro_usd, cost),
+                usage.started_at,
+                usage.ended_at,
+            )
+            _store_receipts(s, alloc.id, outcome, usage.key_id, facts, keys)
     if used:
         ledger.post(
             hold, used, memo=f"job {job.id}: {outcome.duration_ms} ms on node {alloc.node_id}"
@@ -659,10 +726,88 @@ def _settle(s: Session, ledger: Ledger, alloc: Allocation, job: Job, outcome: Ou
         ledger.void(hold, memo=f"job {job.id}: allocation {alloc.id} used nothing")
     registry.release_capacity(s, alloc.node_id, alloc.gpus)
     alloc.state = "lost" if outcome.lost else ("succeeded" if outcome.succeeded else "failed")
-    alloc.started_at, alloc.ended_at = outcome.started_at, outcome.ended_at
-    alloc.exit_code, alloc.error = outcome.exit_code, outcome.error
+    alloc.started_at, alloc.ended_at = started, ended
+    alloc.exit_code, alloc.error = outcome.exit_code, None if error is None else error[:500]
     alloc.output_tail = outcome.output_tail[-OUTPUT_TAIL_CHARS:]
     alloc.cost_micro_usd = used
+
+
+def _store_receipts(
+    s: Session,
+    allocation_id: int,
+    outcome: Outcome,
+    usage_key: str,
+    facts: AllocationFacts,
+    keys: dict[str, Ed25519PublicKey],
+) -> None:
+    """Keep the verified usage receipt, and the acceptance when it verifies too."""
+    s.add(
+        Receipt(
+            allocation_id=allocation_id,
+            kind="usage",
+            key_id=usage_key,
+            envelope_json=outcome.usage_json,
+        )
+    )
+    try:
+        claims = receipts.verify(outcome.acceptance_json, "acceptance", facts, _finder(keys))
+    except receipts.ReceiptError:
+        return
+    s.add(
+        Receipt(
+            allocation_id=allocation_id,
+            kind="acceptance",
+            key_id=claims["key_id"],
+            envelope_json=outcome.acceptance_json,
+        )
+    )
+
+
+def _audit_receipts(s: Session, market_id: str) -> list[str]:
+    """Receipts verify under their providers' keys and match their allocations.
+
+    Paid work must have a usage receipt; unpaid work needs none.
+    """
+    problems = []
+    rows = s.execute(
+        select(Allocation, Job)
+        .join(Job, Job.id == Allocation.job_id)
+        .where(Allocation.state.in_(("succeeded", "failed", "lost")))
+        .order_by(Allocation.id)
+    ).all()
+    stored: dict[tuple[int, str], str] = {
+        (r.allocation_id, r.kind): r.envelope_json for r in s.execute(select(Receipt)).scalars()
+    }
+    keys_by_node: dict[int, dict[str, Ed25519PublicKey]] = {}
+    for alloc, job in rows:
+        keys = keys_by_node.setdefault(
+            alloc.node_id, _provider_keys(s, alloc.node_id, active_only=False)
+        )
+        facts = _facts(alloc, job, market_id)
+        usage_json = stored.get((alloc.id, "usage"))
+        if usage_json is None and not alloc.cost_micro_usd:
+            continue  # unpaid work needs no receipt
+        try:
+            usage = receipts.verify_usage(usage_json, facts, _finder(keys))
+            if (alloc.started_at, alloc.ended_at) != (usage.started_at, usage.ended_at):
+                raise receipts.ReceiptError(
+                    f"allocation {alloc.id}: usage receipt times differ from the allocation's"
+                )
+            cost = usage_cost_micro(
+                alloc.price_micro_usd_per_gpu_hour, alloc.gpus, usage.duration_ms
+            )
+            if (alloc.cost_micro_usd or 0) > cost:
+                raise receipts.ReceiptError(
+                    f"allocation {alloc.id}: paid {alloc.cost_micro_usd} micro-USD, "
+                    f"more than its usage receipt attests ({cost})"
+                )
+            if (alloc.id, "acceptance") in stored:
+                receipts.verify(
+                    stored[(alloc.id, "acceptance")], "acceptance", facts, _finder(keys)
+                )
+        except receipts.ReceiptError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _end_job_if_done(s: Session, job: Job, spec: JobSpec) -> None:

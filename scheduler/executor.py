@@ -29,6 +29,7 @@ import ray
 import ray.exceptions
 
 from depin.errors import ExecutionError
+from depin.receipts import ReceiptSigner, sign_acceptance, sign_usage
 from scheduler.work import Launch, Outcome
 
 RESOURCE_PREFIX = "depin_node:"
@@ -116,11 +117,37 @@ def run_command(
     }
 
 
+def run_with_receipts(
+    command: Sequence[str], env: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
+) -> dict[str, Any]:
+    """Run an allocation on this node, signing its acceptance first and its usage after.
+
+    Without the provider's key on this machine the result carries no receipts,
+    and the market will not pay for the work.
+    """
+    private = signer.private_key() if signer is not None else None
+    acceptance = None
+    if private is not None and signer is not None:
+        acceptance = sign_acceptance(private, signer.facts, at=datetime.now(UTC)).to_json()
+    result = run_command(command, env, time_limit_s)
+    result["acceptance_json"], result["usage_json"] = acceptance, None
+    if private is not None and signer is not None:
+        usage = sign_usage(
+            private,
+            signer.facts,
+            started_at=result["started_at"],
+            ended_at=result["ended_at"],
+            exit_code=result["exit_code"],
+        )
+        result["usage_json"] = usage.to_json()
+    return result
+
+
 @ray.remote(num_cpus=0, max_retries=0)
 def _run_allocation(
-    command: Sequence[str], env: Mapping[str, str], time_limit_s: int
+    command: Sequence[str], env: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
 ) -> dict[str, Any]:
-    return run_command(command, env, time_limit_s)
+    return run_with_receipts(command, env, time_limit_s, signer)
 
 
 class RayExecutor:
@@ -192,7 +219,7 @@ class RayExecutor:
         ref = _run_allocation.options(
             resources={node_resource(launch.node_id): launch.gpus},
             name=f"depin-job-{launch.job_id}-alloc-{launch.allocation_id}",
-        ).remote(launch.command, env, launch.time_limit_s)
+        ).remote(launch.command, env, launch.time_limit_s, launch.receipts)
         self._running[ref] = launch
 
     def abandon(self) -> list[Launch]:
@@ -232,4 +259,6 @@ class RayExecutor:
             r["exit_code"],
             r["output_tail"],
             r["error"],
+            acceptance_json=r["acceptance_json"],
+            usage_json=r["usage_json"],
         )

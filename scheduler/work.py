@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from depin.receipts import ReceiptSigner
+
 
 @dataclass(frozen=True, slots=True)
 class Launch:
@@ -17,6 +19,7 @@ class Launch:
     gpus: int
     command: tuple[str, ...]
     time_limit_s: int
+    receipts: ReceiptSigner | None = None  # how the node signs its acceptance and usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ class Outcome:
     output_tail: str
     error: str | None = None
     lost: bool = False
+    acceptance_json: str | None = None  # the provider's signed receipts, as the node sent them
+    usage_json: str | None = None
 
     @property
     def succeeded(self) -> bool:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from depin.client import Client
 from depin.manifest import Envelope
 from depin.spec import JobSpec, NodeSpec
+from scheduler.work import Launch, Outcome
 
 BERLIN = (52.52, 13.405)
 FRANKFURT = (50.11, 8.68)
@@ -103,3 +105,28 @@ def build_world(client: Client, *, deposit_usd: str = "100") -> World:
     client.create_account("dev", key="dev")
     client.deposit("dev", deposit_usd)
     return World(client, "dev", "acme", ids)
+
+
+def ended(
+    launch: Launch, seconds: float, exit_code: int | None = 0, output: str = "ok\n"
+) -> Outcome:
+    """How a node reports a finished allocation: the outcome and its provider's signed receipts."""
+    from depin.receipts import sign_acceptance, sign_usage
+
+    start = datetime.now(UTC)
+    end = start + timedelta(seconds=seconds)
+    signer = launch.receipts
+    assert signer is not None
+    private = signer.private_key()
+    assert private is not None, "the provider's key must be in the test's DEPIN_HOME"
+    acceptance = sign_acceptance(private, signer.facts, at=start).to_json()
+    usage = sign_usage(private, signer.facts, started_at=start, ended_at=end, exit_code=exit_code)
+    return Outcome(
+        launch.allocation_id,
+        start,
+        end,
+        exit_code,
+        output,
+        acceptance_json=acceptance,
+        usage_json=usage.to_json(),
+    )

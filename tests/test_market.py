@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -22,7 +23,7 @@ from depin.manifest import Envelope
 from depin.money import usage_cost_micro
 from scheduler import plan
 from scheduler.work import Outcome
-from tests.factories import BERLIN, World, job
+from tests.factories import BERLIN, World, ended, job
 
 
 def test_submission_queues_the_job_and_holds_its_most_cost(world: World) -> None:
@@ -149,8 +150,7 @@ def test_settlement_pays_the_provider_for_the_time_used_and_returns_the_rest(wor
     cycle(world)
     market = world.client.market
     launch = market.claim_reserved("test-driver")[0]
-    start = datetime.now(UTC)
-    market.finish(Outcome(launch.allocation_id, start, start + timedelta(seconds=90), 0, "ok\n"))
+    market.finish(ended(launch, 90))
     view = world.client.job(job_id)
     expected = usage_cost_micro(400_000, 1, 90_000)
     assert view.state == "succeeded" and view.allocation.cost_micro_usd == expected  # type: ignore[union-attr]
@@ -166,8 +166,7 @@ def test_finishing_twice_settles_once(world: World) -> None:
     cycle(world)
     market = world.client.market
     launch = market.claim_reserved("test-driver")[0]
-    now = datetime.now(UTC)
-    outcome = Outcome(launch.allocation_id, now, now + timedelta(seconds=10), 1, "boom")
+    outcome = ended(launch, 10, exit_code=1, output="boom")
     market.finish(outcome)
     market.finish(outcome)
     assert world.client.account("acme").balance.credits_posted == usage_cost_micro(
@@ -258,10 +257,9 @@ def test_a_multi_replica_job_succeeds_only_when_every_replica_does(world: World)
     cycle(world)
     market = world.client.market
     launches = market.claim_reserved("test-driver")
-    now = datetime.now(UTC)
-    market.finish(Outcome(launches[0].allocation_id, now, now + timedelta(seconds=5), 0, "ok"))
+    market.finish(ended(launches[0], 5))
     assert world.client.job(job_id).state == "running"
-    market.finish(Outcome(launches[1].allocation_id, now, now + timedelta(seconds=5), 2, "boom"))
+    market.finish(ended(launches[1], 5, exit_code=2, output="boom"))
     assert world.client.job(job_id).state == "failed"
     assert world.client.verify_ledger().ok
 
@@ -290,3 +288,76 @@ def test_a_scheduler_keeps_its_snapshot_until_the_fleet_changes(world: World) ->
     assert driver._snapshot is not cached
     assert world.client.job(job_id).allocation.node_id == new.id  # type: ignore[union-attr]
     driver.stop()
+
+
+def test_work_without_a_valid_usage_receipt_is_not_paid(world: World) -> None:
+    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
+    cycle(world)
+    market = world.client.market
+    launch = market.claim_reserved("test-driver")[0]
+    honest = ended(launch, 60)
+    inflated = json.loads(honest.usage_json)  # type: ignore[arg-type]
+    payload = json.loads(base64.b64decode(inflated["payload"]))
+    payload["ended_at"] = "2099-01-01T00:00:00+00:00"
+    inflated["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    market.finish(replace(honest, usage_json=json.dumps(inflated)))
+    view = world.client.job(job_id)
+    assert view.state == "succeeded"
+    assert view.allocation.cost_micro_usd == 0  # type: ignore[union-attr]
+    assert "provider not paid" in view.allocation.error  # type: ignore[union-attr,operator]
+    assert world.client.account("acme").balance.credits_posted == 0
+    assert world.available() == 100_000_000
+    assert world.client.verify_ledger().ok
+
+
+def test_receipts_are_kept_and_audited_by_ledger_verify(world: World) -> None:
+    from sqlalchemy import text
+
+    world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
+    cycle(world)
+    market = world.client.market
+    launch = market.claim_reserved("test-driver")[0]
+    market.finish(ended(launch, 30))
+    assert world.client.verify_ledger().ok
+    with market.engine.begin() as conn:
+        stored = conn.execute(
+            text("SELECT envelope_json FROM receipts WHERE kind = 'usage'")
+        ).scalar_one()
+        forged = json.loads(stored)
+        forged["signatures"][0]["sig"] = base64.b64encode(b"\0" * 64).decode()
+        conn.execute(
+            text("UPDATE receipts SET envelope_json = :e WHERE kind = 'usage'"),
+            {"e": json.dumps(forged)},
+        )
+    report = world.client.verify_ledger()
+    assert not report.ok
+    assert any(
+        f"allocation {launch.allocation_id}" in p and "usage receipt" in p for p in report.problems
+    )
+
+
+def test_a_receipt_for_another_allocation_fails_the_audit(world: World) -> None:
+    from sqlalchemy import text
+
+    world.submit(job("a", resources={"gpus": 1, "gpu_models": ["L4"]}))
+    world.submit(job("b", resources={"gpus": 1, "gpu_models": ["L4"]}))
+    cycle(world)
+    market = world.client.market
+    first, second = market.claim_reserved("test-driver")
+    market.finish(ended(first, 30))
+    market.finish(ended(second, 30))
+    with market.engine.begin() as conn:
+        receipt = conn.execute(
+            text("SELECT envelope_json FROM receipts WHERE allocation_id = :a AND kind = 'usage'"),
+            {"a": first.allocation_id},
+        ).scalar_one()
+        conn.execute(
+            text(
+                "UPDATE receipts SET envelope_json = :e WHERE allocation_id = :a AND kind = 'usage'"
+            ),
+            {"e": receipt, "a": second.allocation_id},
+        )
+    report = world.client.verify_ledger()
+    assert any(
+        f"allocation {second.allocation_id}" in p and "does not match" in p for p in report.problems
+    )

@@ -299,6 +299,23 @@ class Allocation(Base):
     cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class Receipt(Base):
+    """A provider's signed acceptance or usage receipt for an allocation."""
+
+    __tablename__ = "receipts"
+    __table_args__ = (
+        CheckConstraint(_in("kind", ("acceptance", "usage")), name="kind"),
+        UniqueConstraint("allocation_id", "kind", name="uq_receipts_allocation_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    allocation_id: Mapped[int] = mapped_column(ForeignKey("allocations.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    key_id: Mapped[str] = mapped_column(String(64))
+    envelope_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
 class Driver(Base):
     """A process that launches allocations on Ray (a scheduler, or a waiting submit)."""
 
