@@ -55,7 +55,7 @@ from depin.money import usage_cost_micro
 from depin.receipts import AllocationFacts, ReceiptSigner
 from depin.reserve import CycleCommit, PendingJob, PendingWork, reserve
 from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
-from depin.submission import KeyRecord, admit_envelopes, load_keys, queue
+from depin.submission import KeyRecord, admit_envelopes, load_keys, prune_nonces, queue
 from depin.views import AccountView, JobView, KeyView, NodeView
 from providers import registry
 from scheduler import Offer, Plan, Snapshot, plan
@@ -571,6 +571,7 @@ class Marketplace:
                 _requeue(s, ledger, alloc, job, f"driver {alloc.driver_id} stopped")
             s.execute(Driver.__table__.delete().where(Driver.heartbeat_at < cutoff))
             registry.mark_silent_nodes_offline(s)
+            prune_nonces(s, now or utcnow())
             return [a.id for a in orphans]
 
         return self._tx(work)

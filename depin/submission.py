@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -29,13 +31,16 @@ from depin.errors import (
     UnknownKeyError,
     UnschedulableError,
 )
+from depin.gcpause import gc_paused
 from depin.keys import public_key_from_b64
 from depin.ledger import ESCROW_ACCOUNT, Balance, Entry, Ledger
 from depin.manifest import (
     CLOCK_SKEW_S,
+    PAYLOAD_TYPE,
     Claims,
     Envelope,
     check_claims,
+    pae,
     parse_claims,
     verify_signature,
 )
@@ -96,6 +101,79 @@ def load_keys(s: Session, key_ids: Sequence[str]) -> dict[str, KeyRecord]:
     }
 
 
+class Verifier:
+    """Checks envelopes against the registered keys: signature, claims, key state.
+
+    The signature is checked over the exact bytes before anything in the
+    payload is parsed. Replays are checked against the database separately
+    (``seen_nonces``), a batch at a time.
+    """
+
+    def __init__(self, keys: dict[str, KeyRecord], *, audience: str, now: datetime) -> None:
+        self.keys, self.audience, self.now = keys, audience, now
+
+    def _verify_signature(self, envelope: Envelope) -> KeyRecord:
+        """The common case inline (one signature by a known key); anything else the general way."""
+        if len(envelope.signatures) == 1 and envelope.payload_type == PAYLOAD_TYPE:
+            signature = envelope.signatures[0]
+            key = self.keys.get(signature.keyid)
+            if key is not None:
+                try:
+                    public_key_from_b64(key.public_key).verify(
+                        signature.sig, pae(PAYLOAD_TYPE, envelope.payload)
+                    )
+                    return key
+                except InvalidSignature:
+                    pass  # the general path below says why
+        signature, _ = verify_signature(envelope, self._find)
+        return self.keys[signature.keyid]
+
+    def _find(self, kid: str) -> list[Ed25519PublicKey]:
+        key = self.keys.get(kid)
+        return [] if key is None else [public_key_from_b64(key.public_key)]
+
+    def verify(self, envelope: Envelope) -> tuple[KeyRecord, Claims]:
+        key = self._verify_signature(envelope)
+        claims = parse_claims(envelope, signer_account=key.account_name)
+        check_claims(claims, audience=self.audience, now=self.now)
+        check_key_usable(key, claims, self.now)
+        if key.account_name != claims.issuer:
+            raise UnknownKeyError(
+                f"key {key.key_id} signs for account {key.account_name!r}, not {claims.issuer!r}"
+            )
+        return key, claims
+
+    def verify_all(self, envelopes: Sequence[Envelope]) -> list[tuple[KeyRecord, Claims]]:
+        """Verify a batch; the first bad envelope raises, naming its position."""
+        out = []
+        with gc_paused():  # thousands of small payload dicts; no cycles among them
+            for index, envelope in enumerate(envelopes):
+                try:
+                    out.append(self.verify(envelope))
+                except DepinError as exc:
+                    if len(envelopes) > 1:
+                        raise type(exc)(f"envelope {index + 1} of {len(envelopes)}: {exc}") from exc
+                    raise
+        return out
+
+
+def seen_nonces(s: Session, nonces: Sequence[str]) -> set[str]:
+    """Which of ``nonces`` were used before: one query with the batch as a single parameter."""
+    if not nonces:
+        return set()
+    conn = s.connection()
+    if conn.dialect.name == "postgresql":
+        rows = conn.exec_driver_sql(
+            "SELECT nonce FROM nonces WHERE nonce = ANY(%s)", (list(nonces),)
+        )
+    else:
+        rows = conn.exec_driver_sql(
+            "SELECT nonce FROM nonces WHERE nonce IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(nonces)),),
+        )
+    return {r[0] for r in rows}
+
+
 def admit_envelopes(
     envelopes: Sequence[Envelope],
     keys: dict[str, KeyRecord],
@@ -106,11 +184,12 @@ def admit_envelopes(
     now: datetime,
 ) -> list[Admitted]:
     """Verify and admit every envelope; the first bad one raises, naming its position."""
+    verified = Verifier(keys, audience=audience, now=now).verify_all(envelopes)
     admissions: dict[object, Admission] = {}  # jobs of one request class are admitted once
     out = []
-    for index, envelope in enumerate(envelopes):
+    for index, (envelope, (key, claims)) in enumerate(zip(envelopes, verified, strict=True)):
         try:
-            out.append(_admit_one(envelope, keys, snapshot, prices, admissions, audience, now))
+            out.append(_admit(envelope, key, claims, snapshot, prices, admissions))
         except DepinError as exc:
             if len(envelopes) > 1:
                 raise type(exc)(f"envelope {index + 1} of {len(envelopes)}: {exc}") from exc
@@ -118,26 +197,15 @@ def admit_envelopes(
     return out
 
 
-def _admit_one(
+def _admit(
     envelope: Envelope,
-    keys: dict[str, KeyRecord],
+    key: KeyRecord,
+    claims: Claims,
     snapshot: Snapshot,
     prices: dict[int, int],
     admissions: dict[object, Admission],
-    audience: str,
-    now: datetime,
 ) -> Admitted:
-    signature, _ = verify_signature(
-        envelope, lambda kid: [public_key_from_b64(keys[kid].public_key)] if kid in keys else []
-    )
-    key = keys[signature.keyid]
-    claims = parse_claims(envelope)
-    check_claims(claims, audience=audience, now=now)
-    check_key_usable(key, claims, now)
-    if key.account_name != claims.issuer:
-        raise UnknownKeyError(
-            f"key {key.key_id} signs for account {key.account_name!r}, not {claims.issuer!r}"
-        )
+    """Could any node ever run the job, and what is the most it can cost?"""
     spec = claims.job
     rkey = request_key(spec)
     admission = admissions.get(rkey)
@@ -257,9 +325,9 @@ def _record_nonces(s: Session, admitted: Sequence[Admitted]) -> None:
     nonces = [a.claims.nonce for a in admitted]
     if len(set(nonces)) != len(nonces):
         raise ReplayError("the batch holds the same envelope twice: sign each manifest once")
-    seen = s.execute(select(Nonce.nonce).where(Nonce.nonce.in_(nonces))).scalars().first()
-    if seen is not None:
-        raise ReplayError(f"envelope nonce {seen} was already used: sign the manifest again")
+    seen = seen_nonces(s, nonces)
+    if seen:
+        raise ReplayError(f"envelope nonce {min(seen)} was already used: sign the manifest again")
     skew = timedelta(seconds=CLOCK_SKEW_S)
     rows = [
         {
@@ -277,3 +345,8 @@ def _record_nonces(s: Session, admitted: Sequence[Admitted]) -> None:
         raise ReplayError(
             "an envelope's nonce was used concurrently: sign the manifest again"
         ) from exc
+
+
+def prune_nonces(s: Session, now: datetime) -> int:
+    """Forget nonces whose envelopes expired (plus skew): replaying those is refused anyway."""
+    return s.execute(Nonce.__table__.delete().where(Nonce.expires_at < now)).rowcount
