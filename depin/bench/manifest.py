@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,11 @@ def run(*, envelopes: int = 5000, database_url: str | None = None) -> dict[str, 
     market = Marketplace(Settings.from_env(home=home, database_url=database_url))
     try:
         key = Ed25519PrivateKey.generate()
-        market.create_account("bench-dev", key.public_key())
+        account = f"bench-dev-{uuid.uuid4().hex[:8]}"  # a --db may hold earlier runs
+        market.create_account(account, key.public_key())
         specs = synthetic_jobs(envelopes, seed=7)
         signed = [
-            manifest.sign(s, key, issuer="bench-dev", audience=market.market_id, ttl_s=3600)
+            manifest.sign(s, key, issuer=account, audience=market.market_id, ttl_s=3600)
             for s in specs
         ]
         public = key.public_key()

@@ -12,7 +12,9 @@ import shutil
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -110,10 +112,10 @@ def batch_throughput(
         market = Marketplace(Settings.from_env(home=home, database_url=database_url))
         try:
             say(f"registering {nodes} nodes and submitting {jobs} signed jobs (not timed)")
-            _populate(market, nodes, jobs, seed)
+            job_ids = _populate(market, nodes, jobs, seed)
             gc.collect()
             t0 = time.perf_counter()
-            work = market.pending_work(limit=jobs)
+            work = market.pending_work(job_ids, limit=jobs)
             t1 = time.perf_counter()
             result = plan(work.specs, work.offers, keys=work.job_ids, mode=mode)
             t2 = time.perf_counter()
@@ -142,14 +144,16 @@ def batch_throughput(
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _populate(market: Marketplace, nodes: int, jobs: int, seed: int) -> None:
-    fleet = synthetic_nodes(nodes, seed=seed)
+def _populate(market: Marketplace, nodes: int, jobs: int, seed: int) -> list[int]:
+    run = uuid.uuid4().hex[:8]  # a --db may hold earlier runs: names of this one are fresh
+    fleet = [replace(n, provider=f"{n.provider}-{run}") for n in synthetic_nodes(nodes, seed=seed)]
     for provider in sorted({n.provider for n in fleet}):
         market.create_account(provider, Ed25519PrivateKey.generate().public_key(), kind="provider")
     market.add_nodes([n.spec() for n in fleet])
     key = Ed25519PrivateKey.generate()
-    market.create_account("bench-dev", key.public_key())
-    market.deposit("bench-dev", usd_to_micro(Decimal(10_000_000)))
+    developer = f"bench-dev-{run}"
+    market.create_account(developer, key.public_key())
+    market.deposit(developer, usd_to_micro(Decimal(10_000_000)))
     # Jobs no node could ever take are refused at submission; draw until there are enough.
     snap = Snapshot(market.offers())
     specs: list[JobSpec] = []
@@ -159,11 +163,13 @@ def _populate(market: Marketplace, nodes: int, jobs: int, seed: int) -> None:
         specs += [s for s in candidates if admit(s, snap).ok][: jobs - len(specs)]
         draw += 1000
     envelopes = [
-        manifest.sign(s, key, issuer="bench-dev", audience=market.market_id, ttl_s=3600)
+        manifest.sign(s, key, issuer=developer, audience=market.market_id, ttl_s=3600)
         for s in specs
     ]
+    job_ids = []
     for start in range(0, len(envelopes), 5000):
-        market.submit_many(envelopes[start : start + 5000])
+        job_ids += market.submit_many(envelopes[start : start + 5000])
+    return job_ids
 
 
 # -- quality against the exact flow ------------------------------------------------------------
