@@ -59,6 +59,10 @@ def _emit(as_json: bool, data: Any, render: Callable[[], None]) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+idempotency_option = click.option(
+    "--idempotency-key",
+    help="Name this request (e.g. a UUID) and reuse the name on retry: it takes effect once.",
+)
 
 
 def _usd(value: str) -> Decimal:
@@ -261,11 +265,14 @@ def account() -> None:
 @account.command("create")
 @click.argument("name")
 @click.option("--key", required=True, help="Key name, .pub file or base64 public key.")
+@idempotency_option
 @json_option
 @click.pass_context
-def account_create(ctx: click.Context, name: str, key: str, as_json: bool) -> None:
+def account_create(
+    ctx: click.Context, name: str, key: str, idempotency_key: str | None, as_json: bool
+) -> None:
     """Open a developer account NAME that KEY signs for; prints its id."""
-    view = _client(ctx).create_account(name, key=key)
+    view = _client(ctx).create_account(name, key=key, idempotency_key=idempotency_key)
     _emit(
         as_json,
         {"id": view.id, "name": view.name, "key_ids": view.key_ids},
@@ -276,11 +283,14 @@ def account_create(ctx: click.Context, name: str, key: str, as_json: bool) -> No
 @account.command("deposit")
 @click.argument("name")
 @click.argument("usd", type=_usd)
+@idempotency_option
 @json_option
 @click.pass_context
-def account_deposit(ctx: click.Context, name: str, usd: Decimal, as_json: bool) -> None:
+def account_deposit(
+    ctx: click.Context, name: str, usd: Decimal, idempotency_key: str | None, as_json: bool
+) -> None:
     """Pay USD into account NAME."""
-    balance = _client(ctx).deposit(name, usd)
+    balance = _client(ctx).deposit(name, usd, idempotency_key=idempotency_key)
     _emit(as_json, _balance_dict(balance), lambda: _print_balances([balance]))
 
 
@@ -302,11 +312,14 @@ def provider() -> None:
 @provider.command("register")
 @click.argument("name")
 @click.option("--key", required=True, help="Key name, .pub file or base64 public key.")
+@idempotency_option
 @json_option
 @click.pass_context
-def provider_register(ctx: click.Context, name: str, key: str, as_json: bool) -> None:
+def provider_register(
+    ctx: click.Context, name: str, key: str, idempotency_key: str | None, as_json: bool
+) -> None:
     """Register provider NAME that KEY signs for; prints its id."""
-    view = _client(ctx).register_provider(name, key=key)
+    view = _client(ctx).register_provider(name, key=key, idempotency_key=idempotency_key)
     _emit(
         as_json,
         {"id": view.id, "name": view.name, "key_ids": view.key_ids},
@@ -352,9 +365,10 @@ def node() -> None:
 )
 @click.option("--reliability", type=click.FloatRange(0, 1), default=0.99, show_default=True)
 @click.option("--name", help="A name unique among the provider's nodes.")
+@idempotency_option
 @json_option
 @click.pass_context
-def node_add(ctx: click.Context, as_json: bool, **fields: Any) -> None:
+def node_add(ctx: click.Context, as_json: bool, idempotency_key: str | None, **fields: Any) -> None:
     """Register a node; prints its id."""
     from pydantic import ValidationError
 
@@ -362,7 +376,7 @@ def node_add(ctx: click.Context, as_json: bool, **fields: Any) -> None:
         spec = NodeSpec.model_validate(fields)
     except ValidationError as exc:
         raise InputError(f"node: {describe_validation_error(exc)}") from None
-    view = _client(ctx).add_node(spec)
+    view = _client(ctx).add_node(spec, idempotency_key=idempotency_key)
     _emit(as_json, view.to_dict() | {"id": view.id}, lambda: click.echo(view.id))
 
 
@@ -542,6 +556,7 @@ def job() -> None:
     "--wait", is_flag=True, help="Wait for the job to end (runs it if no scheduler is running)."
 )
 @click.option("--timeout-s", type=click.IntRange(min=1), help="Give up waiting after this long.")
+@idempotency_option
 @json_option
 @click.pass_context
 def job_submit(
@@ -550,11 +565,12 @@ def job_submit(
     account: str | None,
     wait: bool,
     timeout_s: int | None,
+    idempotency_key: str | None,
     as_json: bool,
 ) -> None:
     """Sign (if FILE is YAML) and submit a job; prints its id."""
     client = _client(ctx)
-    view = client.submit(load_submission(file), account=account)
+    view = client.submit(load_submission(file), account=account, idempotency_key=idempotency_key)
     if not wait:
         _emit(as_json, {"id": view.id, "state": view.state}, lambda: click.echo(view.id))
         return
@@ -573,6 +589,20 @@ def _ending(view: JobView) -> str:
     if alloc is not None and view.state == "failed":
         detail = alloc.error or f"exit code {alloc.exit_code}"
     return f"job {view.id} {view.state}: {detail}"
+
+
+@job.command("place")
+@click.argument("job_id", type=int)
+@click.option("--node", "node_id", type=int, required=True, help="The node to reserve it on.")
+@idempotency_option
+@json_option
+@click.pass_context
+def job_place(
+    ctx: click.Context, job_id: int, node_id: int, idempotency_key: str | None, as_json: bool
+) -> None:
+    """Reserve pending job JOB_ID on node --node by hand (a scheduler then launches it)."""
+    allocs = _client(ctx).place(job_id, node_id, idempotency_key=idempotency_key)
+    _emit(as_json, {"allocations": allocs}, lambda: click.echo(" ".join(map(str, allocs))))
 
 
 @job.command("list")
@@ -767,9 +797,14 @@ def scheduler() -> None:
 
 @scheduler.command("run")
 @click.option("--once", is_flag=True, help="One cycle; wait for what it launched, then exit.")
+@click.option(
+    "--no-launch",
+    is_flag=True,
+    help="Reserve capacity and money only; leave allocations reserved for a launcher.",
+)
 @json_option
 @click.pass_context
-def scheduler_run(ctx: click.Context, once: bool, as_json: bool) -> None:
+def scheduler_run(ctx: click.Context, once: bool, no_launch: bool, as_json: bool) -> None:
     """Schedule pending jobs until interrupted (a long-lived Ray driver)."""
     from scheduler.loop import Driver
 
@@ -777,7 +812,7 @@ def scheduler_run(ctx: click.Context, once: bool, as_json: bool) -> None:
     requeued = market.reconcile()
     if requeued:
         click.echo(f"requeued {len(requeued)} allocation(s) of stopped drivers", err=True)
-    driver = Driver(market, kind="scheduler")
+    driver = Driver(market, kind="scheduler", launch=not no_launch)
     summary = {"placed": 0, "unschedulable": 0, "conflicts": 0, "succeeded": 0, "failed": 0}
     try:
         if once:
@@ -857,6 +892,30 @@ def ledger_show(ctx: click.Context, account: str | None, limit: int, as_json: bo
         console.print(table)
 
     _emit(as_json, {"balances": [_balance_dict(b) for b in balances], "entries": rows}, render)
+
+
+@ledger.command("export")
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Default: stdout.",
+)
+@click.pass_context
+def ledger_export(ctx: click.Context, out: Path | None) -> None:
+    """Write every ledger entry as JSON lines, with its hash chain, for an outside audit."""
+    stream = out.open("w", encoding="utf-8") if out else sys.stdout
+    try:
+        count = 0
+        for entry in _client(ctx).export_ledger():
+            stream.write(json.dumps(entry, sort_keys=True) + "\n")
+            count += 1
+    finally:
+        if out:
+            stream.close()
+    if out:
+        click.echo(f"wrote {count} entries to {out}", err=True)
 
 
 @ledger.command("verify")

@@ -12,11 +12,12 @@ ever sees public keys and signed envelopes.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from depin import keys as keystore
 from depin import manifest
 from depin.config import Settings
-from depin.errors import InputError, NotFoundError
+from depin.errors import DatabaseError, InputError, NotFoundError
 from depin.keys import KeyInfo
 from depin.ledger import Balance, VerifyReport
 from depin.manifest import Claims, Envelope
@@ -41,7 +42,9 @@ from depin.spec import (
 from depin.views import AccountView, JobView, KeyView, NodeView
 from scheduler.search import Hit
 
+T = TypeVar("T")
 WAIT_POLL_S = 0.5
+RETRIES = 3  # attempts of a state-changing call on transient database errors
 
 
 class Client:
@@ -121,15 +124,44 @@ class Client:
     def registered_keys(self, account: str) -> list[KeyView]:
         return self.market.keys_of(account)
 
+    def _retrying(self, call: Callable[[str], T], key: str | None) -> T:
+        """Call with an idempotency key (a fresh UUID unless given), retried on transient failures.
+
+        A retry reuses the key, so a request that committed before its answer
+        was lost returns the first result instead of acting twice.
+        """
+        key = key or uuid.uuid4().hex
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return call(key)
+            except DatabaseError:
+                if attempt == RETRIES:
+                    raise
+                time.sleep(0.1 * attempt)
+        raise AssertionError("unreachable")
+
     # -- accounts ------------------------------------------------------------------------------
-    def create_account(self, name: str, *, key: str, kind: str = "developer") -> AccountView:
-        return self.market.create_account(name, self.public_key(key), kind=kind)
+    def create_account(
+        self, name: str, *, key: str, kind: str = "developer", idempotency_key: str | None = None
+    ) -> AccountView:
+        public = self.public_key(key)
+        return self._retrying(
+            lambda k: self.market.create_account(name, public, kind=kind, idempotency_key=k),
+            idempotency_key,
+        )
 
-    def register_provider(self, name: str, *, key: str) -> AccountView:
-        return self.create_account(name, key=key, kind="provider")
+    def register_provider(
+        self, name: str, *, key: str, idempotency_key: str | None = None
+    ) -> AccountView:
+        return self.create_account(name, key=key, kind="provider", idempotency_key=idempotency_key)
 
-    def deposit(self, account: str, usd: Decimal | str | int) -> Balance:
-        return self.market.deposit(account, usd_to_micro(usd))
+    def deposit(
+        self, account: str, usd: Decimal | str | int, *, idempotency_key: str | None = None
+    ) -> Balance:
+        micro = usd_to_micro(usd)
+        return self._retrying(
+            lambda k: self.market.deposit(account, micro, idempotency_key=k), idempotency_key
+        )
 
     def account(self, name: str) -> AccountView:
         return self.market.account(name)
@@ -138,11 +170,16 @@ class Client:
         return self.market.balances(account)
 
     # -- nodes ---------------------------------------------------------------------------------
-    def add_node(self, spec: NodeSpec | None = None, **fields: Any) -> NodeView:
+    def add_node(
+        self, spec: NodeSpec | None = None, *, idempotency_key: str | None = None, **fields: Any
+    ) -> NodeView:
         """Register a node: a NodeSpec, or its fields as keyword arguments."""
         if spec is None:
             spec = _validated(NodeSpec, fields, "node")
-        return self.market.add_node(spec)
+        node = spec
+        return self._retrying(
+            lambda k: self.market.add_node(node, idempotency_key=k), idempotency_key
+        )
 
     def add_nodes(self, specs: Sequence[NodeSpec]) -> list[int]:
         """Register many nodes at once (all or none); returns their ids."""
@@ -221,14 +258,22 @@ class Client:
 
     # -- jobs ----------------------------------------------------------------------------------
     def submit(
-        self, job: JobSpec | Envelope, *, account: str | None = None, key: str | None = None
+        self,
+        job: JobSpec | Envelope,
+        *,
+        account: str | None = None,
+        key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> JobView:
         """Submit a signed envelope, or sign a JobSpec with the account's local key first."""
         if isinstance(job, Envelope):
-            return self.market.submit(job)
-        account = account or self.default_account()
-        envelope = self.sign(job, key=key or self.signing_key_for(account), account=account)
-        return self.market.submit(envelope)
+            envelope = job
+        else:
+            account = account or self.default_account()
+            envelope = self.sign(job, key=key or self.signing_key_for(account), account=account)
+        return self._retrying(
+            lambda k: self.market.submit(envelope, idempotency_key=k), idempotency_key
+        )
 
     def submit_many(
         self,
@@ -236,6 +281,7 @@ class Client:
         *,
         account: str | None = None,
         key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> list[int]:
         """Sign (where needed) and submit many jobs in one transaction, all or none; returns ids."""
         envelopes = [j for j in jobs if isinstance(j, Envelope)]
@@ -251,11 +297,21 @@ class Client:
                 else manifest.sign(j, private, issuer=account, audience=audience)
                 for j in jobs
             ]
-        return self.market.submit_many(envelopes)
+        return self._retrying(
+            lambda k: self.market.submit_many(envelopes, idempotency_key=k), idempotency_key
+        )
 
-    def submit_file(self, path: str | Path, *, account: str | None = None) -> JobView:
+    def submit_file(
+        self, path: str | Path, *, account: str | None = None, idempotency_key: str | None = None
+    ) -> JobView:
         """Submit a YAML manifest (signed here) or a JSON envelope signed elsewhere."""
-        return self.submit(load_submission(path), account=account)
+        return self.submit(load_submission(path), account=account, idempotency_key=idempotency_key)
+
+    def place(self, job_id: int, node_id: int, *, idempotency_key: str | None = None) -> list[int]:
+        """Reserve a pending job on a node of your choosing; refused if the node lacks room."""
+        return self._retrying(
+            lambda k: self.market.place(job_id, node_id, idempotency_key=k), idempotency_key
+        )
 
     def jobs(
         self, *, account: str | None = None, state: str | None = None, limit: int = 100
@@ -292,6 +348,9 @@ class Client:
         self, *, account: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
         return self.market.ledger_entries(account=account, limit=limit)
+
+    def export_ledger(self) -> Iterator[dict[str, Any]]:
+        return self.market.export_ledger()
 
     def verify_ledger(self) -> VerifyReport:
         return self.market.verify_ledger()

@@ -96,6 +96,30 @@ def entry_values(t: Transfer) -> tuple[Any, ...]:
     )
 
 
+ENTRY_FIELDS = (
+    "id",
+    "debit_account_id",
+    "credit_account_id",
+    "amount_micro_usd",
+    "kind",
+    "pending",
+    "pending_id",
+    "timeout_at",
+    "job_id",
+    "allocation_id",
+    "memo",
+    "created_at",
+)
+
+
+def entry_record(t: Transfer) -> dict[str, Any]:
+    """An entry as exported: the hashed fields, in the form hashed, plus both hashes."""
+    return dict(zip(ENTRY_FIELDS, entry_values(t), strict=True)) | {
+        "prev_hash": t.prev_hash,
+        "hash": t.hash,
+    }
+
+
 def entry_hash(prev_hash: str, values: tuple[Any, ...]) -> str:
     """SHA-256 over the previous entry's hash and this entry's canonical encoding.
 

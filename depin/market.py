@@ -12,7 +12,8 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from depin.db.models import (
     AccountKey,
     Allocation,
     Driver,
+    IdempotencyKey,
     Job,
     Node,
     PlanRecord,
@@ -38,14 +40,17 @@ from depin.db.models import (
     utcnow,
 )
 from depin.errors import (
+    CapacityError,
     ConflictError,
     InputError,
     NotFoundError,
+    UnschedulableError,
 )
 from depin.gcpause import gc_paused
+from depin.idempotency import KeyTaken, check_key, once
 from depin.keys import key_id as compute_key_id
 from depin.keys import public_key_b64, public_key_from_b64
-from depin.ledger import WORLD_ACCOUNT, Balance, Ledger, VerifyReport, balances
+from depin.ledger import WORLD_ACCOUNT, Balance, Ledger, VerifyReport, balances, entry_record
 from depin.ledger import entries as ledger_entries
 from depin.ledger import verify as verify_ledger
 from depin.manifest import (
@@ -101,7 +106,12 @@ class Marketplace:
 
     # -- accounts and keys ---------------------------------------------------------------------
     def create_account(
-        self, name: str, public_key: Ed25519PublicKey, *, kind: str = "developer"
+        self,
+        name: str,
+        public_key: Ed25519PublicKey,
+        *,
+        kind: str = "developer",
+        idempotency_key: str | None = None,
     ) -> AccountView:
         """Open a developer (or provider) account that ``public_key`` may sign for."""
         if kind not in ("developer", "provider"):
@@ -112,7 +122,7 @@ class Marketplace:
             )
         kid = compute_key_id(public_key)
 
-        def work(s: Session) -> AccountView:
+        def work(s: Session) -> int:
             if s.execute(select(Account.id).where(Account.name == name)).first():
                 raise ConflictError(f"account {name!r} already exists")
             if s.execute(select(AccountKey.id).where(AccountKey.key_id == kid)).first():
@@ -122,9 +132,14 @@ class Marketplace:
             s.flush()
             s.add(AccountKey(account_id=acct.id, key_id=kid, public_key=public_key_b64(public_key)))
             s.flush()
-            return AccountView(acct.id, name, kind, [kid], Balance.of(acct))
+            return acct.id
 
-        return self._guard_unique(work, f"account {name!r} or key {kid} already exists")
+        request = {"name": name, "kind": kind, "key_id": kid}
+        try:
+            self._once(idempotency_key, "create_account", request, work)
+        except IntegrityError as exc:
+            raise ConflictError(f"account {name!r} or key {kid} already exists") from exc
+        return self.account(name)
 
     def _guard_unique(self, work: Callable[[Session], T], message: str) -> T:
         """Run ``work``; a unique constraint that a racing writer hit first is a ConflictError."""
@@ -132,6 +147,26 @@ class Marketplace:
             return self._tx(work)
         except IntegrityError as exc:
             raise ConflictError(message) from exc
+
+    def _once(
+        self, key: str | None, operation: str, request: Any, work: Callable[[Session], Any]
+    ) -> Any:
+        """One transaction that runs ``work`` once per idempotency key (see ``depin.idempotency``).
+
+        ``work`` returns something JSON can hold; a retry with the key gets it back.
+        """
+
+        def tx(s: Session) -> Any:
+            return once(
+                s, key, operation, request, lambda: work(s), encode=lambda r: r, decode=lambda r: r
+            )
+
+        for _ in range(3):
+            try:
+                return self._tx(tx)
+            except KeyTaken:
+                continue  # a twin claimed the key first: the next attempt reads its result
+        raise ConflictError(f"idempotency key {key!r} is busy: retry the request")
 
     def account(self, name: str) -> AccountView:
         def work(s: Session) -> AccountView:
@@ -145,25 +180,28 @@ class Marketplace:
 
         return self._read(work)
 
-    def deposit(self, name: str, amount_micro_usd: int) -> Balance:
+    def deposit(
+        self, name: str, amount_micro_usd: int, *, idempotency_key: str | None = None
+    ) -> Balance:
         """Pay money into an account from outside the market."""
         if amount_micro_usd <= 0:
             raise InputError("deposit amount must be above 0 USD")
 
-        def work(s: Session) -> Balance:
+        def work(s: Session) -> int:
             ledger = Ledger(s)
             ledger.lock()
             acct = ledger.account(name)
             if acct.kind not in ("developer", "provider"):
                 raise InputError(f"cannot deposit into system account {name!r}")
             world = ledger.account(WORLD_ACCOUNT)
-            ledger.transfer(
+            return ledger.transfer(
                 world.id, acct.id, amount_micro_usd, "deposit", memo=f"deposit to {name}"
             )
-            s.flush()
-            return ledger.balance(acct.id)
 
-        return self._tx(work)
+        self._once(
+            idempotency_key, "deposit", {"account": name, "micro_usd": amount_micro_usd}, work
+        )
+        return self.account(name).balance
 
     def balances(self, account: str | None = None) -> list[Balance]:
         found = self._read(lambda s: balances(s, account=account))
@@ -245,18 +283,18 @@ class Marketplace:
         return None if row is None else public_key_from_b64(row.public_key)
 
     # -- nodes ---------------------------------------------------------------------------------
-    def add_node(self, spec: NodeSpec) -> NodeView:
-        def work(s: Session) -> NodeView:
+    def add_node(self, spec: NodeSpec, *, idempotency_key: str | None = None) -> NodeView:
+        def work(s: Session) -> int:
             provider = Ledger(s).account(spec.provider)
             if provider.kind != "provider":
                 raise InputError(
                     f"account {spec.provider!r} is not a provider: register one with "
                     "`depin provider register NAME --key KEY`"
                 )
-            node = registry.add_node(s, provider.id, spec)
-            return NodeView.of(node, provider.name)
+            return registry.add_node(s, provider.id, spec).id
 
-        return self._tx(work)
+        node_id = self._once(idempotency_key, "add_node", spec.model_dump(mode="json"), work)
+        return next(n for n in self.nodes() if n.id == node_id)
 
     def add_nodes(self, specs: Sequence[NodeSpec]) -> list[int]:
         """Register a fleet in one transaction, all or none; returns the node ids."""
@@ -303,16 +341,22 @@ class Marketplace:
             raise InputError(str(exc)) from None
 
     # -- submission ----------------------------------------------------------------------------
-    def submit(self, envelope: Envelope, *, now: datetime | None = None) -> JobView:
+    def submit(
+        self, envelope: Envelope, *, now: datetime | None = None, idempotency_key: str | None = None
+    ) -> JobView:
         """Verify a signed manifest, hold its maximum cost in escrow and queue the job.
 
         Verification happens before anything in the payload is parsed; nothing is
         written unless every check passes.
         """
-        return self.job(self.submit_many([envelope], now=now)[0])
+        return self.job(self.submit_many([envelope], now=now, idempotency_key=idempotency_key)[0])
 
     def submit_many(
-        self, envelopes: Sequence[Envelope], *, now: datetime | None = None
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        now: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> list[int]:
         """Submit a batch of envelopes in one transaction, all or none; returns the job ids."""
         if not envelopes:
@@ -324,11 +368,16 @@ class Marketplace:
             offers, prices = _capacity(s, full=True)
             return load_keys(s, key_ids), offers, prices
 
+        request = [e.digest for e in envelopes]
+        if idempotency_key is not None:
+            done = self._read(lambda s: s.get(IdempotencyKey, check_key(idempotency_key)))
+            if done is not None:  # a retry: answer it without verifying stale envelopes again
+                return self._once(idempotency_key, "submit", request, lambda s: None)
         keys, offers, prices = self._read(read)
         admitted = admit_envelopes(
             envelopes, keys, Snapshot(offers), prices, audience=self.market_id, now=now
         )
-        return self._tx(lambda s: queue(s, admitted))
+        return self._once(idempotency_key, "submit", request, lambda s: queue(s, admitted))
 
     # -- jobs ----------------------------------------------------------------------------------
     def jobs(
@@ -450,21 +499,91 @@ class Marketplace:
         with gc_paused():
             return self._tx(lambda s: reserve(s, work, result, driver_id=driver_id))
 
+    def place(
+        self,
+        job_id: int,
+        node_id: int,
+        *,
+        driver_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> list[int]:
+        """Reserve a pending job on one chosen node (an allocation attempt); its allocation ids.
+
+        Refused with a ``CapacityError`` when the node lacks the free GPUs (the
+        conditional update and the nodes' CHECK decide, whoever races), with an
+        ``UnschedulableError`` when the node could never take the job.
+        """
+
+        def work(s: Session) -> list[int]:
+            ledger = Ledger(s)
+            ledger.lock()
+            job = s.get(Job, job_id, populate_existing=True)
+            if job is None:
+                raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
+            if job.state != "pending":
+                raise ConflictError(f"job {job_id} is {job.state}, not pending")
+            spec = JobSpec.model_validate_json(job.spec_json)
+            if spec.replicas != 1:
+                raise InputError(
+                    f"job {job_id} has {spec.replicas} replicas: place it with the scheduler"
+                )
+            node = registry.get_node(s, node_id)
+            offer = registry.to_offer(node, full=True)
+            attempt = plan([spec], [offer], keys=[job_id])
+            if not attempt.placements:
+                raise UnschedulableError(
+                    f"node {node_id} can never run job {job_id}: "
+                    + "; ".join(attempt.unplaced[job_id]),
+                    attempt.unplaced[job_id],
+                )
+            work_item = PendingWork(
+                [
+                    PendingJob(
+                        job.id,
+                        job.account_id,
+                        job.hold_transfer_id or 0,
+                        job.max_cost_micro_usd,
+                        spec,
+                    )
+                ],
+                None,
+                {node_id: node.price_micro_usd_per_gpu_hour},
+            )
+            result = replace(attempt, metrics={job_id: attempt.metrics[job_id]})
+            allocs = reserve(s, work_item, result, driver_id=driver_id).reserved
+            if not allocs:
+                free = registry.get_node(s, node_id).gpus_free
+                needs = spec.resources.gpus
+                raise CapacityError(
+                    f"node {node_id} has {free} free GPU(s), job {job_id} needs {needs}"
+                )
+            return allocs
+
+        return self._once(idempotency_key, "place", {"job": job_id, "node": node_id}, work)
+
     def claim_reserved(self, driver_id: str, *, limit: int = 1000) -> list[Launch]:
-        """Mark this driver's reserved allocations running and return what to launch."""
+        """Mark reserved allocations running and return what to launch.
+
+        A driver launches what it reserved itself and what was reserved for any
+        launcher (``scheduler run --no-launch``, ``job place``).
+        """
 
         def work(s: Session) -> list[Launch]:
             rows = s.execute(
                 select(Allocation, Job)
                 .join(Job, Job.id == Allocation.job_id)
-                .where(Allocation.state == "reserved", Allocation.driver_id == driver_id)
+                .where(
+                    Allocation.state == "reserved",
+                    (Allocation.driver_id == driver_id) | Allocation.driver_id.is_(None),
+                )
                 .order_by(Allocation.id)
                 .limit(limit)
+                .with_for_update(skip_locked=True)
             ).all()
             now = utcnow()
             launches = []
             for alloc, job in rows:
-                alloc.state, alloc.started_at = "running", now
+                alloc.state, alloc.started_at, alloc.driver_id = "running", now, driver_id
                 job.state, job.updated_at = "running", now
                 spec = JobSpec.model_validate_json(job.spec_json)
                 signer = ReceiptSigner(
@@ -606,6 +725,20 @@ class Marketplace:
             ]
 
         return self._read(work)
+
+    def export_ledger(self, *, batch: int = 5000) -> Iterator[dict[str, Any]]:
+        """Every ledger entry with the exact values its hash covers (``depin ledger export``)."""
+        after = 0
+        while True:
+            rows = self._read(
+                lambda s, a=after: [
+                    entry_record(t) for t in ledger_entries(s, limit=batch, after_id=a)
+                ]
+            )
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1]["id"]
 
     def verify_ledger(self) -> VerifyReport:
         """The hash chain and balances (``depin.ledger.verify``), then every provider receipt."""

@@ -77,7 +77,9 @@ class Driver:
             snap.block([n for n in node_gpus if n not in reachable])
             result = plan(work.specs, snap, mode=self.mode, keys=work.job_ids)
             work = replace(work, price_micro=self._prices)
-            report.commit = self.market.commit_plan(work, result, driver_id=self.driver_id)
+            # Reserved for this driver to launch, or (with launch off) for any launcher.
+            owner = self.driver_id if self.launch else None
+            report.commit = self.market.commit_plan(work, result, driver_id=owner)
         if self.launch:
             launches = self.market.claim_reserved(self.driver_id)
             if launches:

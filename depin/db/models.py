@@ -161,7 +161,7 @@ class Transfer(Base):
     pending: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set on a post or void: the pending transfer it resolves. UNIQUE: at most once.
     pending_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("transfers.id"), unique=True)
-    timeout_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    timeout_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
     job_id: Mapped[int | None] = mapped_column(Integer, index=True)
     allocation_id: Mapped[int | None] = mapped_column(Integer)
     memo: Mapped[str] = mapped_column(String(200), default="")
@@ -313,6 +313,18 @@ class Receipt(Base):
     kind: Mapped[str] = mapped_column(String(16))
     key_id: Mapped[str] = mapped_column(String(64))
     envelope_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """A client's idempotency key: the request it was first used for, and what that returned."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
