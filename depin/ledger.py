@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from depin.db.engine import db_time, executemany
 from depin.db.models import Account, LedgerHead, Transfer, utcnow
@@ -370,6 +370,18 @@ class Ledger:
             self._add(account_id, **dict(zip(_TOTALS, delta, strict=True)))
         head.seq, head.hash = seq, prev
         return [r[0] for r in rows]
+
+    def expired_holds(self, now: datetime, *, limit: int = 1000) -> list[Hold]:
+        """Open holds whose timeout has passed (TigerBeetle voids these; so does reconcile)."""
+        resolution = aliased(Transfer)
+        rows = self.session.execute(
+            select(Transfer)
+            .outerjoin(resolution, resolution.pending_id == Transfer.id)
+            .where(Transfer.pending.is_(True), Transfer.timeout_at < now, resolution.id.is_(None))
+            .order_by(Transfer.id)
+            .limit(limit)
+        ).scalars()
+        return [Hold.of(t) for t in rows]
 
     # -- internals -----------------------------------------------------------------------------
     def _check_open(self, hold: Hold) -> None:

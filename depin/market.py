@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from depin import receipts
 from depin.config import Settings
@@ -37,6 +37,7 @@ from depin.db.models import (
     PlanRecord,
     Receipt,
     Setting,
+    Transfer,
     utcnow,
 )
 from depin.errors import (
@@ -58,7 +59,7 @@ from depin.manifest import (
 )
 from depin.money import usage_cost_micro
 from depin.receipts import AllocationFacts, ReceiptSigner
-from depin.reserve import CycleCommit, PendingJob, PendingWork, reserve
+from depin.reserve import PENDING_HOLD_TIMEOUT_S, CycleCommit, PendingJob, PendingWork, reserve
 from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
 from depin.submission import KeyRecord, admit_envelopes, load_keys, prune_nonces, queue
 from depin.views import AccountView, JobView, KeyView, NodeView
@@ -691,7 +692,8 @@ class Marketplace:
             s.execute(Driver.__table__.delete().where(Driver.heartbeat_at < cutoff))
             registry.mark_silent_nodes_offline(s)
             prune_nonces(s, now or utcnow())
-            return [a.id for a in orphans]
+            expired = _expire_holds(s, ledger, now or utcnow())
+            return [a.id for a in orphans] + expired
 
         return self._tx(work)
 
@@ -746,6 +748,7 @@ class Marketplace:
         def work(s: Session) -> VerifyReport:
             report = verify_ledger(s)
             report.problems.extend(_audit_receipts(s, self.market_id))
+            report.problems.extend(_audit_holds_and_capacity(s))
             return report
 
         return self._read(work)
@@ -944,6 +947,45 @@ def _audit_receipts(s: Session, market_id: str) -> list[str]:
     return problems
 
 
+def _audit_holds_and_capacity(s: Session) -> list[str]:
+    """No hold without an owner, no owner without its hold, no GPU booked twice or lost."""
+    problems = []
+    resolution = aliased(Transfer)
+    open_holds = set(
+        s.execute(
+            select(Transfer.id)
+            .outerjoin(resolution, resolution.pending_id == Transfer.id)
+            .where(Transfer.pending.is_(True), resolution.id.is_(None))
+        ).scalars()
+    )
+    owners: dict[int, str] = {}
+    for job_id, hold_id in s.execute(
+        select(Job.id, Job.hold_transfer_id).where(Job.state == "pending")
+    ):
+        owners[hold_id] = f"pending job {job_id}"
+    active = s.execute(
+        select(
+            Allocation.id, Allocation.hold_transfer_id, Allocation.node_id, Allocation.gpus
+        ).where(Allocation.state.in_(("reserved", "running")))
+    ).all()
+    booked: dict[int, int] = {}
+    for alloc_id, hold_id, node_id, gpus in active:
+        owners[hold_id] = f"allocation {alloc_id}"
+        booked[node_id] = booked.get(node_id, 0) + gpus
+    for hold_id, owner in owners.items():
+        if hold_id not in open_holds:
+            problems.append(f"{owner} has no open hold (#{hold_id}): its money is not held")
+    for hold_id in sorted(open_holds - owners.keys()):
+        problems.append(
+            f"hold #{hold_id} is open but belongs to no pending job or running allocation"
+        )
+    for node_id, gpus, free in s.execute(select(Node.id, Node.gpus, Node.gpus_free)):
+        if gpus - free != booked.get(node_id, 0):
+            held = booked.get(node_id, 0)
+            problems.append(f"node {node_id}: {gpus - free} GPU(s) booked, allocations hold {held}")
+    return problems
+
+
 def _end_job_if_done(s: Session, job: Job, spec: JobSpec) -> None:
     """A job ends when its last allocation does: succeeded only if every replica did."""
     s.flush()
@@ -956,6 +998,30 @@ def _end_job_if_done(s: Session, job: Job, spec: JobSpec) -> None:
         final = "succeeded" if all(state == "succeeded" for state in states) else "failed"
     now = utcnow()
     job.state, job.ended_at, job.updated_at = final, now, now
+
+
+def _expire_holds(s: Session, ledger: Ledger, now: datetime) -> list[int]:
+    """Void holds past their timeout; returns the allocations that were given up on.
+
+    A job's submission hold times out when it was never scheduled: the job is
+    cancelled and refunded. An allocation's hold times out when its work ran
+    an hour past its time limit without being settled: it is treated as lost.
+    """
+    lost = []
+    for hold in ledger.expired_holds(now):
+        alloc = s.get(Allocation, hold.allocation_id) if hold.allocation_id else None
+        job = s.get(Job, hold.job_id) if hold.job_id else None
+        if alloc is not None and job is not None and alloc.state in ("reserved", "running"):
+            _requeue(s, ledger, alloc, job, "hold timed out")
+            lost.append(alloc.id)
+            continue
+        ledger.void(hold, memo=f"hold #{hold.id} timed out")
+        if job is not None and job.state == "pending" and job.hold_transfer_id == hold.id:
+            job.state, job.ended_at, job.updated_at = "cancelled", now, now
+            job.reasons_json = json.dumps(
+                ["not scheduled before its hold timed out; hold returned"]
+            )
+    return lost
 
 
 def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: str) -> None:
@@ -979,5 +1045,6 @@ def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: st
         pending=True,
         job_id=job.id,
         memo=f"job {job.id}: requeued after {reason}",
+        timeout_at=now + timedelta(seconds=PENDING_HOLD_TIMEOUT_S),
     )
     job.state, job.updated_at, job.plan_record_id = "pending", now, None

@@ -18,6 +18,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -32,6 +33,10 @@ from scheduler import Assignment, Offer, Plan
 from scheduler.explain import JobMetric
 
 CLAIM_CHUNK = 500  # ids per IN (...) list
+# Holds time out, as TigerBeetle's pending transfers do, and reconcile voids them: a job's
+# submission hold after a week unscheduled, an allocation's hold an hour past its time limit.
+PENDING_HOLD_TIMEOUT_S = 7 * 24 * 3600
+ALLOCATION_GRACE_S = 3600
 _CLAIM = (
     "UPDATE jobs SET state = 'scheduled', plan_record_id = ?, updated_at = ?, reasons_json = NULL "
     "WHERE id = ? AND state = 'pending'"
@@ -241,6 +246,7 @@ def _bulk(
                     job_id=job_id,
                     allocation_id=alloc_id,
                     memo=f"job {job_id} on node {a.node_id} at {format_usd(price)}/GPU-h",
+                    timeout_at=now + timedelta(seconds=limit + ALLOCATION_GRACE_S),
                 )
             )
     # 4. Ledger entries first (allocations reference their holds), then the allocations.
@@ -314,6 +320,8 @@ def reserve_job(
                     job_id=job.id,
                     allocation_id=alloc.id,
                     memo=f"job {job.id} on node {a.node_id} at {format_usd(price)}/GPU-h",
+                    timeout_at=utcnow()
+                    + timedelta(seconds=alloc.time_limit_s + ALLOCATION_GRACE_S),
                 )
                 allocs.append(alloc.id)
             s.flush()

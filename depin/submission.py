@@ -45,7 +45,7 @@ from depin.manifest import (
     verify_signature,
 )
 from depin.money import format_usd, usd_to_micro
-from depin.reserve import max_cost_micro
+from depin.reserve import PENDING_HOLD_TIMEOUT_S, max_cost_micro
 from depin.spec import JobSpec
 from scheduler import Admission, Snapshot, admit
 from scheduler.request import request_key
@@ -261,6 +261,7 @@ def queue(s: Session, admitted: Sequence[Admitted]) -> list[int]:
     _check_balances(s, ledger, admitted)
     _record_nonces(s, admitted)
     job_ids = reserve_ids(s, "jobs", len(admitted))
+    timeout_at = utcnow() + timedelta(seconds=PENDING_HOLD_TIMEOUT_S)
     entries = [
         Entry(
             "hold",
@@ -270,6 +271,7 @@ def queue(s: Session, admitted: Sequence[Admitted]) -> list[int]:
             pending=True,
             job_id=job_id,
             memo=f"job {job_id} {a.spec.name}: most it can cost",
+            timeout_at=timeout_at,
         )
         for a, job_id in zip(admitted, job_ids, strict=True)
     ]
