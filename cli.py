@@ -1044,6 +1044,37 @@ def bench_manifest(as_json: bool, envelopes: int, database_url: str | None) -> N
     )
 
 
+@bench.command("ledger")
+@click.option(
+    "--allocations", type=click.IntRange(100, 1_000_000), default=20_000, show_default=True
+)
+@click.option(
+    "--cycle",
+    type=click.IntRange(1, 100_000),
+    default=5_000,
+    show_default=True,
+    help="Allocations committed per transaction.",
+)
+@click.option("--db", "database_url", help="Database (default: a fresh SQLite file).")
+@json_option
+def bench_ledger(as_json: bool, allocations: int, cycle: int, database_url: str | None) -> None:
+    """Allocations committed per second, a cycle per transaction, against one per transaction."""
+    from depin.bench.ledger import run
+
+    data = run(allocations=allocations, cycle=cycle, database_url=database_url)
+    _emit(
+        as_json,
+        data,
+        lambda: console.print(
+            f"{data['allocations']:,} allocations on {data['database']}, "
+            f"{data['cycle']:,} per transaction: "
+            f"[bold]{data['allocations_per_s']:,}/s[/bold] committed; one per transaction "
+            f"{data['one_per_transaction_per_s']:,}/s ({data['speedup']}x); "
+            f"ledger ok: {data['ledger_ok']}"
+        ),
+    )
+
+
 # -- demo --------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--keep", is_flag=True, help="Keep the demo's DEPIN_HOME instead of deleting it.")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -120,6 +121,14 @@ def entry_record(t: Transfer) -> dict[str, Any]:
     }
 
 
+_PLAIN_TEXT = re.compile(r"^[ !#-\[\]-~]*$")  # printable ASCII without '"' or backslash
+
+
+def _json_string(text: str) -> str:
+    """``json.dumps(text, ensure_ascii=False)``, without the call for plain text (most memos)."""
+    return f'"{text}"' if _PLAIN_TEXT.match(text) else json.dumps(text, ensure_ascii=False)
+
+
 def entry_hash(prev_hash: str, values: tuple[Any, ...]) -> str:
     """SHA-256 over the previous entry's hash and this entry's canonical encoding.
 
@@ -128,16 +137,13 @@ def entry_hash(prev_hash: str, values: tuple[Any, ...]) -> str:
     entries encode alike.
     """
     (id_, debit, credit, amount, kind, pending, held, timeout, job, alloc, memo, created) = values
-    memo_json = json.dumps(memo, ensure_ascii=False)
     body = (
-        f"{id_}|{debit}|{credit}|{amount}|{kind}|{1 if pending else 0}|{_text(held)}|"
-        f"{_text(timeout)}|{_text(job)}|{_text(alloc)}|{created}|{memo_json}"
+        f"{id_}|{debit}|{credit}|{amount}|{kind}|{1 if pending else 0}|"
+        f"{'' if held is None else held}|{'' if timeout is None else timeout}|"
+        f"{'' if job is None else job}|{'' if alloc is None else alloc}|{created}|"
+        f"{_json_string(memo)}"
     )
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,11 +327,15 @@ class Ledger:
         now_iso = _iso(now)
         stored_now = db_time(self.session, now)
         seq, prev = head.seq, head.hash
+        timeouts: dict[datetime | None, tuple[str | None, Any]] = {None: (None, None)}
         rows: list[tuple[Any, ...]] = []
         totals: dict[int, list[int]] = {}
         for e in entries:
             seq += 1
             pending_id = None if e.hold is None else e.hold.id
+            if e.timeout_at not in timeouts:  # a cycle's holds share a handful of timeouts
+                timeouts[e.timeout_at] = (_iso(e.timeout_at), db_time(self.session, e.timeout_at))
+            timeout_iso, timeout_stored = timeouts[e.timeout_at]
             values = (
                 seq,
                 e.debit_account_id,
@@ -334,7 +344,7 @@ class Ledger:
                 e.kind,
                 e.pending,
                 pending_id,
-                _iso(e.timeout_at),
+                timeout_iso,
                 e.job_id,
                 e.allocation_id,
                 e.memo,
@@ -350,7 +360,7 @@ class Ledger:
                     e.kind,
                     e.pending,
                     pending_id,
-                    db_time(self.session, e.timeout_at),
+                    timeout_stored,
                     e.job_id,
                     e.allocation_id,
                     e.memo,

@@ -33,6 +33,7 @@ from depin.db.models import (
     Driver,
     IdempotencyKey,
     Job,
+    JobManifest,
     Node,
     PlanRecord,
     Receipt,
@@ -385,17 +386,23 @@ class Marketplace:
         self, *, account: str | None = None, state: str | None = None, limit: int = 100
     ) -> list[JobView]:
         def work(s: Session) -> list[JobView]:
-            stmt = select(Job, Account.name).join(Account, Account.id == Job.account_id)
+            stmt = (
+                select(Job, Account.name, JobManifest.spec_json)
+                .join(Account, Account.id == Job.account_id)
+                .join(JobManifest, JobManifest.job_id == Job.id)
+            )
             if account is not None:
                 stmt = stmt.where(Account.name == account)
             if state is not None:
                 stmt = stmt.where(Job.state == state)
             rows = s.execute(stmt.order_by(Job.id.desc()).limit(limit)).all()
-            allocs = _allocations_by_job(s, [job.id for job, _ in rows])
-            reasons = _plan_reasons(s, [job for job, _ in rows])
+            allocs = _allocations_by_job(s, [job.id for job, _, _ in rows])
+            reasons = _plan_reasons(s, [job for job, _, _ in rows])
             return [
-                JobView.of(job, name, allocs.get(job.id, []), reasons.get(job.plan_record_id, []))
-                for job, name in rows
+                JobView.of(
+                    job, name, spec, allocs.get(job.id, []), reasons.get(job.plan_record_id, [])
+                )
+                for job, name, spec in rows
             ]
 
         return self._read(work)
@@ -403,17 +410,17 @@ class Marketplace:
     def job(self, job_id: int) -> JobView:
         def work(s: Session) -> JobView:
             row = s.execute(
-                select(Job, Account.name)
+                select(Job, Account.name, JobManifest.spec_json)
                 .join(Account, Account.id == Job.account_id)
+                .join(JobManifest, JobManifest.job_id == Job.id)
                 .where(Job.id == job_id)
             ).first()
             if row is None:
                 raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
-            job, name = row
+            job, name, spec = row
             allocs = _allocations_by_job(s, [job.id]).get(job.id, [])
-            return JobView.of(
-                job, name, allocs, _plan_reasons(s, [job]).get(job.plan_record_id, [])
-            )
+            reasons = _plan_reasons(s, [job]).get(job.plan_record_id, [])
+            return JobView.of(job, name, spec, allocs, reasons)
 
         return self._read(work)
 
@@ -463,14 +470,18 @@ class Marketplace:
         """
 
         def work(s: Session) -> PendingWork:
-            stmt = select(
-                Job.id,
-                Job.name,
-                Job.account_id,
-                Job.hold_transfer_id,
-                Job.max_cost_micro_usd,
-                Job.template_json,
-            ).where(Job.state == "pending")
+            stmt = (
+                select(
+                    Job.id,
+                    Job.name,
+                    Job.account_id,
+                    Job.hold_transfer_id,
+                    Job.max_cost_micro_usd,
+                    JobManifest.template_json,
+                )
+                .join(JobManifest, JobManifest.job_id == Job.id)
+                .where(Job.state == "pending")
+            )
             if job_ids is not None:
                 stmt = stmt.where(Job.id.in_(list(job_ids)))
             rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
@@ -523,7 +534,7 @@ class Marketplace:
                 raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
             if job.state != "pending":
                 raise ConflictError(f"job {job_id} is {job.state}, not pending")
-            spec = JobSpec.model_validate_json(job.spec_json)
+            spec = _spec_of(s, job.id)
             if spec.replicas != 1:
                 raise InputError(
                     f"job {job_id} has {spec.replicas} replicas: place it with the scheduler"
@@ -586,7 +597,7 @@ class Marketplace:
             for alloc, job in rows:
                 alloc.state, alloc.started_at, alloc.driver_id = "running", now, driver_id
                 job.state, job.updated_at = "running", now
-                spec = JobSpec.model_validate_json(job.spec_json)
+                spec = _spec_of(s, job.id)
                 signer = ReceiptSigner(
                     _facts(alloc, job, self.market_id),
                     tuple(_provider_keys(s, alloc.node_id, active_only=True)),
@@ -623,7 +634,7 @@ class Marketplace:
                 return
             job = s.get(Job, alloc.job_id, populate_existing=True)
             assert job is not None
-            spec = JobSpec.model_validate_json(job.spec_json)
+            spec = _spec_of(s, job.id)
             if outcome.lost and spec.replicas == 1:
                 _requeue(s, ledger, alloc, job, outcome.error or "node lost")
                 return
@@ -786,6 +797,12 @@ def _allocations_by_job(s: Session, job_ids: Sequence[int]) -> dict[int, list[Al
     ).scalars():
         out.setdefault(alloc.job_id, []).append(alloc)
     return out
+
+
+def _spec_of(s: Session, job_id: int) -> JobSpec:
+    manifest = s.get(JobManifest, job_id)
+    assert manifest is not None, f"job {job_id} has no manifest"
+    return JobSpec.model_validate_json(manifest.spec_json)
 
 
 def _facts(alloc: Allocation, job: Job, market_id: str) -> AllocationFacts:

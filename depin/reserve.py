@@ -39,7 +39,7 @@ PENDING_HOLD_TIMEOUT_S = 7 * 24 * 3600
 ALLOCATION_GRACE_S = 3600
 _CLAIM = (
     "UPDATE jobs SET state = 'scheduled', plan_record_id = ?, updated_at = ?, reasons_json = NULL "
-    "WHERE id = ? AND state = 'pending'"
+    "WHERE state = 'pending' AND id IN ({ids})"
 )
 _WAIT = "UPDATE jobs SET plan_record_id = ? WHERE id = ? AND state = 'pending'"
 _TAKE = (
@@ -185,11 +185,14 @@ def _bulk(
     if not by_job:
         return []
     now = utcnow()
-    # 1. Claim the jobs, each only if still pending (one executemany; rowcounts add up).
+    # 1. Claim the jobs, each only if still pending: one statement per request class, the
+    #    ids passed as one array parameter (the rowcounts must add up to every job).
     stamp = db_time(s, now)
-    claims = [(records[id(result.metrics[job_id])], stamp, job_id) for job_id in by_job]
-    claimed = executemany(s, _CLAIM, claims)
-    if claimed != len(claims):
+    per_record: dict[int, list[int]] = defaultdict(list)
+    for job_id in by_job:
+        per_record[records[id(result.metrics[job_id])]].append(job_id)
+    claimed = sum(_claim(s, record_id, stamp, ids) for record_id, ids in per_record.items())
+    if claimed != len(by_job):
         raise _Conflict
     # 2. Take capacity, one conditional update per node.
     taken: dict[int, int] = defaultdict(int)
@@ -254,6 +257,16 @@ def _bulk(
     assert ids[0] == hold_ids_start, "ledger ids moved while the head was locked"
     executemany(s, _INSERT_ALLOCATION, alloc_rows)
     return alloc_ids
+
+
+def _claim(s: Session, record_id: int, stamp: object, ids: list[int]) -> int:
+    """Move ``ids`` from pending to scheduled; returns how many were still pending."""
+    conn = s.connection()
+    if conn.dialect.name == "postgresql":
+        sql = _CLAIM.format(ids="SELECT unnest(%s::bigint[])").replace("?", "%s")
+        return conn.exec_driver_sql(sql, (record_id, stamp, ids)).rowcount
+    sql = _CLAIM.format(ids="SELECT value FROM json_each(?)")
+    return conn.exec_driver_sql(sql, (record_id, stamp, json.dumps(ids))).rowcount
 
 
 def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from depin.db.engine import reserve_ids
-from depin.db.models import Account, AccountKey, Job, Nonce, utcnow
+from depin.db.models import Account, AccountKey, Job, JobManifest, Nonce, utcnow
 from depin.errors import (
     DepinError,
     InsufficientFundsError,
@@ -285,9 +285,6 @@ def queue(s: Session, admitted: Sequence[Admitted]) -> list[int]:
                 "account_id": a.account_id,
                 "key_id": a.key_id,
                 "name": a.spec.name,
-                "spec_json": json.dumps(a.spec.to_json_dict(), sort_keys=True),
-                "template_json": template_json(a.spec),
-                "envelope_json": json.dumps(a.envelope.to_dict(), sort_keys=True),
                 "manifest_digest": a.envelope.digest,
                 "state": "pending",
                 "max_cost_micro_usd": a.hold_micro,
@@ -296,6 +293,18 @@ def queue(s: Session, admitted: Sequence[Admitted]) -> list[int]:
                 "updated_at": now,
             }
             for a, job_id, hold_id in zip(admitted, job_ids, hold_ids, strict=True)
+        ],
+    )
+    s.connection().execute(
+        JobManifest.__table__.insert(),
+        [
+            {
+                "job_id": job_id,
+                "spec_json": json.dumps(a.spec.to_json_dict(), sort_keys=True),
+                "template_json": template_json(a.spec),
+                "envelope_json": json.dumps(a.envelope.to_dict(), sort_keys=True),
+            }
+            for a, job_id in zip(admitted, job_ids, strict=True)
         ],
     )
     return job_ids

@@ -201,6 +201,7 @@ class JobView:
         cls,
         job: Job,
         account: str,
+        spec_json: str,
         allocations: list[Allocation],
         plan_reasons: list[str] | None = None,
     ) -> JobView:
@@ -214,7 +215,7 @@ class JobView:
             max_cost_micro_usd=job.max_cost_micro_usd,
             created_at=_iso(job.created_at),
             ended_at=_iso(job.ended_at),
-            spec=json.loads(job.spec_json),
+            spec=json.loads(spec_json),
             allocations=[AllocationView.of(a) for a in allocations],
             reasons=(json.loads(job.reasons_json) if job.reasons_json else [])
             + (plan_reasons or []),

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -150,6 +151,13 @@ class Transfer(Base):
         CheckConstraint("amount_micro_usd >= 0", name="amount_non_negative"),
         CheckConstraint("debit_account_id <> credit_account_id", name="distinct_accounts"),
         CheckConstraint("id >= 1", name="id_positive"),
+        # Holds past their timeout are found here; only holds carry one, so only they pay for it.
+        Index(
+            "ix_transfers_hold_timeout",
+            "timeout_at",
+            sqlite_where=text("pending"),
+            postgresql_where=text("pending"),
+        ),
     )
 
     # The entry's position in the hash chain, assigned by the ledger: 1, 2, 3 ...
@@ -161,8 +169,8 @@ class Transfer(Base):
     pending: Mapped[bool] = mapped_column(Boolean, default=False)
     # Set on a post or void: the pending transfer it resolves. UNIQUE: at most once.
     pending_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("transfers.id"), unique=True)
-    timeout_at: Mapped[datetime | None] = mapped_column(UtcDateTime, index=True)
-    job_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    timeout_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    job_id: Mapped[int | None] = mapped_column(Integer)
     allocation_id: Mapped[int | None] = mapped_column(Integer)
     memo: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -232,10 +240,6 @@ class Job(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
     key_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(64))
-    spec_json: Mapped[str] = mapped_column(Text)
-    # The spec without its name: jobs from one template share it, so a cycle parses it once.
-    template_json: Mapped[str] = mapped_column(Text)
-    envelope_json: Mapped[str] = mapped_column(Text)
     manifest_digest: Mapped[str] = mapped_column(String(80))
     state: Mapped[str] = mapped_column(String(16), default="pending")
     max_cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
@@ -246,6 +250,24 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class JobManifest(Base):
+    """A job's signed manifest and its spec: written once, read rarely, kept off the hot row.
+
+    Scheduling rewrites a job's row (state, plan record) on every claim; with
+    the kilobytes of envelope out of it, that row stays a few dozen bytes.
+    """
+
+    __tablename__ = "job_manifests"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("jobs.id"), primary_key=True, autoincrement=False
+    )
+    spec_json: Mapped[str] = mapped_column(Text)
+    # The spec without its name: jobs from one template share it, so a cycle parses it once.
+    template_json: Mapped[str] = mapped_column(Text)
+    envelope_json: Mapped[str] = mapped_column(Text)
 
 
 class PlanRecord(Base):

@@ -210,7 +210,6 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_transfers_debit_account_id"), ["debit_account_id"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_transfers_job_id"), ["job_id"], unique=False)
 
     op.create_table(
         "jobs",
@@ -218,9 +217,6 @@ def upgrade() -> None:
         sa.Column("account_id", sa.Integer(), nullable=False),
         sa.Column("key_id", sa.String(length=64), nullable=False),
         sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("spec_json", sa.Text(), nullable=False),
-        sa.Column("template_json", sa.Text(), nullable=False),
-        sa.Column("envelope_json", sa.Text(), nullable=False),
         sa.Column("manifest_digest", sa.String(length=80), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("max_cost_micro_usd", sa.BigInteger(), nullable=False),
@@ -252,6 +248,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_jobs_account_id"), ["account_id"], unique=False)
         batch_op.create_index("ix_jobs_state_id", ["state", "id"], unique=False)
 
+    op.create_table(
+        "job_manifests",
+        sa.Column("job_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("spec_json", sa.Text(), nullable=False),
+        sa.Column("template_json", sa.Text(), nullable=False),
+        sa.Column("envelope_json", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_job_manifests_job_id_jobs")),
+        sa.PrimaryKeyConstraint("job_id", name=op.f("pk_job_manifests")),
+    )
     op.create_table(
         "allocations",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -348,13 +353,13 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_allocations_job_id"))
 
     op.drop_table("allocations")
+    op.drop_table("job_manifests")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index("ix_jobs_state_id")
         batch_op.drop_index(batch_op.f("ix_jobs_account_id"))
 
     op.drop_table("jobs")
     with op.batch_alter_table("transfers", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_transfers_job_id"))
         batch_op.drop_index(batch_op.f("ix_transfers_debit_account_id"))
         batch_op.drop_index(batch_op.f("ix_transfers_credit_account_id"))
 

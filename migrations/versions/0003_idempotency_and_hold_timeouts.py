@@ -28,10 +28,18 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_idempotency_keys")),
     )
-    # Holds past their timeout are found by this index, not a scan of the ledger.
-    op.create_index(op.f("ix_transfers_timeout_at"), "transfers", ["timeout_at"], unique=False)
+    # Holds past their timeout are found by this index, not a scan of the ledger; only holds
+    # carry a timeout, so only they pay for the index.
+    op.create_index(
+        "ix_transfers_hold_timeout",
+        "transfers",
+        ["timeout_at"],
+        unique=False,
+        sqlite_where=sa.text("pending"),
+        postgresql_where=sa.text("pending"),
+    )
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_transfers_timeout_at"), table_name="transfers")
+    op.drop_index("ix_transfers_hold_timeout", table_name="transfers")
     op.drop_table("idempotency_keys")
