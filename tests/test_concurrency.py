@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from sqlalchemy import select
+
 from depin.client import Client
-from depin.db.models import utcnow
+from depin.db.models import Allocation, utcnow
 from tests.factories import build_world, job, node
 
 PROCESSES = 8
@@ -91,6 +93,38 @@ def test_submissions_racing_for_a_balance_that_covers_n_holds_accept_exactly_n(
     assert [e for r in results for e in r[2]] == []
     assert world.available() == 0
     assert client.verify_ledger().ok
+
+
+def test_schedulers_racing_over_one_database_never_book_a_gpu_twice(
+    client: Client, database_url: str, home: Path
+) -> None:
+    world = build_world(client, deposit_usd="100000")
+    pool = [client.add_node(node(name=f"pool-{i}", gpus=10, gpu_model="T4")).id for i in range(10)]
+    client.submit_many(
+        [job(f"r{i}", resources={"gpus": 1, "gpu_models": ["T4"]}) for i in range(250)],
+        account=world.developer,
+    )
+    results = _run(
+        __import__("tests.workers", fromlist=["schedule"]).schedule,
+        [4] * PROCESSES,
+        home,
+        database_url,
+    )
+    assert [e for r in results for e in r[2]] == []
+    booked = sum(r[0] for r in results)
+    assert 0 < booked <= 100
+    # Whatever a race left unbooked, the next cycle books: capacity is never lost either.
+    from scheduler.loop import Driver
+
+    booked += len(Driver(client.market, launch=False).cycle().commit.reserved)
+    assert booked == 100
+    with client.market.sessions() as s:
+        booked_nodes = s.scalars(select(Allocation.node_id).where(Allocation.state == "reserved"))
+        assert sorted(booked_nodes) == sorted(pool * 10)
+    assert all(n.gpus_free == 0 for n in client.nodes() if n.id in pool)
+    assert len(client.jobs(state="pending", limit=1000)) == 150
+    report = client.verify_ledger()
+    assert report.ok, report.problems
 
 
 @pytest.mark.parametrize("kills", [6])

@@ -52,6 +52,25 @@ def submit_envelopes(home: str, url: str, envelopes: list[str], barrier: Any, re
     results.put((ok, short, other))
 
 
+def schedule(home: str, url: str, cycles: int, barrier: Any, results: Any) -> None:
+    """A scheduler (launching off) running ``cycles`` cycles against the shared database."""
+    from scheduler.loop import Driver
+
+    market = _market(home, url)
+    driver = Driver(market, kind="racer", launch=False)
+    barrier.wait()
+    reserved, conflicts, other = 0, 0, []
+    for _ in range(cycles):
+        try:
+            commit = driver.cycle().commit
+            reserved += len(commit.reserved)
+            conflicts += commit.conflicts
+        except Exception as exc:
+            other.append(f"{type(exc).__name__}: {exc}")
+    market.close()
+    results.put((reserved, conflicts, other))
+
+
 def churn(home: str, url: str, seed: int) -> None:
     """A scheduler and a launcher in one loop, forever, until it is killed (SIGKILL)."""
     from scheduler.loop import Driver
