@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from sqlalchemy import select
 
 from depin.client import Client
