@@ -49,7 +49,7 @@ _TAKE = (
 _INSERT_ALLOCATION = (
     "INSERT INTO allocations (id, job_id, node_id, gpus, price_micro_usd_per_gpu_hour, "
     "time_limit_s, hold_transfer_id, rtt_ms, score, state, driver_id, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?, ?)"
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -208,6 +208,7 @@ def _bulk(
     alloc_ids = reserve_ids(s, "allocations", count)
     hold_ids_start = ledger.lock().seq + 1
     alloc_rows, entries = [], []
+    price_text: dict[int, str] = {}  # a cycle's nodes share a handful of prices
     i = 0
     for job_id, placements in by_job.items():
         job = jobs[job_id]
@@ -220,6 +221,8 @@ def _bulk(
         share = job.hold_micro // len(placements)
         for a in placements:
             price = work.price_micro[a.node_id]
+            if price not in price_text:
+                price_text[price] = format_usd(price)
             hold_micro = min(share, max_cost_micro(job.spec, price))
             limit = max(1, min(job.spec.max_duration_s, time_covered_s(hold_micro, price, a.gpus)))
             alloc_id = alloc_ids[i]
@@ -235,6 +238,7 @@ def _bulk(
                     hold_ids_start + len(entries),
                     a.rtt_ms,
                     a.score,
+                    "reserved",
                     driver_id,
                     stamp,
                 )
@@ -248,7 +252,7 @@ def _bulk(
                     pending=True,
                     job_id=job_id,
                     allocation_id=alloc_id,
-                    memo=f"job {job_id} on node {a.node_id} at {format_usd(price)}/GPU-h",
+                    memo=f"job {job_id} on node {a.node_id} at {price_text[price]}/GPU-h",
                     timeout_at=now + timedelta(seconds=limit + ALLOCATION_GRACE_S),
                 )
             )

@@ -7,6 +7,7 @@ with "database is locked" when it upgrades from a read lock halfway through.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ SQLITE_CACHE_KIB = 128 * 1024
 # PostgreSQL serialization failure and deadlock: safe to retry the whole transaction.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 MAX_TRANSACTION_ATTEMPTS = 8
+# An INSERT of one row of placeholders and nothing else: on PostgreSQL it can be a COPY.
+_PLAIN_INSERT = re.compile(r"^INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(\?(?:, \?)*\)$")
 
 T = TypeVar("T")
 
@@ -145,9 +148,25 @@ def executemany(session: Session, sql: str, rows: list[tuple[Any, ...]]) -> int:
     if not rows:
         return 0
     conn = session.connection()
-    if conn.dialect.name == "postgresql":
-        sql = sql.replace("?", "%s")
-    return conn.exec_driver_sql(sql, rows).rowcount
+    if conn.dialect.name != "postgresql":
+        return conn.exec_driver_sql(sql, rows).rowcount
+    insert = _PLAIN_INSERT.match(sql)
+    if insert is None:
+        return conn.exec_driver_sql(sql.replace("?", "%s"), rows).rowcount
+    # PostgreSQL runs an executemany row by row through its executor; COPY streams the
+    # rows into the table in the same transaction, constraints and triggers included.
+    table, columns = insert.group(1), insert.group(2)
+    statement = f"COPY {table} ({columns}) FROM STDIN"
+    dbapi = conn.dialect.dbapi
+    try:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:  # type: ignore[union-attr]
+        # As SQLAlchemy would raise it, so retries and error messages treat it alike.
+        raise DBAPIError.instance(statement, rows[:1], exc, dbapi.Error) from exc  # type: ignore[union-attr]
+    return len(rows)
 
 
 def db_time(session: Session, value: datetime | None) -> Any:
