@@ -7,7 +7,7 @@ slots are the sum over its nodes. Aggregating nodes into cells (as Firmament
 aggregates machines into equivalence classes) keeps the graph small — a
 20k-job batch on 10k nodes is ~85k arcs, solved in about 0.1 s — while
 losing nothing that distinguishes the nodes of a cell except reliability,
-which the cell carries as its mean. The solver first maximizes the flow
+which the cell carries as the midpoint of its range. The solver first maximizes the flow
 (placements), then minimizes cost: how far each cell's score falls short of
 a perfect one. Inside a cell, the classes that weigh reliability most get
 the most reliable nodes.
@@ -21,6 +21,7 @@ cannot be spread over enough distinct nodes is left out.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection
 
 import numpy as np
@@ -56,7 +57,7 @@ def assign_optimal(batch: Batch, snap: Snapshot) -> Assigned:
 
 
 def _cell_totals(group: Group, snap: Snapshot, pos: np.ndarray) -> np.ndarray:
-    """A cell's value for a class: cost and latency part plus mean reliability, weighted."""
+    """A cell's value for a class: cost and latency part plus its reliability midpoint, weighted."""
     cells = group.feas.cells[pos]
     reliability = (snap.cell_reliability_max[cells] + snap.cell_reliability_min[cells]) / 2
     return group.cs.part[pos] + group.req.weights[2] * reliability
@@ -112,30 +113,65 @@ def _solve(
 
 
 class _CellNodes:
-    """The nodes of each cell handed out one slot at a time: most reliable (and emptiest) first."""
+    """The nodes of each cell handed out one slot at a time: most reliable (and emptiest) first.
+
+    A lazy max-heap per cell, keyed as scoring keys a node (reliability plus the
+    spread term): a take pushes the node back under its new key and stale
+    entries are dropped when they surface, so a take costs O(log n), not a
+    scan of the cell.
+    """
 
     def __init__(self, snap: Snapshot, size: int) -> None:
         self.snap, self.size = snap, size
-        self.order: dict[int, list[int]] = {}
+        self.heaps: dict[int, list[tuple[float, float, int, int]]] = {}
+
+    def _entry(self, row: int, free: int) -> tuple[float, float, int, int]:
+        snap = self.snap
+        rel = float(snap.reliability_score[row])
+        key = rel + SPREAD_POINTS * free / int(snap.gpus_total[row])
+        return (-key, -rel, row, free)  # ties: most reliable, then lowest row
+
+    def _heap(self, cell: int) -> list[tuple[float, float, int, int]]:
+        heap = self.heaps.get(cell)
+        if heap is None:
+            start, count = int(self.snap.cell_start[cell]), int(self.snap.cell_count[cell])
+            free = self.snap.gpus_free[start : start + count].tolist()
+            heap = [self._entry(start + i, f) for i, f in enumerate(free) if f >= self.size]
+            heapq.heapify(heap)
+            self.heaps[cell] = heap
+        return heap
 
     def take(self, cell: int, exclude: Collection[int]) -> int | None:
-        rows = self.order.get(cell)
-        if rows is None:
-            start, count = int(self.snap.cell_start[cell]), int(self.snap.cell_count[cell])
-            rel = self.snap.reliability[start : start + count]
-            rows = self.order[cell] = (start + np.argsort(-rel, kind="stable")).tolist()
-        snap, free = self.snap, self.snap.gpus_free
-        while rows and free[rows[0]] < self.size:
-            rows.pop(0)  # full for this layer's size for the rest of the batch
-        best, best_key = None, -1.0
-        for row in rows:
-            if row not in exclude and free[row] >= self.size:
-                key = snap.reliability_score[row] + SPREAD_POINTS * free[row] / snap.gpus_total[row]
-                if key > best_key:
-                    best, best_key = row, key
+        heap, free = self._heap(cell), self.snap.gpus_free
+        skipped = []
+        best = None
+        while heap:
+            entry = heap[0]
+            row, seen = entry[2], entry[3]
+            if free[row] != seen or seen < self.size:
+                heapq.heappop(heap)  # stale: the node's free GPUs changed since the push
+            elif row in exclude:
+                skipped.append(heapq.heappop(heap))
+            else:
+                best = row
+                heapq.heappop(heap)
+                break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
         if best is not None:
-            snap.take(best, self.size)
+            self.snap.take(best, self.size)
+            self._push(cell, best)
         return best
+
+    def give_back(self, cell: int, row: int) -> None:
+        """Release a slot taken from ``cell`` (a partial replica set is all or none)."""
+        self.snap.release(row, self.size)
+        self._push(cell, row)
+
+    def _push(self, cell: int, row: int) -> None:
+        now = int(self.snap.gpus_free[row])
+        if now >= self.size:
+            heapq.heappush(self._heap(cell), self._entry(row, now))
 
 
 def _distribute(
@@ -196,8 +232,8 @@ def _take_replicas(
                 positions.append(entry[0])
                 progress = True
     if len(rows) < group.req.replicas:
-        for row in rows:  # give back a partial set: replicas are all or none
-            nodes.snap.release(row, group.req.gpus)
+        for row, pos in zip(rows, positions, strict=True):  # replicas are all or none
+            nodes.give_back(int(group.feas.cells[pos]), row)
         for pos in positions:
             next(e for e in remaining if e[0] == pos)[1] += 1
         return None, []

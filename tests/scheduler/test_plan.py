@@ -174,6 +174,23 @@ def test_equal_nodes_share_load() -> None:
     assert sorted(p.node_id for p in result.placements) == [1, 2]
 
 
+@pytest.mark.parametrize("mode", ["fast", "optimal"])
+def test_a_crowd_of_identical_nodes_takes_one_job_each_most_reliable_first(mode: str) -> None:
+    # One cell of 3,000 nodes that differ only in reliability: handing its slots out
+    # must not rescan the cell per job (it once took minutes at fleet scale).
+    offers = [offer(n, gpus_free=1, reliability=0.9 + (n % 7) / 100) for n in range(1, 3001)]
+    jobs = [
+        job(f"j{i}", objective={"cost": 0, "latency": 0, "reliability": 1}) for i in range(2000)
+    ]
+    result = plan(jobs, offers, mode=mode)
+    nodes = [p.node_id for p in result.placements]
+    assert len(nodes) == len(set(nodes)) == 2000
+    reliability = {o.node_id: o.reliability for o in offers}
+    assert min(reliability[n] for n in nodes) >= max(
+        r for n, r in reliability.items() if n not in set(nodes)
+    )
+
+
 def test_auto_mode_solves_a_batch_exactly_and_a_single_job_fast() -> None:
     assert plan([job("a"), job("b")], [offer(1)], mode="auto").mode == "optimal"
     assert plan([job("a")], [offer(1)], mode="auto").mode == "fast"
