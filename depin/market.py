@@ -1042,12 +1042,25 @@ def _expire_holds(s: Session, ledger: Ledger, now: datetime) -> list[int]:
 
 
 def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: str) -> None:
-    """An allocation lost with its node or driver: free it, refund it, queue the job again."""
+    """An allocation lost with its node or driver: free it, refund it, queue the job again.
+
+    Only a single-replica job is queued again. Replicas are all or none, so a
+    multi-replica job that loses one fails once its last replica has ended, as
+    ``finish`` decides; each lost replica's own hold is voided, none is opened.
+    """
     hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
     ledger.void(hold, memo=f"job {job.id}: allocation {alloc.id} lost ({reason})")
     registry.release_capacity(s, alloc.node_id, alloc.gpus)
     now = utcnow()
     alloc.state, alloc.ended_at, alloc.error = "lost", now, reason[:500]
+    spec = _spec_of(s, job.id)
+    if spec.replicas > 1:
+        _end_job_if_done(s, job, spec)
+        if job.state == "failed":
+            job.reasons_json = json.dumps(
+                [f"a replica was lost ({reason}); replicas are all or none"]
+            )
+        return
     if ledger.balance(job.account_id).available < job.max_cost_micro_usd:
         job.state, job.ended_at, job.updated_at = "failed", now, now
         job.reasons_json = json.dumps(

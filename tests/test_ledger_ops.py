@@ -82,6 +82,29 @@ def test_an_allocation_past_its_time_limit_is_given_up_and_requeued(world: World
     driver.stop()
 
 
+@pytest.mark.parametrize("how", ["driver died", "hold timed out"])
+def test_a_multi_replica_job_that_loses_its_replicas_fails_refunded_with_no_hold_left(
+    world: World, how: str
+) -> None:
+    before = world.available()
+    job_id = world.submit(job(replicas=2, resources={"gpus": 1, "vram_gib": 24}))
+    driver = Driver(world.client.market, kind="test", launch=False)
+    driver.cycle()
+    world.client.market.claim_reserved(driver.driver_id)
+    if how == "driver died":
+        later = utcnow() + timedelta(minutes=5)  # no heartbeat since: the driver is gone
+    else:
+        world.client.market.driver_heartbeat(driver.driver_id)
+        later = utcnow() + timedelta(seconds=600 + 3600 + 1)
+    lost = world.client.market.reconcile(now=later)
+    view = world.client.job(job_id)
+    assert len(lost) == 2 and [a.state for a in view.allocations] == ["lost", "lost"]
+    assert view.state == "failed" and "replicas are all or none" in view.reasons[0]
+    assert world.available() == before
+    assert world.client.verify_ledger().ok
+    driver.stop()
+
+
 def test_the_export_lets_an_auditor_recompute_the_chain(world: World) -> None:
     world.submit(job())
     entries = list(world.client.export_ledger())
