@@ -540,6 +540,11 @@ class Marketplace:
                     f"job {job_id} has {spec.replicas} replicas: place it with the scheduler"
                 )
             node = registry.get_node(s, node_id)
+            if node.status != "active":
+                raise CapacityError(
+                    f"node {node_id} is {node.status} and takes no new work: "
+                    "pick an active node (`depin node list`)"
+                )
             offer = registry.to_offer(node, full=True)
             attempt = plan([spec], [offer], keys=[job_id])
             if not attempt.placements:
@@ -934,9 +939,9 @@ def _audit_receipts(s: Session, market_id: str) -> list[str]:
     }
     keys_by_node: dict[int, dict[str, Ed25519PublicKey]] = {}
     for alloc, job in rows:
-        keys = keys_by_node.setdefault(
-            alloc.node_id, _provider_keys(s, alloc.node_id, active_only=False)
-        )
+        if alloc.node_id not in keys_by_node:
+            keys_by_node[alloc.node_id] = _provider_keys(s, alloc.node_id, active_only=False)
+        keys = keys_by_node[alloc.node_id]
         facts = _facts(alloc, job, market_id)
         usage_json = stored.get((alloc.id, "usage"))
         if usage_json is None and not alloc.cost_micro_usd:

@@ -169,3 +169,16 @@ def test_placing_by_hand_reports_capacity_and_impossibility(world: World) -> Non
         world.client.place(b, world.node_ids["tokyo-l4"])
     assert world.client.job(b).state == "pending"
     assert world.client.verify_ledger().ok
+
+
+def test_placing_by_hand_on_an_offline_node_says_so_and_changes_nothing(world: World) -> None:
+    from sqlalchemy import text
+
+    job_id = world.submit(job())
+    node = world.node_ids["berlin-4090"]
+    with world.client.market.engine.begin() as conn:
+        conn.execute(text("UPDATE nodes SET status = 'offline' WHERE id = :id"), {"id": node})
+    with pytest.raises(CapacityError, match=f"node {node} is offline and takes no new work"):
+        world.client.place(job_id, node)
+    assert world.client.job(job_id).state == "pending"
+    assert world.client.verify_ledger().ok
