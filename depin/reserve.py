@@ -32,14 +32,22 @@ from providers import registry
 from scheduler import Assignment, Offer, Plan
 from scheduler.explain import JobMetric
 
-CLAIM_CHUNK = 500  # ids per IN (...) list
 # Holds time out, as TigerBeetle's pending transfers do, and reconcile voids them: a job's
 # submission hold after a week unscheduled, an allocation's hold an hour past its time limit.
 PENDING_HOLD_TIMEOUT_S = 7 * 24 * 3600
 ALLOCATION_GRACE_S = 3600
-_CLAIM = (
-    "UPDATE jobs SET state = 'scheduled', plan_record_id = ?, updated_at = ?, reasons_json = NULL "
-    "WHERE state = 'pending' AND id IN ({ids})"
+# A cycle claims its jobs in one statement: per-statement overhead, not rows, dominated
+# when it was one per request class (SQLite, 18k jobs: 0.19 s -> 0.07 s). ``+jobs.state``
+# keeps SQLite from driving the join by the state index, which would rescan the JSON per job.
+_CLAIM_SQLITE = (
+    "UPDATE jobs SET state = 'scheduled', plan_record_id = c.record_id, updated_at = ?, "
+    "reasons_json = NULL FROM (SELECT value ->> 0 AS id, value ->> 1 AS record_id "
+    "FROM json_each(?)) AS c WHERE jobs.id = c.id AND +jobs.state = 'pending'"
+)
+_CLAIM_POSTGRES = (
+    "UPDATE jobs SET state = 'scheduled', plan_record_id = c.record_id, updated_at = %s, "
+    "reasons_json = NULL FROM unnest(%s::bigint[], %s::bigint[]) AS c(id, record_id) "
+    "WHERE jobs.id = c.id AND jobs.state = 'pending'"
 )
 _WAIT = "UPDATE jobs SET plan_record_id = ? WHERE id = ? AND state = 'pending'"
 _TAKE = (
@@ -185,14 +193,11 @@ def _bulk(
     if not by_job:
         return []
     now = utcnow()
-    # 1. Claim the jobs, each only if still pending: one statement per request class, the
-    #    ids passed as one array parameter (the rowcounts must add up to every job).
+    # 1. Claim the jobs, each only if still pending (the rowcount must cover every job).
     stamp = db_time(s, now)
-    per_record: dict[int, list[int]] = defaultdict(list)
-    for job_id in by_job:
-        per_record[records[id(result.metrics[job_id])]].append(job_id)
-    claimed = sum(_claim(s, record_id, stamp, ids) for record_id, ids in per_record.items())
-    if claimed != len(by_job):
+    job_ids = list(by_job)
+    record_ids = [records[id(result.metrics[job_id])] for job_id in job_ids]
+    if _claim(s, stamp, job_ids, record_ids) != len(by_job):
         raise _Conflict
     # 2. Take capacity, one conditional update per node.
     taken: dict[int, int] = defaultdict(int)
@@ -263,18 +268,13 @@ def _bulk(
     return alloc_ids
 
 
-def _claim(s: Session, record_id: int, stamp: object, ids: list[int]) -> int:
-    """Move ``ids`` from pending to scheduled; returns how many were still pending."""
+def _claim(s: Session, stamp: object, job_ids: list[int], record_ids: list[int]) -> int:
+    """Move jobs from pending to scheduled, each citing its plan record; returns how many."""
     conn = s.connection()
     if conn.dialect.name == "postgresql":
-        sql = _CLAIM.format(ids="SELECT unnest(%s::bigint[])").replace("?", "%s")
-        return conn.exec_driver_sql(sql, (record_id, stamp, ids)).rowcount
-    sql = _CLAIM.format(ids="SELECT value FROM json_each(?)")
-    return conn.exec_driver_sql(sql, (record_id, stamp, json.dumps(ids))).rowcount
-
-
-def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
-    return [ids[i : i + CLAIM_CHUNK] for i in range(0, len(ids), CLAIM_CHUNK)]
+        return conn.exec_driver_sql(_CLAIM_POSTGRES, (stamp, job_ids, record_ids)).rowcount
+    pairs = json.dumps([[j, r] for j, r in zip(job_ids, record_ids, strict=True)])
+    return conn.exec_driver_sql(_CLAIM_SQLITE, (stamp, pairs)).rowcount
 
 
 def reserve_job(
