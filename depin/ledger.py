@@ -40,7 +40,6 @@ from depin.money import format_usd
 GENESIS_HASH = "0" * 64
 WORLD_ACCOUNT = "@world"  # money entering and leaving the market (deposits, withdrawals)
 ESCROW_ACCOUNT = "@escrow"  # holds between submission and settlement
-SYSTEM_ACCOUNTS = {WORLD_ACCOUNT: "external", ESCROW_ACCOUNT: "escrow"}
 VERIFY_BATCH = 5000
 
 
@@ -225,6 +224,10 @@ class Ledger:
             self._head = self.session.execute(stmt).scalar_one()
         return self._head
 
+    def forget_head(self) -> None:
+        """After a savepoint rollback the cached head may be ahead: the next lock reads it."""
+        self._head = None
+
     # -- accounts ---------------------------------------------------------------------
     def account(self, name: str) -> Account:
         acct = self.session.execute(
@@ -234,14 +237,12 @@ class Ledger:
             raise NotFoundError(f"no account named {name!r}: create it with `depin account create`")
         return acct
 
-    def balance(self, account_id: int, *, for_update: bool = False) -> Balance:
+    def balance(self, account_id: int) -> Balance:
         stmt = (
             select(Account)
             .where(Account.id == account_id)
             .execution_options(populate_existing=True)
         )
-        if for_update:
-            stmt = stmt.with_for_update()
         return Balance.of(self.session.execute(stmt).scalar_one())
 
     # -- single entries ---------------------------------------------------------------

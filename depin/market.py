@@ -27,6 +27,7 @@ from depin.config import Settings
 from depin.db.engine import make_engine, read_session, run_transaction, session_factory
 from depin.db.migrate import ensure_schema
 from depin.db.models import (
+    ALLOCATION_ACTIVE_STATES,
     Account,
     AccountKey,
     Allocation,
@@ -693,7 +694,7 @@ class Marketplace:
             orphans = (
                 s.execute(
                     select(Allocation).where(
-                        Allocation.state.in_(("reserved", "running")),
+                        Allocation.state.in_(ALLOCATION_ACTIVE_STATES),
                         Allocation.driver_id.is_not(None),
                         Allocation.driver_id.not_in(live),
                     )
@@ -988,7 +989,7 @@ def _audit_holds_and_capacity(s: Session) -> list[str]:
     active = s.execute(
         select(
             Allocation.id, Allocation.hold_transfer_id, Allocation.node_id, Allocation.gpus
-        ).where(Allocation.state.in_(("reserved", "running")))
+        ).where(Allocation.state.in_(ALLOCATION_ACTIVE_STATES))
     ).all()
     booked: dict[int, int] = {}
     for alloc_id, hold_id, node_id, gpus in active:
@@ -1012,7 +1013,7 @@ def _end_job_if_done(s: Session, job: Job, spec: JobSpec) -> None:
     """A job ends when its last allocation does: succeeded only if every replica did."""
     s.flush()
     states = s.execute(select(Allocation.state).where(Allocation.job_id == job.id)).scalars().all()
-    if any(state in ("reserved", "running") for state in states):
+    if any(state in ALLOCATION_ACTIVE_STATES for state in states):
         return
     if spec.replicas == 1:
         final = states[-1] if states[-1] in ("succeeded", "failed") else "failed"
@@ -1033,7 +1034,7 @@ def _expire_holds(s: Session, ledger: Ledger, now: datetime) -> list[int]:
     for hold in ledger.expired_holds(now):
         alloc = s.get(Allocation, hold.allocation_id) if hold.allocation_id else None
         job = s.get(Job, hold.job_id) if hold.job_id else None
-        if alloc is not None and job is not None and alloc.state in ("reserved", "running"):
+        if alloc is not None and job is not None and alloc.state in ALLOCATION_ACTIVE_STATES:
             _requeue(s, ledger, alloc, job, "hold timed out")
             lost.append(alloc.id)
             continue

@@ -50,10 +50,6 @@ _CLAIM_POSTGRES = (
     "WHERE jobs.id = c.id AND jobs.state = 'pending'"
 )
 _WAIT = "UPDATE jobs SET plan_record_id = ? WHERE id = ? AND state = 'pending'"
-_TAKE = (
-    "UPDATE nodes SET gpus_free = gpus_free - ? WHERE id = ? AND status = 'active' "
-    "AND gpus_free >= ? AND price_micro_usd_per_gpu_hour = ?"
-)
 _INSERT_ALLOCATION = (
     "INSERT INTO allocations (id, job_id, node_id, gpus, price_micro_usd_per_gpu_hour, "
     "time_limit_s, hold_transfer_id, rtt_ms, score, state, driver_id, created_at) "
@@ -137,7 +133,7 @@ def reserve(
                 session, ledger, escrow_id, jobs, by_job, work, result, records, driver_id
             )
     except _Conflict:
-        ledger._head = None  # the savepoint rolled the head back; read it again
+        ledger.forget_head()
         ledger.lock()
         for job_id, placements in by_job.items():
             allocs = reserve_job(
@@ -204,9 +200,7 @@ def _bulk(
     for placements in by_job.values():
         for a in placements:
             taken[a.node_id] += a.gpus
-    params = [(g, n, g, work.price_micro[n]) for n, g in taken.items()]
-    updated = executemany(s, _TAKE, params)
-    if updated != len(params):
+    if not registry.take_capacity_many(s, [(n, g, work.price_micro[n]) for n, g in taken.items()]):
         raise _Conflict
     # 3. Allocations with ids known up front, so holds can name them.
     count = sum(len(p) for p in by_job.values())
@@ -344,7 +338,7 @@ def reserve_job(
             s.flush()
             return allocs
     except _Conflict:
-        ledger._head = None  # the savepoint rolled the head back; read it again
+        ledger.forget_head()
         return None
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from depin.db.models import AccountKey, Allocation, Job, Node
+from depin.db.models import JOB_TERMINAL_STATES, AccountKey, Allocation, Job, Node
 from depin.ledger import Balance
 from depin.money import micro_to_usd
 
@@ -189,7 +189,7 @@ class JobView:
 
     @property
     def terminal(self) -> bool:
-        return self.state in ("succeeded", "failed", "unschedulable", "cancelled")
+        return self.state in JOB_TERMINAL_STATES
 
     @property
     def allocation(self) -> AllocationView | None:

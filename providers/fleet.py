@@ -304,8 +304,3 @@ def synthetic_nodes(n: int, *, seed: int = 0) -> list[SyntheticNode]:
             for r in rel
         )
     return nodes
-
-
-def synthetic_fleet(n: int, *, seed: int = 0) -> list[NodeSpec]:
-    """``synthetic_nodes`` as validated NodeSpecs, ready to register."""
-    return [node.spec() for node in synthetic_nodes(n, seed=seed)]

@@ -1,7 +1,7 @@
 """Providers' nodes in the database: register, heartbeat, liveness and free capacity.
 
 Functions here work inside the caller's transaction (``depin.market`` owns
-transactions); capacity only ever changes through ``take_capacity`` and
+transactions); capacity only ever changes through ``take_capacity(_many)`` and
 ``release_capacity``, conditional updates that the nodes' CHECK backs up.
 """
 
@@ -13,6 +13,7 @@ from sqlalchemy import Integer, String, cast, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from depin.db.engine import executemany
 from depin.db.models import Node, Setting, utcnow
 from depin.errors import CapacityError, ConflictError, NotFoundError
 from depin.money import micro_to_usd, usd_to_micro
@@ -141,6 +142,19 @@ def mark_silent_nodes_offline(session: Session, *, now: datetime | None = None) 
         session.execute(update(Node).where(Node.id.in_(silent)).values(status="offline"))
         bump_version(session)
     return silent
+
+
+_TAKE = (
+    "UPDATE nodes SET gpus_free = gpus_free - ? WHERE id = ? AND status = 'active' "
+    "AND gpus_free >= ? AND price_micro_usd_per_gpu_hour = ?"
+)
+
+
+def take_capacity_many(session: Session, takes: list[tuple[int, int, int]]) -> bool:
+    """``take_capacity`` for many (node id, GPUs, price) at once, one statement; False if
+    any came up short (the caller rolls back what the others took)."""
+    rows = [(gpus, node_id, gpus, price) for node_id, gpus, price in takes]
+    return executemany(session, _TAKE, rows) == len(rows)
 
 
 def take_capacity(session: Session, node_id: int, gpus: int, price_micro: int) -> bool:

@@ -43,9 +43,6 @@ class Assigned:
     placed: dict[Hashable, tuple[Group, Pick]] = field(default_factory=dict)
     failed: list[tuple[Group, Hashable]] = field(default_factory=list)
 
-    def score_sum(self) -> float:
-        return float(sum(sum(p.totals) for _, p in self.placed.values()))
-
 
 def regret_order(batch: Batch, snap: Snapshot) -> list[Group]:
     """Fewest options per unit of demand first, then the largest regret, then submission order."""

@@ -160,11 +160,6 @@ def candidates(snap: Snapshot, cs: CellScores, ranked: Ranked, k: int) -> list[C
     ]
 
 
-def ranked_all(group: Group, snap: Snapshot) -> Ranked:
-    """Every feasible row with room for the group, ranked (for the solver and the repair)."""
-    return best_rows(group.req, snap, group.feas, group.cs, max(len(group.feas.cells), 1) + 1)
-
-
 def row_score(group: Group, snap: Snapshot, row: int) -> tuple[float, float | None]:
     """(total, rtt) of one feasible row for the group, as ranking would compute them now."""
     pos = np.searchsorted(group.feas.cells, snap.node_cell[row])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -33,7 +32,6 @@ from depin.receipts import ReceiptSigner, sign_acceptance, sign_usage
 from scheduler.work import Launch, Outcome
 
 RESOURCE_PREFIX = "depin_node:"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 OUTPUT_TAIL_BYTES = 4096
 _READ_CHUNK_BYTES = 65536
 # Ray errors that mean the node or worker died, not the job: the allocation is lost.
@@ -43,12 +41,6 @@ LOST_ERRORS: tuple[type[BaseException], ...] = (
     ray.exceptions.ObjectLostError,
     ray.exceptions.TaskUnschedulableError,
 )
-
-
-def _summary(exc: BaseException) -> str:
-    """The last meaningful line of a Ray error, without terminal colours."""
-    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:400]
 
 
 def node_resource(node_id: int) -> str:

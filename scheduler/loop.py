@@ -115,13 +115,6 @@ class Driver:
             if not self.executor.running and not report.launched and not report.finished:
                 time.sleep(POLL_INTERVAL_S)
 
-    def drain(self) -> None:
-        """Wait for every allocation this driver launched to end, settling each."""
-        while self.executor.running:
-            for outcome in self.executor.poll(timeout_s=POLL_INTERVAL_S):
-                self.market.finish(outcome)
-            self._heartbeat()
-
     def stop(self) -> None:
         """Give up: allocations still running are lost and their jobs requeued."""
         now = datetime.now(UTC)

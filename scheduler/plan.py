@@ -18,7 +18,6 @@ its placements in it, so a long-lived scheduler keeps one snapshot current.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -106,10 +105,8 @@ def plan(
 
 
 def _flow_pays_off(jobs: Sequence[JobSpec], batch: Batch) -> bool:
-    """Solve exactly unless the batch is one job, the flow is too big, or OR-Tools is missing."""
-    if len(jobs) < 2 or estimate_arcs(batch) > OPTIMAL_MAX_ARCS:
-        return False
-    return importlib.util.find_spec("ortools") is not None
+    """Solve exactly unless the batch is one job or the flow is too big."""
+    return len(jobs) >= 2 and estimate_arcs(batch) <= OPTIMAL_MAX_ARCS
 
 
 def _to_plan(

@@ -29,7 +29,6 @@ from scheduler.latency import distance_km_from_dot, rtt_ms_array
 from scheduler.offers import Snapshot
 from scheduler.request import Request
 
-SCORERS = ("cost", "latency", "reliability")
 SPREAD_POINTS = 0.1
 # Latency reference for jobs with users but no budget: round trips past it score 0.
 LATENCY_REF_MS = 250.0
