@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -145,8 +145,9 @@ def entry_hash(prev_hash: str, values: tuple[Any, ...]) -> str:
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+# Hold and Entry are NamedTuples, immutable like frozen dataclasses but built ~4x faster:
+# a scheduling cycle makes three per placement.
+class Hold(NamedTuple):
     """An open pending transfer: what resolving it needs to know."""
 
     id: int
@@ -168,8 +169,7 @@ class Hold:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One ledger entry to append: a transfer, a hold (``pending``), or a post/void of ``hold``."""
 
     kind: str
@@ -333,49 +333,43 @@ class Ledger:
         totals: dict[int, list[int]] = {}
         for e in entries:
             seq += 1
-            pending_id = None if e.hold is None else e.hold.id
-            if e.timeout_at not in timeouts:  # a cycle's holds share a handful of timeouts
-                timeouts[e.timeout_at] = (_iso(e.timeout_at), db_time(self.session, e.timeout_at))
-            timeout_iso, timeout_stored = timeouts[e.timeout_at]
-            values = (
-                seq,
-                e.debit_account_id,
-                e.credit_account_id,
-                e.amount_micro_usd,
-                e.kind,
-                e.pending,
-                pending_id,
-                timeout_iso,
-                e.job_id,
-                e.allocation_id,
-                e.memo,
-                now_iso,
-            )
-            digest = entry_hash(prev, values)
+            kind, debit, credit, amount, pending, hold, job_id, alloc_id, memo, timeout = e
+            pending_id = None if hold is None else hold.id
+            if timeout not in timeouts:  # a cycle's holds share a handful of timeouts
+                timeouts[timeout] = (_iso(timeout), db_time(self.session, timeout))
+            timeout_iso, timeout_stored = timeouts[timeout]
+            values = (seq, debit, credit, amount, kind, pending, pending_id, timeout_iso)
+            digest = entry_hash(prev, (*values, job_id, alloc_id, memo, now_iso))
             rows.append(
                 (
                     seq,
-                    e.debit_account_id,
-                    e.credit_account_id,
-                    e.amount_micro_usd,
-                    e.kind,
-                    e.pending,
+                    debit,
+                    credit,
+                    amount,
+                    kind,
+                    pending,
                     pending_id,
                     timeout_stored,
-                    e.job_id,
-                    e.allocation_id,
-                    e.memo,
+                    job_id,
+                    alloc_id,
+                    memo,
                     stored_now,
                     prev,
                     digest,
                 )
             )
             prev = digest
-            debit, credit = _deltas(e)
-            for account_id, delta in ((e.debit_account_id, debit), (e.credit_account_id, credit)):
-                acc = totals.setdefault(account_id, [0, 0, 0, 0])
-                for k in range(4):
-                    acc[k] += delta[k]
+            d, c = _deltas(e)
+            acc = totals.get(debit) or totals.setdefault(debit, [0, 0, 0, 0])
+            acc[0] += d[0]
+            acc[1] += d[1]
+            acc[2] += d[2]
+            acc[3] += d[3]
+            acc = totals.get(credit) or totals.setdefault(credit, [0, 0, 0, 0])
+            acc[0] += c[0]
+            acc[1] += c[1]
+            acc[2] += c[2]
+            acc[3] += c[3]
         executemany(self.session, _INSERT_ENTRY, rows)
         for account_id, delta in totals.items():
             self._add(account_id, **dict(zip(_TOTALS, delta, strict=True)))
