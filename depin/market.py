@@ -380,7 +380,7 @@ class Marketplace:
         admitted = admit_envelopes(
             envelopes, keys, Snapshot(offers), prices, audience=self.market_id, now=now
         )
-        return self._once(idempotency_key, "submit", request, lambda s: queue(s, admitted))
+        return self._once(idempotency_key, "submit", request, lambda s: queue(s, admitted, now=now))
 
     # -- jobs ----------------------------------------------------------------------------------
     def jobs(

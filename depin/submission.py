@@ -253,11 +253,12 @@ def check_key_usable(key: KeyRecord, claims: Claims, now: datetime) -> None:
         raise RevokedKeyError(f"key {key.key_id} is not valid before {key.not_before.isoformat()}")
 
 
-def queue(s: Session, admitted: Sequence[Admitted]) -> list[int]:
+def queue(s: Session, admitted: Sequence[Admitted], *, now: datetime) -> list[int]:
     """Record nonces, holds and jobs for admitted envelopes in the caller's transaction."""
     ledger = Ledger(s)
     ledger.lock()
     escrow_id = ledger.account(ESCROW_ACCOUNT).id
+    _recheck_keys(s, admitted, now)
     _check_balances(s, ledger, admitted)
     _record_nonces(s, admitted)
     job_ids = reserve_ids(s, "jobs", len(admitted))
@@ -308,6 +309,19 @@ def queue(s: Session, admitted: Sequence[Admitted]) -> list[int]:
         ],
     )
     return job_ids
+
+
+def _recheck_keys(s: Session, admitted: Sequence[Admitted], now: datetime) -> None:
+    """Keys were read before verification, outside this transaction: one revoked since
+    (or gone) must not slip through; under the ledger lock this read is current."""
+    current = load_keys(s, [a.key_id for a in admitted])
+    for a in admitted:
+        key = current.get(a.key_id)
+        if key is None:
+            raise RevokedKeyError(
+                f"key {a.key_id} is no longer registered: sign with an active key"
+            )
+        check_key_usable(key, a.claims, now)
 
 
 def _check_balances(s: Session, ledger: Ledger, admitted: Sequence[Admitted]) -> None:

@@ -110,6 +110,26 @@ def test_an_envelope_from_a_revoked_key_is_refused(world: World) -> None:
         world.client.submit(envelope)
 
 
+def test_a_key_revoked_while_its_envelopes_are_verified_is_refused_at_the_write(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import depin.market
+
+    envelope = world.sign(job())
+    verify = depin.market.admit_envelopes
+
+    def verify_then_revoke(*args: object, **kwargs: object) -> object:
+        admitted = verify(*args, **kwargs)  # type: ignore[arg-type]
+        world.client.revoke_key(world.developer)  # lands between verification and the write
+        return admitted
+
+    monkeypatch.setattr(depin.market, "admit_envelopes", verify_then_revoke)
+    with pytest.raises(RevokedKeyError, match="was revoked"):
+        world.client.submit(envelope)
+    assert world.client.jobs() == []
+    assert world.available() == 100_000_000
+
+
 def test_unschedulable_reasons_name_the_constraint(world: World) -> None:
     spec = job(placement={"near": [{"lat": -33.87, "lon": 151.21}], "max_latency_ms": 15})
     with pytest.raises(UnschedulableError) as err:
