@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from rich.console import Console
@@ -753,7 +753,8 @@ def manifest_sign(
     if isinstance(spec, Envelope):
         raise InputError(f"{file} is already a signed envelope")
     envelope = _client(ctx).sign(spec, key=key, account=account, audience=audience, ttl_s=ttl_s)
-    out.write_text(envelope.to_json())
+    with _open_for_writing(out) as stream:
+        stream.write(envelope.to_json())
     click.echo(f"signed {file} -> {out} ({envelope.digest})", err=True)
 
 
@@ -894,6 +895,14 @@ def ledger_show(ctx: click.Context, account: str | None, limit: int, as_json: bo
     _emit(as_json, {"balances": [_balance_dict(b) for b in balances], "entries": rows}, render)
 
 
+def _open_for_writing(path: Path) -> TextIO:
+    """A file to write, or a one-line error naming why it cannot be (before any work)."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 @ledger.command("export")
 @click.option(
     "-o",
@@ -905,7 +914,7 @@ def ledger_show(ctx: click.Context, account: str | None, limit: int, as_json: bo
 @click.pass_context
 def ledger_export(ctx: click.Context, out: Path | None) -> None:
     """Write every ledger entry as JSON lines, with its hash chain, for an outside audit."""
-    stream = out.open("w", encoding="utf-8") if out else sys.stdout
+    stream = _open_for_writing(out) if out else sys.stdout
     try:
         count = 0
         for entry in _client(ctx).export_ledger():

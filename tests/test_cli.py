@@ -279,6 +279,15 @@ def test_unknown_accounts_and_jobs_are_clear_errors(market: Path) -> None:
     refused(market, ["job", "status", "99"], "no job with id 99")
 
 
+def test_an_output_file_that_cannot_be_written_is_a_clear_error(
+    market: Path, tmp_path: Path
+) -> None:
+    nowhere = str(tmp_path / "missing-dir" / "out.json")
+    refused(market, ["ledger", "export", "-o", nowhere], f"cannot write {nowhere}")
+    job_yaml = str(write(tmp_path, JOB_YAML))
+    refused(market, ["manifest", "sign", job_yaml, "--key", "ada", "-o", nowhere], "cannot write")
+
+
 def test_usage_errors_exit_2(home: Path) -> None:
     result = run("node", "add", "--gpus", "two")
     assert result.exit_code == 2
