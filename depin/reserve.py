@@ -5,18 +5,16 @@ job since the snapshot), so every claim is conditional: a job moves pending
 -> scheduled only if still pending, a node gives GPUs only if it still has
 them at the price the plan saw, and the nodes' CHECK has the last word.
 
-A cycle first tries the bulk path: a handful of statements for the whole
-batch (jobs claimed per request class, capacity per node, allocations and
-ledger entries in one INSERT each). If any claim comes up short, the bulk
-attempt is rolled back to a savepoint and the cycle reserves job by job,
-skipping what was taken.
+A cycle reserves in a handful of statements for the whole batch (jobs
+claimed in one, capacity in one executemany, allocations and ledger entries
+in one INSERT each). If any claim comes up short, that attempt is rolled back
+to a savepoint and the same path runs job by job, skipping what was taken.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -24,7 +22,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from depin.db.engine import db_time, executemany, reserve_ids
-from depin.db.models import Allocation, Job, PlanRecord, utcnow
+from depin.db.models import Job, PlanRecord, utcnow
 from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
 from depin.money import format_usd, time_covered_s, usage_cost_micro, usd_to_micro
 from depin.spec import JobSpec
@@ -127,25 +125,24 @@ def reserve(
         by_job[int(a.job)].append(a)  # type: ignore[call-overload]
     records = _records(session, result)
     commit = CycleCommit()
-    try:
-        with session.begin_nested():
-            commit.reserved = _bulk(
-                session, ledger, escrow_id, jobs, by_job, work, result, records, driver_id
-            )
-    except _Conflict:
-        ledger.forget_head()
-        ledger.lock()
+
+    def attempt(placements: dict[int, list[Assignment]]) -> list[int] | None:
+        """Reserve ``placements`` behind a savepoint; None (rolled back) on any conflict."""
+        try:
+            with session.begin_nested():
+                return _bulk(
+                    session, ledger, escrow_id, jobs, placements, work, result, records, driver_id
+                )
+        except _Conflict:
+            ledger.forget_head()  # the savepoint rolled the chain head back
+            return None
+
+    reserved = attempt(by_job)
+    if reserved is not None:
+        commit.reserved = reserved
+    else:  # someone took a job or a node since the snapshot: job by job, skipping those
         for job_id, placements in by_job.items():
-            allocs = reserve_job(
-                session,
-                ledger,
-                escrow_id,
-                jobs[job_id],
-                placements,
-                work.price_micro,
-                records[id(result.metrics[job_id])],
-                driver_id,
-            )
+            allocs = attempt({job_id: placements})
             if allocs is None:
                 commit.conflicts += 1
             else:
@@ -200,7 +197,7 @@ def _bulk(
     for placements in by_job.values():
         for a in placements:
             taken[a.node_id] += a.gpus
-    if not registry.take_capacity_many(s, [(n, g, work.price_micro[n]) for n, g in taken.items()]):
+    if not registry.take_capacity(s, [(n, g, work.price_micro[n]) for n, g in taken.items()]):
         raise _Conflict
     # 3. Allocations with ids known up front, so holds can name them.
     count = sum(len(p) for p in by_job.values())
@@ -269,77 +266,6 @@ def _claim(s: Session, stamp: object, job_ids: list[int], record_ids: list[int])
         return conn.exec_driver_sql(_CLAIM_POSTGRES, (stamp, job_ids, record_ids)).rowcount
     pairs = json.dumps([[j, r] for j, r in zip(job_ids, record_ids, strict=True)])
     return conn.exec_driver_sql(_CLAIM_SQLITE, (stamp, pairs)).rowcount
-
-
-def reserve_job(
-    s: Session,
-    ledger: Ledger,
-    escrow_id: int,
-    job: PendingJob,
-    placements: Sequence[Assignment],
-    price_micro: dict[int, int],
-    record_id: int,
-    driver_id: str | None,
-) -> list[int] | None:
-    """Book one job's replicas, all or none; None when a node or the job was taken meanwhile."""
-    try:
-        with s.begin_nested():
-            for a in placements:
-                if not registry.take_capacity(s, a.node_id, a.gpus, price_micro[a.node_id]):
-                    raise _Conflict
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == job.id, Job.state == "pending")
-                .values(
-                    state="scheduled",
-                    plan_record_id=record_id,
-                    updated_at=utcnow(),
-                    reasons_json=None,
-                )
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:
-                raise _Conflict
-            old = ledger.pending_transfer(job.hold_id)
-            ledger.void(old, memo=f"job {job.id}: replaced at the locked price")
-            share = job.hold_micro // len(placements)
-            allocs = []
-            for a in placements:
-                price = price_micro[a.node_id]
-                hold_micro = min(share, max_cost_micro(job.spec, price))
-                alloc = Allocation(
-                    job_id=job.id,
-                    node_id=a.node_id,
-                    gpus=a.gpus,
-                    price_micro_usd_per_gpu_hour=price,
-                    time_limit_s=max(
-                        1, min(job.spec.max_duration_s, time_covered_s(hold_micro, price, a.gpus))
-                    ),
-                    rtt_ms=a.rtt_ms,
-                    score=a.score,
-                    state="reserved",
-                    driver_id=driver_id,
-                )
-                s.add(alloc)
-                s.flush()
-                alloc.hold_transfer_id = ledger.transfer(
-                    job.account_id,
-                    escrow_id,
-                    hold_micro,
-                    "hold",
-                    pending=True,
-                    job_id=job.id,
-                    allocation_id=alloc.id,
-                    memo=f"job {job.id} on node {a.node_id} at {format_usd(price)}/GPU-h",
-                    timeout_at=utcnow()
-                    + timedelta(seconds=alloc.time_limit_s + ALLOCATION_GRACE_S),
-                )
-                allocs.append(alloc.id)
-            s.flush()
-            return allocs
-    except _Conflict:
-        ledger.forget_head()
-        return None
 
 
 def _record_unplaced(

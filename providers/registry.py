@@ -1,7 +1,7 @@
 """Providers' nodes in the database: register, heartbeat, liveness and free capacity.
 
 Functions here work inside the caller's transaction (``depin.market`` owns
-transactions); capacity only ever changes through ``take_capacity(_many)`` and
+transactions); capacity only ever changes through ``take_capacity`` and
 ``release_capacity``, conditional updates that the nodes' CHECK backs up.
 """
 
@@ -150,26 +150,11 @@ _TAKE = (
 )
 
 
-def take_capacity_many(session: Session, takes: list[tuple[int, int, int]]) -> bool:
-    """``take_capacity`` for many (node id, GPUs, price) at once, one statement; False if
-    any came up short (the caller rolls back what the others took)."""
+def take_capacity(session: Session, takes: list[tuple[int, int, int]]) -> bool:
+    """Book (node id, GPUs, price the plan saw) on active nodes, one statement for all;
+    False if any came up short (the caller rolls back what the others took)."""
     rows = [(gpus, node_id, gpus, price) for node_id, gpus, price in takes]
     return executemany(session, _TAKE, rows) == len(rows)
-
-
-def take_capacity(session: Session, node_id: int, gpus: int, price_micro: int) -> bool:
-    """Book ``gpus`` on an active node at the price the plan saw; False if that is gone."""
-    result = session.execute(
-        update(Node)
-        .where(
-            Node.id == node_id,
-            Node.status == "active",
-            Node.gpus_free >= gpus,
-            Node.price_micro_usd_per_gpu_hour == price_micro,
-        )
-        .values(gpus_free=Node.gpus_free - gpus)
-    )
-    return result.rowcount == 1
 
 
 def release_capacity(session: Session, node_id: int, gpus: int) -> None:

@@ -226,6 +226,23 @@ def test_a_stale_plan_never_books_more_than_a_node_has(world: World) -> None:
     assert world.client.verify_ledger().ok
 
 
+def test_a_partly_stale_plan_books_what_is_still_free_job_by_job(world: World) -> None:
+    market = world.client.market
+    gang = job(resources={"gpus": 2, "gpu_models": ["RTX 4090"]})
+    world.submit(gang)
+    world.submit(gang.model_copy(update={"name": "rival"}))
+    l4 = world.submit(job("l4", resources={"gpus": 1, "gpu_models": ["L4"]}))
+    work = market.pending_work()
+    rival = plan(work.specs[1:2], work.offers, keys=work.job_ids[1:2])
+    stale = plan(work.specs[::2], work.offers, keys=work.job_ids[::2])  # gang and l4
+    assert market.commit_plan(work, rival, driver_id="a").reserved
+    late = market.commit_plan(work, stale, driver_id="b")
+    assert len(late.reserved) == 1 and late.conflicts == 1
+    assert world.client.job(l4).state == "scheduled"
+    assert world.client.job(work.job_ids[0]).state == "pending"
+    assert world.client.verify_ledger().ok
+
+
 def test_a_job_that_no_longer_fits_anywhere_ends_unschedulable_and_is_refunded(
     world: World,
 ) -> None:
