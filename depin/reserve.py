@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
@@ -205,6 +205,7 @@ def _bulk(
     hold_ids_start = ledger.lock().seq + 1
     alloc_rows, entries = [], []
     price_text: dict[int, str] = {}  # a cycle's nodes share a handful of prices
+    timeouts: dict[int, datetime] = {}  # ... and its holds a handful of time limits
     i = 0
     for job_id, placements in by_job.items():
         job = jobs[job_id]
@@ -239,17 +240,20 @@ def _bulk(
                     stamp,
                 )
             )
+            if limit not in timeouts:
+                timeouts[limit] = now + timedelta(seconds=limit + ALLOCATION_GRACE_S)
             entries.append(
                 Entry(
                     "hold",
                     job.account_id,
                     escrow_id,
                     hold_micro,
-                    pending=True,
-                    job_id=job_id,
-                    allocation_id=alloc_id,
-                    memo=f"job {job_id} on node {a.node_id} at {price_text[price]}/GPU-h",
-                    timeout_at=now + timedelta(seconds=limit + ALLOCATION_GRACE_S),
+                    True,  # pending
+                    None,
+                    job_id,
+                    alloc_id,
+                    f"job {job_id} on node {a.node_id} at {price_text[price]}/GPU-h",
+                    timeouts[limit],
                 )
             )
     # 4. Ledger entries first (allocations reference their holds), then the allocations.

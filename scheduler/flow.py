@@ -192,13 +192,36 @@ def _distribute(
         best_first = np.argsort(-_cell_totals(group, snap, pos), kind="stable")
         remaining = [[int(pos[i]), int(count[i])] for i in best_first]
         picks: list[tuple[object, list[int], list[int]]] = []
-        for key in group.keys:
-            chosen_rows, chosen_pos = _take_replicas(group, remaining, nodes)
-            if chosen_rows is None:
-                result.failed.append((group, key))
-            else:
-                picks.append((key, chosen_rows, chosen_pos))
+        if group.req.replicas == 1:
+            _take_singles(group, remaining, nodes, picks)
+            result.failed.extend((group, key) for key in group.keys[len(picks) :])
+        else:
+            for key in group.keys:
+                chosen_rows, chosen_pos = _take_replicas(group, remaining, nodes)
+                if chosen_rows is None:
+                    result.failed.append((group, key))
+                else:
+                    picks.append((key, chosen_rows, chosen_pos))
         _record(group, picks, snap, result)
+
+
+def _take_singles(
+    group: Group,
+    remaining: list[list[int]],
+    nodes: _CellNodes,
+    picks: list[tuple[object, list[int], list[int]]],
+) -> None:
+    """Single-replica jobs, in order, each take the next slot of the best cell with room."""
+    keys = group.keys
+    for position, slots in remaining:
+        cell = int(group.feas.cells[position])
+        for _ in range(slots):
+            if len(picks) == len(keys):
+                return
+            row = nodes.take(cell, ())
+            if row is None:
+                break  # the cell ran out for this size: the next jobs try the next cell
+            picks.append((keys[len(picks)], [row], [position]))
 
 
 def _take_replicas(
@@ -207,14 +230,6 @@ def _take_replicas(
     """One job's replicas on distinct nodes from the cells its class got; all or none."""
     while remaining and remaining[0][1] == 0:
         remaining.pop(0)  # drained cells never refill within a job's turn
-    if group.req.replicas == 1:
-        for entry in remaining:
-            if entry[1]:
-                row = nodes.take(int(group.feas.cells[entry[0]]), ())
-                if row is not None:
-                    entry[1] -= 1
-                    return [row], [entry[0]]
-        return None, []
     rows: list[int] = []
     positions: list[int] = []
     progress = True

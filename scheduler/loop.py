@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 from depin.market import Marketplace
 from depin.reserve import CycleCommit, PendingWork
+from scheduler.cycle import schedule
 from scheduler.executor import RayExecutor
 from scheduler.offers import Snapshot
-from scheduler.plan import plan
 from scheduler.work import Outcome
 
 POLL_INTERVAL_S = 0.25
@@ -75,11 +75,12 @@ class Driver:
             # Nodes Ray cannot reach yet are busy, not gone: jobs wait for them.
             reachable = self.executor.reachable(list(node_gpus))
             snap.block([n for n in node_gpus if n not in reachable])
-            result = plan(work.specs, snap, mode=self.mode, keys=work.job_ids)
             work = replace(work, price_micro=self._prices)
             # Reserved for this driver to launch, or (with launch off) for any launcher.
             owner = self.driver_id if self.launch else None
-            report.commit = self.market.commit_plan(work, result, driver_id=owner)
+            report.commit = schedule(
+                self.market, work, snap, mode=self.mode, driver_id=owner
+            ).commit
         if self.launch:
             launches = self.market.claim_reserved(self.driver_id)
             if launches:

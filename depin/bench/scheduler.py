@@ -32,6 +32,7 @@ from providers.catalog import lookup
 from providers.fleet import SyntheticNode, synthetic_nodes
 from scheduler import Offer, Snapshot, admit, plan
 from scheduler.batch import build_batch
+from scheduler.cycle import schedule
 from scheduler.feasibility import evaluate
 from scheduler.request import Request
 
@@ -122,21 +123,20 @@ def batch_throughput(
             assert work.offers is not None
             snap = Snapshot(work.offers)
             t1 = time.perf_counter()
-            result = plan(work.specs, snap, keys=work.job_ids, mode=mode)
-            t2 = time.perf_counter()
-            commit = market.commit_plan(work, result, driver_id=None)
+            done = schedule(market, work, snap, mode=mode, driver_id=None)
             t3 = time.perf_counter()
+            commit = done.commit
             verified = market.verify_ledger()
             placed = len(commit.reserved)
             return {
                 "nodes": nodes,
                 "jobs": jobs,
                 "database": market.engine.dialect.name,
-                "mode": result.mode,
+                "mode": done.mode,
                 "placed": placed,
                 "read_s": round(t1 - t0, 3),
-                "plan_s": round(t2 - t1, 3),
-                "commit_s": round(t3 - t2, 3),
+                "plan_s": round(done.plan_s, 3),
+                "commit_s": round(done.commit_s, 3),
                 "placements_per_s": round(placed / (t3 - t1)),
                 "placements_per_s_with_read": round(placed / (t3 - t0)),
                 "conflicts": commit.conflicts,
