@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -22,9 +21,11 @@ from scheduler.batch import Batch, Group, row_score
 from scheduler.offers import Snapshot
 from scheduler.scoring import SPREAD_POINTS
 
-REPAIR_BUDGET_S = 0.25
 SPREAD_WINDOW = 32  # candidates looked at, past the best, for an emptier equal node
-REPAIR_MAX_VISITS = 200_000  # rows looked at per augmenting search
+# The repair's bounds are counts of rows looked at, not seconds, so a plan is the same on any
+# machine: per augmenting search, and over the whole repair (~0.25 s here).
+REPAIR_MAX_VISITS = 200_000
+REPAIR_TOTAL_VISITS = 1_000_000
 
 
 @dataclass(slots=True)
@@ -148,23 +149,36 @@ def _pick_one(group: Group, snap: Snapshot) -> Pick | None:
 
 
 def _repair(result: Assigned, snap: Snapshot) -> None:
-    deadline = time.monotonic() + REPAIR_BUDGET_S
+    budget = REPAIR_TOTAL_VISITS
     on_row: dict[int, list[Hashable]] = {}
     for key, (group, pick) in result.placed.items():
         if group.req.replicas == 1:
             on_row.setdefault(pick.rows[0], []).append(key)
     still_failed = []
     for group, key in result.failed:
-        movable = group.req.replicas == 1 and time.monotonic() < deadline
-        if not (movable and _augment(group, key, result, on_row, snap)):
+        placed = False
+        if group.req.replicas == 1 and budget > 0:
+            placed, visits = _augment(
+                group, key, result, on_row, snap, min(budget, REPAIR_MAX_VISITS)
+            )
+            budget -= visits
+        if not placed:
             still_failed.append((group, key))
     result.failed = still_failed
 
 
 def _augment(
-    group: Group, key: Hashable, result: Assigned, on_row: dict[int, list[Hashable]], snap: Snapshot
-) -> bool:
-    """Breadth-first search for a chain of moves that makes room for ``key``; apply it."""
+    group: Group,
+    key: Hashable,
+    result: Assigned,
+    on_row: dict[int, list[Hashable]],
+    snap: Snapshot,
+    max_visits: int,
+) -> tuple[bool, int]:
+    """Breadth-first search for a chain of moves that makes room for ``key``; apply it.
+
+    Returns whether it did, and how many rows it looked at (at most ``max_visits``).
+    """
     parent: dict[Hashable, tuple[Hashable, int]] = {}
     seen_jobs, seen_rows = {key}, set()
     queue: deque[tuple[Group, Hashable, int]] = deque([(group, key, -1)])
@@ -176,11 +190,11 @@ def _augment(
         direct = rows[(free >= g.req.gpus) & (rows != current_row)]
         if len(direct):
             _apply(job, int(direct[0]), parent, result, on_row, snap, group, key)
-            return True
+            return True, visits
         for r in rows.tolist():
             visits += 1
-            if visits > REPAIR_MAX_VISITS:
-                return False
+            if visits > max_visits:
+                return False, visits
             if r in seen_rows or r == current_row:
                 continue
             seen_rows.add(r)
@@ -191,7 +205,7 @@ def _augment(
                     seen_jobs.add(other)
                     parent[other] = (job, r)
                     queue.append((other_group, other, r))
-    return False
+    return False, visits
 
 
 def _apply(
