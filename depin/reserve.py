@@ -37,15 +37,19 @@ ALLOCATION_GRACE_S = 3600
 # A cycle claims its jobs in one statement: per-statement overhead, not rows, dominated
 # when it was one per request class (SQLite, 18k jobs: 0.19 s -> 0.07 s). ``+jobs.state``
 # keeps SQLite from driving the join by the state index, which would rescan the JSON per job.
+# A job counts as still pending only under the hold the plan read: one lost and requeued
+# meanwhile has a new hold, and voiding the old one again would break the ledger's rule.
 _CLAIM_SQLITE = (
     "UPDATE jobs SET state = 'scheduled', plan_record_id = c.record_id, updated_at = ?, "
-    "reasons_json = NULL FROM (SELECT value ->> 0 AS id, value ->> 1 AS record_id "
-    "FROM json_each(?)) AS c WHERE jobs.id = c.id AND +jobs.state = 'pending'"
+    "reasons_json = NULL FROM (SELECT value ->> 0 AS id, value ->> 1 AS record_id, "
+    "value ->> 2 AS hold_id FROM json_each(?)) AS c "
+    "WHERE jobs.id = c.id AND +jobs.state = 'pending' AND jobs.hold_transfer_id = c.hold_id"
 )
 _CLAIM_POSTGRES = (
     "UPDATE jobs SET state = 'scheduled', plan_record_id = c.record_id, updated_at = %s, "
-    "reasons_json = NULL FROM unnest(%s::bigint[], %s::bigint[]) AS c(id, record_id) "
-    "WHERE jobs.id = c.id AND jobs.state = 'pending'"
+    "reasons_json = NULL FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) "
+    "AS c(id, record_id, hold_id) "
+    "WHERE jobs.id = c.id AND jobs.state = 'pending' AND jobs.hold_transfer_id = c.hold_id"
 )
 _WAIT = "UPDATE jobs SET plan_record_id = ? WHERE id = ? AND state = 'pending'"
 _INSERT_ALLOCATION = (
@@ -190,7 +194,8 @@ def _bulk(
     stamp = db_time(s, now)
     job_ids = list(by_job)
     record_ids = [records[id(result.metrics[job_id])] for job_id in job_ids]
-    if _claim(s, stamp, job_ids, record_ids) != len(by_job):
+    hold_ids = [jobs[job_id].hold_id for job_id in job_ids]
+    if _claim(s, stamp, job_ids, record_ids, hold_ids) != len(by_job):
         raise _Conflict
     # 2. Take capacity, one conditional update per node.
     taken: dict[int, int] = defaultdict(int)
@@ -263,13 +268,16 @@ def _bulk(
     return alloc_ids
 
 
-def _claim(s: Session, stamp: object, job_ids: list[int], record_ids: list[int]) -> int:
+def _claim(
+    s: Session, stamp: object, job_ids: list[int], record_ids: list[int], hold_ids: list[int]
+) -> int:
     """Move jobs from pending to scheduled, each citing its plan record; returns how many."""
     conn = s.connection()
     if conn.dialect.name == "postgresql":
-        return conn.exec_driver_sql(_CLAIM_POSTGRES, (stamp, job_ids, record_ids)).rowcount
-    pairs = json.dumps([[j, r] for j, r in zip(job_ids, record_ids, strict=True)])
-    return conn.exec_driver_sql(_CLAIM_SQLITE, (stamp, pairs)).rowcount
+        params = (stamp, job_ids, record_ids, hold_ids)
+        return conn.exec_driver_sql(_CLAIM_POSTGRES, params).rowcount
+    rows = json.dumps(list(map(list, zip(job_ids, record_ids, hold_ids, strict=True))))
+    return conn.exec_driver_sql(_CLAIM_SQLITE, (stamp, rows)).rowcount
 
 
 def _record_unplaced(

@@ -243,6 +243,25 @@ def test_a_partly_stale_plan_books_what_is_still_free_job_by_job(world: World) -
     assert world.client.verify_ledger().ok
 
 
+def test_a_plan_made_before_its_job_was_lost_and_requeued_does_not_claim_it(
+    world: World,
+) -> None:
+    market = world.client.market
+    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
+    stale = market.pending_work()  # read under the submission hold
+    cycle(world)  # another scheduler places it; it is lost and queued again, with a new hold
+    launch = market.claim_reserved("test-driver")[0]
+    now = datetime.now(UTC)
+    market.finish(Outcome(launch.allocation_id, now, now, None, "", "node died", lost=True))
+    assert world.client.job(job_id).state == "pending"
+    late = market.commit_plan(
+        stale, plan(stale.specs, stale.offers, keys=stale.job_ids), driver_id="b"
+    )
+    assert late.reserved == [] and late.conflicts == 1
+    assert world.client.verify_ledger().ok
+    assert len(cycle(world).reserved) == 1  # a fresh plan places it
+
+
 def test_a_job_that_no_longer_fits_anywhere_ends_unschedulable_and_is_refunded(
     world: World,
 ) -> None:
