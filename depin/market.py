@@ -297,7 +297,7 @@ class Marketplace:
             return registry.add_node(s, provider.id, spec).id
 
         node_id = self._once(idempotency_key, "add_node", spec.model_dump(mode="json"), work)
-        return next(n for n in self.nodes() if n.id == node_id)
+        return self._read(lambda s: NodeView.of(registry.get_node(s, node_id), spec.provider))
 
     def add_nodes(self, specs: Sequence[NodeSpec]) -> list[int]:
         """Register a fleet in one transaction, all or none; returns the node ids."""
@@ -600,13 +600,19 @@ class Marketplace:
             ).all()
             now = utcnow()
             launches = []
+            specs = _specs_of(s, [job.id for _, job in rows])
+            keys_of: dict[int, tuple[str, ...]] = {}  # node id -> its provider's active key ids
             for alloc, job in rows:
                 alloc.state, alloc.started_at, alloc.driver_id = "running", now, driver_id
                 job.state, job.updated_at = "running", now
-                spec = _spec_of(s, job.id)
+                spec = specs[job.id]
+                if alloc.node_id not in keys_of:
+                    keys_of[alloc.node_id] = tuple(
+                        _provider_keys(s, alloc.node_id, active_only=True)
+                    )
                 signer = ReceiptSigner(
                     _facts(alloc, job, self.market_id),
-                    tuple(_provider_keys(s, alloc.node_id, active_only=True)),
+                    keys_of[alloc.node_id],
                     str(self.settings.keys_dir),
                 )
                 launches.append(
@@ -806,9 +812,18 @@ def _allocations_by_job(s: Session, job_ids: Sequence[int]) -> dict[int, list[Al
 
 
 def _spec_of(s: Session, job_id: int) -> JobSpec:
-    manifest = s.get(JobManifest, job_id)
-    assert manifest is not None, f"job {job_id} has no manifest"
-    return JobSpec.model_validate_json(manifest.spec_json)
+    return _specs_of(s, [job_id])[job_id]
+
+
+def _specs_of(s: Session, job_ids: Sequence[int]) -> dict[int, JobSpec]:
+    """The manifests of ``job_ids``, in one query; every job has one."""
+    rows = s.execute(
+        select(JobManifest.job_id, JobManifest.spec_json).where(JobManifest.job_id.in_(job_ids))
+    ).all()
+    specs = {job_id: JobSpec.model_validate_json(text) for job_id, text in rows}
+    missing = set(job_ids) - specs.keys()
+    assert not missing, f"jobs without a manifest: {sorted(missing)}"
+    return specs
 
 
 def _facts(alloc: Allocation, job: Job, market_id: str) -> AllocationFacts:

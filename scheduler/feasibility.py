@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.latency import FIBRE_KM_PER_MS, ROUTE_STRETCH, min_dot_for_distance
+from scheduler.latency import KM_PER_SPARE_MS, min_dot_for_distance
 from scheduler.offers import ACCESS_RTT_BY_CODE, Snapshot
 from scheduler.request import Request
-
-_KM_PER_SPARE_MS = FIBRE_KM_PER_MS / (2 * ROUTE_STRETCH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +73,12 @@ def location_thresholds(req: Request, snap: Snapshot) -> np.ndarray:
     """
     budget = req.max_latency_ms
     assert budget is not None
-    by_network = min_dot_for_distance((budget - ACCESS_RTT_BY_CODE) * _KM_PER_SPARE_MS)
+    by_network = min_dot_for_distance((budget - ACCESS_RTT_BY_CODE) * KM_PER_SPARE_MS)
     thresholds = by_network[snap.location_network]
     biased = snap.biased_locations
     if len(biased):
         spare = budget - snap.location_access_rtt_ms[biased] - snap.location_rtt_bias_ms[biased]
-        thresholds[biased] = min_dot_for_distance(spare * _KM_PER_SPARE_MS)
+        thresholds[biased] = min_dot_for_distance(spare * KM_PER_SPARE_MS)
     return thresholds
 
 

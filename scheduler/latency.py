@@ -27,6 +27,9 @@ FIBRE_KM_PER_MS = 200.0
 # terrestrial routes is ~1.5-2x (Singla et al., "The Internet at the Speed of
 # Light", HotNets 2014; Bozkurt et al., "Why Is the Internet so Slow?!", PAM 2017).
 ROUTE_STRETCH = 1.5
+MIN_RTT_MS = 0.1
+# Geodesic km per ms of RTT budget left after the access network: out and back, stretched.
+KM_PER_SPARE_MS = FIBRE_KM_PER_MS / (2 * ROUTE_STRETCH)
 
 # Round trip added by the node's own access network, in ms.
 ACCESS_RTT_MS: dict[str, float] = {
@@ -53,7 +56,7 @@ def great_circle_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float
 
 def rtt_ms(distance_km: float, network: str, bias_ms: float = 0.0) -> float:
     """Estimated round trip over ``distance_km`` of geodesic to a node on ``network``."""
-    return ACCESS_RTT_MS[network] + 2 * distance_km * ROUTE_STRETCH / FIBRE_KM_PER_MS + bias_ms
+    return float(rtt_ms_array(distance_km, ACCESS_RTT_MS[network], bias_ms))
 
 
 def estimate_rtt_ms(
@@ -66,7 +69,7 @@ def estimate_rtt_ms(
 def max_distance_km(budget_ms: float, network: str, bias_ms: float = 0.0) -> float:
     """Largest geodesic distance whose estimated RTT fits ``budget_ms``; negative if none."""
     spare_ms = budget_ms - ACCESS_RTT_MS[network] - bias_ms
-    return spare_ms * FIBRE_KM_PER_MS / (2 * ROUTE_STRETCH)
+    return spare_ms * KM_PER_SPARE_MS
 
 
 def min_dot_for_distance(distance_km: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -96,7 +99,8 @@ def distance_km_from_dot(dot: npt.ArrayLike) -> npt.NDArray[np.float64]:
 def rtt_ms_array(
     distance_km: npt.ArrayLike, access_rtt_ms: npt.ArrayLike, bias_ms: npt.ArrayLike = 0.0
 ) -> npt.NDArray[np.float64]:
-    """Vectorized ``rtt_ms``: access RTTs and biases given per node, floored at 0.1 ms."""
+    """``rtt_ms`` over arrays: access RTTs and biases given per node, floored at
+    ``MIN_RTT_MS`` (a measured bias below the model cannot make a round trip free)."""
     d = np.asarray(distance_km, dtype=np.float64)
     rtt = np.asarray(access_rtt_ms) + 2 * d * ROUTE_STRETCH / FIBRE_KM_PER_MS + np.asarray(bias_ms)
-    return np.maximum(rtt, 0.1)
+    return np.maximum(rtt, MIN_RTT_MS)
