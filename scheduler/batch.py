@@ -63,13 +63,8 @@ class Group:
         Suggestions take a pass over the whole snapshot per constraint, so a big
         batch computes them only for jobs that can never fit (``suggest``).
         """
-        metric = JobMetric(
-            nodes_evaluated=self.metric.nodes_evaluated,
-            filtered=dict(self.metric.filtered),
-            exhausted=self.feas.exhausted(snap, self.req.gpus),
-            feasible=self.metric.feasible,
-            replicas=self.req.replicas,
-        )
+        metric = JobMetric.of(self.feas, self.req.replicas)
+        metric.exhausted = self.feas.exhausted(snap, self.req.gpus)
         if suggest or metric.never_fits:
             metric.suggestions = suggestions(self.req, snap)
         return metric
@@ -87,12 +82,7 @@ def evaluate_group(
     feas = evaluate(req, snap, verdicts)
     cs = CellScores.of(req, snap, feas)
     ranked = best_rows(req, snap, feas, cs, max(_RANK_MIN, _RANK_AHEAD * demand))
-    metric = JobMetric(
-        nodes_evaluated=feas.nodes_evaluated,
-        filtered=feas.filtered,
-        feasible=feas.feasible,
-        replicas=req.replicas,
-    )
+    metric = JobMetric.of(feas, req.replicas)
     metric.candidates = candidates(snap, cs, ranked, TOP_CANDIDATES)
     if not ranked.rows.size:
         metric.exhausted = feas.exhausted(snap, req.gpus)

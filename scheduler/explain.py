@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.feasibility import class_checks, latency_label, location_min_dot, location_thresholds
+from scheduler.feasibility import (
+    Feasibility,
+    class_checks,
+    latency_label,
+    location_min_dot,
+    location_thresholds,
+)
 from scheduler.latency import distance_km_from_dot, rtt_ms_array
 from scheduler.offers import ACCELERATOR_CODES, MODEL_CODES, TIER_CODES, Snapshot
 from scheduler.request import Request
@@ -47,6 +53,16 @@ class JobMetric:
     candidates: list[Candidate] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     replicas: int = 1
+
+    @classmethod
+    def of(cls, feas: Feasibility, replicas: int) -> JobMetric:
+        """The static part of the metric: what was evaluated and what each check filtered."""
+        return cls(
+            nodes_evaluated=feas.nodes_evaluated,
+            filtered=dict(feas.filtered),
+            feasible=feas.feasible,
+            replicas=replicas,
+        )
 
     @property
     def never_fits(self) -> bool:

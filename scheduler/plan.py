@@ -153,12 +153,7 @@ def admit(spec: JobSpec, offers: Sequence[Offer] | Snapshot) -> Admission:
     snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
     req = Request.of(spec)
     feas = evaluate(req, snap)
-    metric = JobMetric(
-        nodes_evaluated=snap.size,
-        filtered=feas.filtered,
-        feasible=feas.feasible,
-        replicas=req.replicas,
-    )
+    metric = JobMetric.of(feas, req.replicas)
     node_ids = [int(n) for n in snap.node_id[feas.static_rows(snap)]]
     if metric.never_fits:
         metric.suggestions = suggestions(req, snap)
