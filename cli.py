@@ -26,7 +26,7 @@ from depin.manifest import DEFAULT_TTL_S, MAX_TTL_S, Envelope
 from depin.money import format_usd
 from depin.spec import NETWORKS, TIERS, JobSpec, NodeSpec, describe_validation_error
 from depin.tables import balances_table
-from depin.views import JobView, NodeView
+from depin.views import AccountView, JobView, NodeView
 from providers.catalog import CATALOG
 
 console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
@@ -272,12 +272,8 @@ def account_create(
     ctx: click.Context, name: str, key: str, idempotency_key: str | None, as_json: bool
 ) -> None:
     """Open a developer account NAME that KEY signs for; prints its id."""
-    view = _client(ctx).create_account(name, key=key, idempotency_key=idempotency_key)
-    _emit(
-        as_json,
-        {"id": view.id, "name": view.name, "key_ids": view.key_ids},
-        lambda: click.echo(view.id),
-    )
+    client = _client(ctx)
+    _emit_account(as_json, client.create_account(name, key=key, idempotency_key=idempotency_key))
 
 
 @account.command("deposit")
@@ -319,7 +315,12 @@ def provider_register(
     ctx: click.Context, name: str, key: str, idempotency_key: str | None, as_json: bool
 ) -> None:
     """Register provider NAME that KEY signs for; prints its id."""
-    view = _client(ctx).register_provider(name, key=key, idempotency_key=idempotency_key)
+    client = _client(ctx)
+    _emit_account(as_json, client.register_provider(name, key=key, idempotency_key=idempotency_key))
+
+
+def _emit_account(as_json: bool, view: AccountView) -> None:
+    """A new account: its id alone, or id, name and key ids as JSON."""
     _emit(
         as_json,
         {"id": view.id, "name": view.name, "key_ids": view.key_ids},
