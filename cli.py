@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -20,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from depin.client import Client, load_submission
+from depin.db.models import JOB_STATES
 from depin.errors import DepinError, InputError
 from depin.ledger import Balance
 from depin.manifest import DEFAULT_TTL_S, MAX_TTL_S, Envelope
@@ -63,6 +65,10 @@ idempotency_option = click.option(
     "--idempotency-key",
     help="Name this request (e.g. a UUID) and reuse the name on retry: it takes effect once.",
 )
+
+
+# Job and node ids are 64-bit database keys: anything else is a usage error, not a lookup.
+_ID = click.IntRange(1, 2**63 - 1)
 
 
 def _usd(value: str) -> Decimal:
@@ -512,7 +518,7 @@ def _search_request(query: dict[str, Any]) -> JobSpec:
     from pydantic import ValidationError
 
     placement: dict[str, Any] = {"tiers": list(query["tiers"]), "regions": list(query["regions"])}
-    if query["near"]:
+    if query["near"] is not None:
         try:
             lat, lon = (float(x) for x in query["near"].split(","))
         except ValueError:
@@ -570,6 +576,8 @@ def job_submit(
     as_json: bool,
 ) -> None:
     """Sign (if FILE is YAML) and submit a job; prints its id."""
+    if timeout_s is not None and not wait:
+        raise InputError("--timeout-s limits --wait: add --wait, or drop --timeout-s")
     client = _client(ctx)
     view = client.submit(load_submission(file), account=account, idempotency_key=idempotency_key)
     if not wait:
@@ -593,8 +601,8 @@ def _ending(view: JobView) -> str:
 
 
 @job.command("place")
-@click.argument("job_id", type=int)
-@click.option("--node", "node_id", type=int, required=True, help="The node to reserve it on.")
+@click.argument("job_id", type=_ID)
+@click.option("--node", "node_id", type=_ID, required=True, help="The node to reserve it on.")
 @idempotency_option
 @json_option
 @click.pass_context
@@ -607,7 +615,7 @@ def job_place(
 
 
 @job.command("list")
-@click.option("--state", help="Only jobs in this state.")
+@click.option("--state", type=click.Choice(JOB_STATES), help="Only jobs in this state.")
 @click.option("--account", help="Only this account's jobs.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @json_option
@@ -639,7 +647,7 @@ def job_list(
 
 
 @job.command("status")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=_ID)
 @json_option
 @click.pass_context
 def job_status(ctx: click.Context, job_id: int, as_json: bool) -> None:
@@ -674,7 +682,7 @@ def _print_job(v: JobView) -> None:
 
 
 @job.command("explain")
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=_ID)
 @json_option
 @click.pass_context
 def job_explain(ctx: click.Context, job_id: int, as_json: bool) -> None:
@@ -754,7 +762,7 @@ def manifest_sign(
     if isinstance(spec, Envelope):
         raise InputError(f"{file} is already a signed envelope")
     envelope = _client(ctx).sign(spec, key=key, account=account, audience=audience, ttl_s=ttl_s)
-    with _open_for_writing(out) as stream:
+    with _writing(out) as stream:
         stream.write(envelope.to_json())
     click.echo(f"signed {file} -> {out} ({envelope.digest})", err=True)
 
@@ -896,10 +904,16 @@ def ledger_show(ctx: click.Context, account: str | None, limit: int, as_json: bo
     _emit(as_json, {"balances": [_balance_dict(b) for b in balances], "entries": rows}, render)
 
 
-def _open_for_writing(path: Path) -> TextIO:
-    """A file to write, or a one-line error naming why it cannot be (before any work)."""
+@contextmanager
+def _writing(path: Path | None) -> Iterator[TextIO]:
+    """``path`` open for writing (stdout when None); a failure to open, write or close it
+    (no such directory, a full disk) is one line naming the file."""
+    if path is None:
+        yield sys.stdout
+        return
     try:
-        return path.open("w", encoding="utf-8")
+        with path.open("w", encoding="utf-8") as stream:
+            yield stream
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -915,15 +929,11 @@ def _open_for_writing(path: Path) -> TextIO:
 @click.pass_context
 def ledger_export(ctx: click.Context, out: Path | None) -> None:
     """Write every ledger entry as JSON lines, with its hash chain, for an outside audit."""
-    stream = _open_for_writing(out) if out else sys.stdout
-    try:
-        count = 0
+    count = 0
+    with _writing(out) as stream:
         for entry in _client(ctx).export_ledger():
             stream.write(json.dumps(entry, sort_keys=True) + "\n")
             count += 1
-    finally:
-        if out:
-            stream.close()
     if out:
         click.echo(f"wrote {count} entries to {out}", err=True)
 

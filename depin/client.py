@@ -130,7 +130,7 @@ class Client:
         A retry reuses the key, so a request that committed before its answer
         was lost returns the first result instead of acting twice.
         """
-        key = key or uuid.uuid4().hex
+        key = uuid.uuid4().hex if key is None else key
         for attempt in range(1, RETRIES + 1):
             try:
                 return call(key)
@@ -268,6 +268,7 @@ class Client:
         """Submit a signed envelope, or sign a JobSpec with the account's local key first."""
         if isinstance(job, Envelope):
             envelope = job
+            _check_issuer(envelope, account)
         else:
             account = account or self.default_account()
             envelope = self.sign(job, key=key or self.signing_key_for(account), account=account)
@@ -285,6 +286,8 @@ class Client:
     ) -> list[int]:
         """Sign (where needed) and submit many jobs in one transaction, all or none; returns ids."""
         envelopes = [j for j in jobs if isinstance(j, Envelope)]
+        for envelope in envelopes:
+            _check_issuer(envelope, account)
         if len(envelopes) < len(jobs):
             account = account or self.default_account()
             private = keystore.load_private(
@@ -369,3 +372,15 @@ def _validated(model: type[NodeSpec], fields: dict[str, Any], what: str) -> Node
         return model.model_validate(fields)
     except ValidationError as exc:
         raise InputError(f"{what}: {describe_validation_error(exc)}") from None
+
+
+def _check_issuer(envelope: Envelope, account: str | None) -> None:
+    """``account`` (``--as``) names who signs a manifest; a signed envelope already says."""
+    if account is None:
+        return
+    issuer = manifest.parse_claims(envelope).issuer
+    if issuer != account:
+        raise InputError(
+            f"the envelope is signed for account {issuer!r}, not {account!r}: "
+            "submit it without --as, or sign the manifest as that account"
+        )

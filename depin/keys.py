@@ -132,11 +132,11 @@ def load_public(name_or_path: str, keys_dir: Path) -> Ed25519PublicKey:
     """A public key from a key name, a ``.pub``/``.key`` file, or a base64 string."""
     candidate = Path(name_or_path)
     if candidate.suffix == PUBLIC_SUFFIX and candidate.is_file():
-        return public_key_from_b64(candidate.read_text())
+        return _read_public(candidate)
     if KEY_NAME_PATTERN.match(name_or_path):
         pub = keys_dir / f"{name_or_path}{PUBLIC_SUFFIX}"
         if pub.is_file():
-            return public_key_from_b64(pub.read_text())
+            return _read_public(pub)
         if (
             keys_dir / f"{name_or_path}{PRIVATE_SUFFIX}"
         ).exists() or candidate.suffix == PRIVATE_SUFFIX:
@@ -150,13 +150,20 @@ def load_public(name_or_path: str, keys_dir: Path) -> Ed25519PublicKey:
         ) from None
 
 
+def _read_public(path: Path) -> Ed25519PublicKey:
+    try:
+        return public_key_from_b64(path.read_text())
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from exc
+
+
 def list_keys(keys_dir: Path) -> list[KeyInfo]:
     """Every key pair stored in ``keys_dir``, by name."""
     if not keys_dir.is_dir():
         return []
     infos = []
     for pub_path in sorted(keys_dir.glob(f"*{PUBLIC_SUFFIX}")):
-        public = public_key_from_b64(pub_path.read_text())
+        public = _read_public(pub_path)
         name = pub_path.name.removesuffix(PUBLIC_SUFFIX)
         infos.append(
             KeyInfo(

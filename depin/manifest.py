@@ -301,6 +301,8 @@ def check_claims(claims: Claims, *, audience: str, now: datetime | None = None) 
         )
     if claims.expires_at - claims.issued_at > _MAX_TTL:
         raise ManifestError(f"envelope validity exceeds the {MAX_TTL_S} s maximum")
+    if claims.expires_at <= claims.issued_at:
+        raise ManifestError("envelope expires before it is issued: sign the manifest again")
     if claims.issued_at > now + skew:
         raise NotYetValidEnvelopeError(
             f"envelope is issued at {claims.issued_at.isoformat()}, in the future; "

@@ -63,7 +63,15 @@ from depin.money import usage_cost_micro
 from depin.receipts import AllocationFacts, ReceiptSigner
 from depin.reserve import PENDING_HOLD_TIMEOUT_S, CycleCommit, PendingJob, PendingWork, reserve
 from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
-from depin.submission import KeyRecord, admit_envelopes, load_keys, prune_nonces, queue
+from depin.submission import (
+    KeyRecord,
+    Verifier,
+    admit_envelopes,
+    load_keys,
+    prune_nonces,
+    queue,
+    request_of,
+)
 from depin.views import AccountView, JobView, KeyView, NodeView
 from providers import registry
 from scheduler import Offer, Plan, Snapshot, plan
@@ -371,15 +379,18 @@ class Marketplace:
             offers, prices = _capacity(s, full=True)
             return load_keys(s, key_ids), offers, prices
 
-        request = [e.digest for e in envelopes]
         if idempotency_key is not None:
             done = self._read(lambda s: s.get(IdempotencyKey, check_key(idempotency_key)))
-            if done is not None:  # a retry: answer it without verifying stale envelopes again
+            if done is not None:  # a retry: answer it without the freshness checks
+                keys = self._read(lambda s: load_keys(s, key_ids))
+                verifier = Verifier(keys, audience=self.market_id, now=now)
+                request = [verifier.signed_request(e) for e in envelopes]
                 return self._once(idempotency_key, "submit", request, lambda s: None)
         keys, offers, prices = self._read(read)
         admitted = admit_envelopes(
             envelopes, keys, Snapshot(offers), prices, audience=self.market_id, now=now
         )
+        request = [request_of(a.claims) for a in admitted]
         return self._once(idempotency_key, "submit", request, lambda s: queue(s, admitted, now=now))
 
     # -- jobs ----------------------------------------------------------------------------------
@@ -393,7 +404,7 @@ class Marketplace:
                 .join(JobManifest, JobManifest.job_id == Job.id)
             )
             if account is not None:
-                stmt = stmt.where(Account.name == account)
+                stmt = stmt.where(Job.account_id == Ledger(s).account(account).id)
             if state is not None:
                 stmt = stmt.where(Job.state == state)
             rows = s.execute(stmt.order_by(Job.id.desc()).limit(limit)).all()
@@ -1027,7 +1038,15 @@ def _audit_holds_and_capacity(s: Session) -> list[str]:
 def _end_job_if_done(s: Session, job: Job, spec: JobSpec) -> None:
     """A job ends when its last allocation does: succeeded only if every replica did."""
     s.flush()
-    states = s.execute(select(Allocation.state).where(Allocation.job_id == job.id)).scalars().all()
+    states = (
+        s.execute(
+            select(Allocation.state)
+            .where(Allocation.job_id == job.id)
+            .order_by(Allocation.id)  # the last attempt decides a single-replica job
+        )
+        .scalars()
+        .all()
+    )
     if any(state in ALLOCATION_ACTIVE_STATES for state in states):
         return
     if spec.replicas == 1:

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from depin.errors import ManifestError, UnknownGpuModelError
 from providers.catalog import AcceleratorKind, canonical_name, lookup
@@ -46,7 +54,8 @@ class GeoPoint(_Strict):
 class Resources(_Strict):
     """What one replica of the job needs, all on one node."""
 
-    gpus: int = Field(ge=1, le=MAX_GPUS_PER_JOB)
+    # Counts are integers as written (StrictInt): `gpus: true` is a mistake, not one GPU.
+    gpus: StrictInt = Field(ge=1, le=MAX_GPUS_PER_JOB)
     vram_gib: float | None = Field(default=None, ge=0, le=1024)
     gpu_models: tuple[str, ...] = ()
     accelerator: AcceleratorKind = "gpu"
@@ -127,8 +136,8 @@ class JobSpec(_Strict):
     placement: Placement = Placement()
     pricing: Pricing = Pricing()
     objective: Objective = Objective()
-    max_duration_s: int = Field(default=DEFAULT_DURATION_S, ge=1, le=MAX_DURATION_S)
-    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
+    max_duration_s: StrictInt = Field(default=DEFAULT_DURATION_S, ge=1, le=MAX_DURATION_S)
+    replicas: StrictInt = Field(default=1, ge=1, le=MAX_REPLICAS)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The canonical, JSON-ready form (what gets signed)."""

@@ -9,6 +9,7 @@ at the door instead of waiting forever.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ from depin.manifest import (
     PAYLOAD_TYPE,
     Claims,
     Envelope,
+    canonical_json,
     check_claims,
     pae,
     parse_claims,
@@ -132,6 +134,15 @@ class Verifier:
         key = self.keys.get(kid)
         return [] if key is None else [public_key_from_b64(key.public_key)]
 
+    def signed_request(self, envelope: Envelope) -> str:
+        """What a signed envelope asks for, whatever its nonce and times (see ``request_of``).
+
+        Only the signature is checked: a retry may come after the envelope expired
+        or its nonce was recorded by the first attempt.
+        """
+        key = self._verify_signature(envelope)
+        return request_of(parse_claims(envelope, signer_account=key.account_name))
+
     def verify(self, envelope: Envelope) -> tuple[KeyRecord, Claims]:
         key = self._verify_signature(envelope)
         claims = parse_claims(envelope, signer_account=key.account_name)
@@ -172,6 +183,16 @@ def seen_nonces(s: Session, nonces: Sequence[str]) -> set[str]:
             (json.dumps(list(nonces)),),
         )
     return {r[0] for r in rows}
+
+
+def request_of(claims: Claims) -> str:
+    """A submission as an idempotency key remembers it: issuer, audience and job.
+
+    Signing the same manifest again (a retry that re-signs) makes a new nonce and
+    new times, so those are left out: the retry is the same request.
+    """
+    job = {"issuer": claims.issuer, "audience": claims.audience, "job": claims.job.to_json_dict()}
+    return hashlib.sha256(canonical_json(job)).hexdigest()
 
 
 def admit_envelopes(

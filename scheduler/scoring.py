@@ -52,7 +52,7 @@ class CellScores:
         cost = 100.0 * (1.0 - snap.cell_price[cells] / snap.price_ref)
         rtt = None
         latency = np.full(len(cells), 100.0)
-        if feas.location_dot is not None and len(cells):
+        if feas.location_dot is not None:  # an empty array when no cell passes
             locations = snap.cell_location[cells]
             rtt = rtt_ms_array(
                 distance_km_from_dot(feas.location_dot[locations]),

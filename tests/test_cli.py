@@ -288,6 +288,32 @@ def test_an_output_file_that_cannot_be_written_is_a_clear_error(
     refused(market, ["manifest", "sign", job_yaml, "--key", "ada", "-o", nowhere], "cannot write")
 
 
+def test_flags_that_cannot_apply_are_refused(market: Path, tmp_path: Path) -> None:
+    job_yaml = str(write(tmp_path, JOB_YAML))
+    refused(market, ["job", "submit", job_yaml, "--timeout-s", "5"], "--timeout-s limits --wait")
+    refused(market, ["job", "list", "--account", "zed"], "no account named 'zed'")
+    refused(market, ["db", "upgrade", "--revision", "nonsense"], "cannot migrate to 'nonsense'")
+    ok("keys", "new", "bob")
+    ok("account", "create", "bob", "--key", "bob")
+    envelope = tmp_path / "ada.dsse.json"
+    ok("manifest", "sign", job_yaml, "--key", "ada", "-o", str(envelope))
+    refused(market, ["job", "submit", str(envelope), "--as", "bob"], "signed for account 'ada'")
+
+
+def test_a_count_written_as_a_boolean_is_refused(market: Path, tmp_path: Path) -> None:
+    text = JOB_YAML.replace("gpus: 1", "gpus: true")
+    assert text != JOB_YAML
+    refused(market, ["job", "submit", str(write(tmp_path, text)), "--as", "ada"], "resources.gpus")
+
+
+def test_an_empty_near_is_a_usage_error_and_no_match_is_an_empty_table(market: Path) -> None:
+    assert run("offers", "--near", "").exit_code == 2
+    assert run("job", "status", "9" * 23).exit_code == 2  # not a database key at all
+    result = run("offers", "--near", "35.68,139.69", "--max-latency-ms", "5", "--sort", "latency")
+    assert result.exit_code == 0, result.output
+    assert "no free capacity matches" in result.stderr
+
+
 def test_usage_errors_exit_2(home: Path) -> None:
     result = run("node", "add", "--gpus", "two")
     assert result.exit_code == 2

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from depin.db.models import utcnow
-from depin.errors import CapacityError, ConflictError, UnschedulableError
+from depin.errors import CapacityError, ConflictError, InputError, UnschedulableError
 from depin.reserve import PENDING_HOLD_TIMEOUT_S
 from scheduler.loop import Driver
 from tests.factories import World, job
@@ -36,6 +36,23 @@ def test_the_same_idempotency_key_and_request_return_the_first_result(world: Wor
     again = world.client.submit(envelope, idempotency_key="submit-0001")  # no ReplayError: a retry
     assert again.id == first.id
     assert len(world.client.jobs()) == 1
+
+
+def test_a_retry_that_signs_the_manifest_again_returns_the_first_job(world: World) -> None:
+    spec = job()
+    first = world.client.submit(spec, account="dev", idempotency_key="submit-0002")
+    again = world.client.submit(spec, account="dev", idempotency_key="submit-0002")  # new nonce
+    assert again.id == first.id
+    assert len(world.client.jobs()) == 1
+    with pytest.raises(ConflictError, match="already used for a different request"):
+        world.client.submit(job("other"), account="dev", idempotency_key="submit-0002")
+
+
+def test_an_empty_idempotency_key_is_refused_not_ignored(world: World) -> None:
+    before = world.available()
+    with pytest.raises(InputError, match="idempotency key must be"):
+        world.client.deposit("dev", "5", idempotency_key="")
+    assert world.available() == before
 
 
 def test_the_same_key_for_another_request_is_refused_and_changes_nothing(world: World) -> None:

@@ -125,6 +125,18 @@ def test_an_envelope_valid_longer_than_a_day_is_refused() -> None:
         manifest.check_claims(claims, audience="depin-test")
 
 
+@pytest.mark.parametrize("window_s", [0, -30])
+def test_an_envelope_that_expires_when_or_before_it_is_issued_is_refused(window_s: int) -> None:
+    payload = json.loads(ENVELOPE.payload)
+    issued = datetime.fromisoformat(payload["issued_at"])
+    payload["expires_at"] = (issued + timedelta(seconds=window_s)).isoformat()
+    claims = manifest.parse_claims(
+        Envelope(json.dumps(payload).encode(), ENVELOPE.payload_type, ENVELOPE.signatures)
+    )
+    with pytest.raises(ManifestError, match="expires before it is issued"):
+        manifest.check_claims(claims, audience="depin-test", now=issued)
+
+
 def test_an_expired_key_is_refused(world: World) -> None:
     from sqlalchemy import text
 

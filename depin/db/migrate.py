@@ -14,12 +14,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
 import migrations
 from depin.config import redact_url
-from depin.errors import DatabaseError
+from depin.errors import DatabaseError, InputError
 
 # An arbitrary constant: the key of the advisory lock that serializes migrations.
 _PG_MIGRATION_LOCK_KEY = 0x6465_7069_6E00
@@ -59,6 +60,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.begin() as conn:
             _lock(conn)
             command.upgrade(alembic_config(conn), revision)
+    except CommandError as exc:  # an unknown revision, most often
+        raise InputError(f"cannot migrate to {revision!r}: {exc} (try `head`)") from exc
     except OperationalError as exc:
         raise DatabaseError(
             f"cannot migrate {redact_url(str(engine.url))}: {str(exc.orig).splitlines()[0]}"
