@@ -22,6 +22,7 @@ from depin.config import redact_url
 from depin.errors import DatabaseError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "depin_read_only"  # execution option: a read session's transaction
 # Page cache per connection: a 20k-job cycle touches tens of MB of pages in one transaction.
 SQLITE_CACHE_KIB = 128 * 1024
 # PostgreSQL serialization failure and deadlock: safe to retry the whole transaction.
@@ -66,7 +67,10 @@ def _tune_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front (no deadlocked lock upgrades); readers take
+        # none: under WAL they read a snapshot and never hold a writer up.
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -113,6 +117,7 @@ def read_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session for reads; commits nothing. Closing it (not rolling back) keeps the
     loaded objects readable after the session ends."""
     with sessions() as session:
+        session.connection(execution_options={READ_ONLY: True})
         yield session
 
 
