@@ -24,11 +24,12 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -204,6 +205,16 @@ def _deltas(e: Entry) -> tuple[tuple[int, int, int, int], tuple[int, int, int, i
     return (0, a, 0, 0), (0, 0, 0, a)
 
 
+def open_holds() -> Select[tuple[int]]:
+    """The ids of pending transfers no entry has resolved yet (narrow it with ``where``)."""
+    resolution = aliased(Transfer)
+    return (
+        select(Transfer.id)
+        .outerjoin(resolution, resolution.pending_id == Transfer.id)
+        .where(Transfer.pending.is_(True), resolution.id.is_(None))
+    )
+
+
 class Ledger:
     """Writes entries inside the caller's transaction; the caller commits or rolls back."""
 
@@ -224,9 +235,16 @@ class Ledger:
             self._head = self.session.execute(stmt).scalar_one()
         return self._head
 
-    def forget_head(self) -> None:
-        """After a savepoint rollback the cached head may be ahead: the next lock reads it."""
-        self._head = None
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A savepoint for ledger writes; rolling it back also forgets the cached chain head,
+        which may then be ahead of the database (the next ``lock`` reads it again)."""
+        try:
+            with self.session.begin_nested():
+                yield
+        except BaseException:
+            self._head = None
+            raise
 
     # -- accounts ---------------------------------------------------------------------
     def account(self, name: str) -> Account:
@@ -378,15 +396,9 @@ class Ledger:
 
     def expired_holds(self, now: datetime, *, limit: int = 1000) -> list[Hold]:
         """Open holds whose timeout has passed (TigerBeetle voids these; so does reconcile)."""
-        resolution = aliased(Transfer)
-        rows = self.session.execute(
-            select(Transfer)
-            .outerjoin(resolution, resolution.pending_id == Transfer.id)
-            .where(Transfer.pending.is_(True), Transfer.timeout_at < now, resolution.id.is_(None))
-            .order_by(Transfer.id)
-            .limit(limit)
-        ).scalars()
-        return [Hold.of(t) for t in rows]
+        stmt = open_holds().add_columns(Transfer).where(Transfer.timeout_at < now)
+        rows = self.session.execute(stmt.order_by(Transfer.id).limit(limit))
+        return [Hold.of(t) for _, t in rows]
 
     # -- internals -----------------------------------------------------------------------------
     def _check_open(self, hold: Hold) -> None:
@@ -467,7 +479,8 @@ class VerifyReport:
         }
 
 
-def _iter_entries(session: Session) -> Iterator[Transfer]:
+def iter_entries(session: Session) -> Iterator[Transfer]:
+    """Every entry in chain order, a page at a time (pages are let go once read)."""
     after = 0
     while True:
         batch = entries(session, limit=VERIFY_BATCH, after_id=after)
@@ -490,7 +503,7 @@ def verify(session: Session) -> VerifyReport:
             report.first_bad_position = position
         report.problems.append(text)
 
-    for t in _iter_entries(session):
+    for t in iter_entries(session):
         report.entries += 1
         if report.first_bad_position is None:
             if t.id != expected_id:

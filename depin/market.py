@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from depin import receipts
 from depin.config import Settings
@@ -39,7 +39,6 @@ from depin.db.models import (
     PlanRecord,
     Receipt,
     Setting,
-    Transfer,
     utcnow,
 )
 from depin.errors import (
@@ -53,8 +52,17 @@ from depin.gcpause import gc_paused
 from depin.idempotency import KeyTaken, check_key, once
 from depin.keys import key_id as compute_key_id
 from depin.keys import public_key_b64, public_key_from_b64
-from depin.ledger import WORLD_ACCOUNT, Balance, Ledger, VerifyReport, balances, entry_record
+from depin.ledger import (
+    WORLD_ACCOUNT,
+    Balance,
+    Ledger,
+    VerifyReport,
+    balances,
+    entry_record,
+    iter_entries,
+)
 from depin.ledger import entries as ledger_entries
+from depin.ledger import open_holds as ledger_open_holds
 from depin.ledger import verify as verify_ledger
 from depin.manifest import (
     Envelope,
@@ -168,9 +176,7 @@ class Marketplace:
         """
 
         def tx(s: Session) -> Any:
-            return once(
-                s, key, operation, request, lambda: work(s), encode=lambda r: r, decode=lambda r: r
-            )
+            return once(s, key, operation, request, lambda: work(s))
 
         for _ in range(3):
             try:
@@ -376,7 +382,7 @@ class Marketplace:
         key_ids = [sig.keyid for e in envelopes for sig in e.signatures]
 
         def read(s: Session) -> tuple[dict[str, KeyRecord], list[Offer], dict[int, int]]:
-            offers, prices = _capacity(s, full=True)
+            offers, prices = registry.offers_and_prices(s, full=True)
             return load_keys(s, key_ids), offers, prices
 
         if idempotency_key is not None:
@@ -501,7 +507,7 @@ class Marketplace:
             if nodes_version == version:
                 offers, prices, free = None, {}, registry.free_capacity(s)
             else:
-                (offers, prices), free = _capacity(s), None
+                (offers, prices), free = registry.offers_and_prices(s), None
             templates: dict[str, JobSpec] = {}  # jobs of one template parse it once
             jobs = []
             for r in rows:
@@ -612,18 +618,14 @@ class Marketplace:
             now = utcnow()
             launches = []
             specs = _specs_of(s, [job.id for _, job in rows])
-            keys_of: dict[int, tuple[str, ...]] = {}  # node id -> its provider's active key ids
+            keys = _provider_keys_of(s, [alloc.node_id for alloc, _ in rows], active_only=True)
             for alloc, job in rows:
                 alloc.state, alloc.started_at, alloc.driver_id = "running", now, driver_id
                 job.state, job.updated_at = "running", now
                 spec = specs[job.id]
-                if alloc.node_id not in keys_of:
-                    keys_of[alloc.node_id] = tuple(
-                        _provider_keys(s, alloc.node_id, active_only=True)
-                    )
                 signer = ReceiptSigner(
                     _facts(alloc, job, self.market_id),
-                    keys_of[alloc.node_id],
+                    tuple(keys.get(alloc.node_id, {})),
                     str(self.settings.keys_dir),
                 )
                 launches.append(
@@ -659,7 +661,7 @@ class Marketplace:
             assert job is not None
             spec = _spec_of(s, job.id)
             if outcome.lost and spec.replicas == 1:
-                _requeue(s, ledger, alloc, job, outcome.error or "node lost")
+                _requeue(s, ledger, alloc, job, outcome.error or "node lost", spec)
                 return
             _settle(s, ledger, alloc, job, outcome, self.market_id)
             _end_job_if_done(s, job, spec)
@@ -762,19 +764,11 @@ class Marketplace:
 
         return self._read(work)
 
-    def export_ledger(self, *, batch: int = 5000) -> Iterator[dict[str, Any]]:
+    def export_ledger(self) -> Iterator[dict[str, Any]]:
         """Every ledger entry with the exact values its hash covers (``depin ledger export``)."""
-        after = 0
-        while True:
-            rows = self._read(
-                lambda s, a=after: [
-                    entry_record(t) for t in ledger_entries(s, limit=batch, after_id=a)
-                ]
-            )
-            if not rows:
-                return
-            yield from rows
-            after = rows[-1]["id"]
+        with read_session(self.sessions) as s:  # one snapshot; a reader holds no writer up
+            for t in iter_entries(s):
+                yield entry_record(t)
 
     def verify_ledger(self) -> VerifyReport:
         """The hash chain and balances (``depin.ledger.verify``), then every provider receipt."""
@@ -789,13 +783,6 @@ class Marketplace:
 
 
 # -- helpers that run inside a transaction -------------------------------------------------
-
-
-def _capacity(s: Session, *, full: bool = False) -> tuple[list[Offer], dict[int, int]]:
-    """Offers of every active node, and each node's exact price in micro-USD."""
-    nodes = registry.list_nodes(s, status="active")
-    offers = [registry.to_offer(n, full=full) for n in nodes]
-    return offers, {n.id: n.price_micro_usd_per_gpu_hour for n in nodes}
 
 
 def _plan_reasons(s: Session, jobs: Sequence[Job]) -> dict[int | None, list[str]]:
@@ -851,14 +838,25 @@ def _facts(alloc: Allocation, job: Job, market_id: str) -> AllocationFacts:
 
 def _provider_keys(s: Session, node_id: int, *, active_only: bool) -> dict[str, Ed25519PublicKey]:
     """The public keys of the provider that owns ``node_id``, by key id."""
-    stmt = (
-        select(AccountKey)
-        .join(Node, Node.provider_id == AccountKey.account_id)
-        .where(Node.id == node_id)
+    return _provider_keys_of(s, [node_id], active_only=active_only).get(node_id, {})
+
+
+def _provider_keys_of(
+    s: Session, node_ids: Sequence[int] | None, *, active_only: bool
+) -> dict[int, dict[str, Ed25519PublicKey]]:
+    """``_provider_keys`` for many nodes (None: every node) in one query:
+    node id -> key id -> public key."""
+    stmt = select(Node.id, AccountKey.key_id, AccountKey.public_key).join(
+        AccountKey, AccountKey.account_id == Node.provider_id
     )
+    if node_ids is not None:
+        stmt = stmt.where(Node.id.in_(sorted(set(node_ids))))
     if active_only:
         stmt = stmt.where(AccountKey.state == "active")
-    return {k.key_id: public_key_from_b64(k.public_key) for k in s.execute(stmt).scalars()}
+    out: dict[int, dict[str, Ed25519PublicKey]] = {}
+    for node_id, key_id, public in s.execute(stmt):
+        out.setdefault(node_id, {})[key_id] = public_key_from_b64(public)
+    return out
 
 
 def _finder(keys: dict[str, Ed25519PublicKey]) -> Callable[[str], list[Ed25519PublicKey]]:
@@ -879,9 +877,7 @@ def _settle(
         facts = _facts(alloc, job, market_id)
         keys = _provider_keys(s, alloc.node_id, active_only=True)
         try:
-            usage = receipts.verify_usage(
-                outcome.usage_json, facts, lambda k: [keys[k]] if k in keys else []
-            )
+            usage = receipts.verify_usage(outcome.usage_json, facts, _finder(keys))
         except receipts.ReceiptError as exc:
             error = f"{error + '; ' if error else ''}provider not paid: {exc}"
         else:
@@ -964,11 +960,9 @@ def _audit_receipts(s: Session, market_id: str) -> list[str]:
     stored: dict[tuple[int, str], str] = {
         (r.allocation_id, r.kind): r.envelope_json for r in s.execute(select(Receipt)).scalars()
     }
-    keys_by_node: dict[int, dict[str, Ed25519PublicKey]] = {}
+    keys_by_node = _provider_keys_of(s, None, active_only=False)
     for alloc, job in rows:
-        if alloc.node_id not in keys_by_node:
-            keys_by_node[alloc.node_id] = _provider_keys(s, alloc.node_id, active_only=False)
-        keys = keys_by_node[alloc.node_id]
+        keys = keys_by_node.get(alloc.node_id, {})
         facts = _facts(alloc, job, market_id)
         usage_json = stored.get((alloc.id, "usage"))
         if usage_json is None and not alloc.cost_micro_usd:
@@ -999,14 +993,7 @@ def _audit_receipts(s: Session, market_id: str) -> list[str]:
 def _audit_holds_and_capacity(s: Session) -> list[str]:
     """No hold without an owner, no owner without its hold, no GPU booked twice or lost."""
     problems = []
-    resolution = aliased(Transfer)
-    open_holds = set(
-        s.execute(
-            select(Transfer.id)
-            .outerjoin(resolution, resolution.pending_id == Transfer.id)
-            .where(Transfer.pending.is_(True), resolution.id.is_(None))
-        ).scalars()
-    )
+    open_holds = set(s.execute(ledger_open_holds()).scalars())
     owners: dict[int, str] = {}
     for job_id, hold_id in s.execute(
         select(Job.id, Job.hold_transfer_id).where(Job.state == "pending")
@@ -1081,7 +1068,14 @@ def _expire_holds(s: Session, ledger: Ledger, now: datetime) -> list[int]:
     return lost
 
 
-def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: str) -> None:
+def _requeue(
+    s: Session,
+    ledger: Ledger,
+    alloc: Allocation,
+    job: Job,
+    reason: str,
+    spec: JobSpec | None = None,
+) -> None:
     """An allocation lost with its node or driver: free it, refund it, queue the job again.
 
     Only a single-replica job is queued again. Replicas are all or none, so a
@@ -1093,7 +1087,7 @@ def _requeue(s: Session, ledger: Ledger, alloc: Allocation, job: Job, reason: st
     registry.release_capacity(s, alloc.node_id, alloc.gpus)
     now = utcnow()
     alloc.state, alloc.ended_at, alloc.error = "lost", now, reason[:500]
-    spec = _spec_of(s, job.id)
+    spec = spec or _spec_of(s, job.id)
     if spec.replicas > 1:
         _end_job_if_done(s, job, spec)
         if job.state == "failed":

@@ -133,17 +133,18 @@ def reserve(
     def attempt(placements: dict[int, list[Assignment]]) -> list[int] | None:
         """Reserve ``placements`` behind a savepoint; None (rolled back) on any conflict."""
         try:
-            with session.begin_nested():
+            with ledger.savepoint():
                 return _bulk(
                     session, ledger, escrow_id, jobs, placements, work, result, records, driver_id
                 )
         except _Conflict:
-            ledger.forget_head()  # the savepoint rolled the chain head back
             return None
 
     reserved = attempt(by_job)
     if reserved is not None:
         commit.reserved = reserved
+    elif len(by_job) == 1:  # that one job was the conflict: nothing to retry
+        commit.conflicts = 1
     else:  # someone took a job or a node since the snapshot: job by job, skipping those
         for job_id, placements in by_job.items():
             allocs = attempt({job_id: placements})

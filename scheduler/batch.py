@@ -76,17 +76,18 @@ class Batch:
 
 
 def evaluate_group(
-    req: Request, snap: Snapshot, index: int, demand: int = 1, verdicts: dict | None = None
+    req: Request, keys: list[Hashable], snap: Snapshot, index: int, verdicts: dict
 ) -> Group:
-    """Feasibility, cell scores and the top candidates of one request class."""
+    """Feasibility, cell scores and the top candidates of one request class.
+
+    The metric here explains placements; a job left out gets ``unplaced_metric``.
+    """
     feas = evaluate(req, snap, verdicts)
     cs = CellScores.of(req, snap, feas)
-    ranked = best_rows(req, snap, feas, cs, max(_RANK_MIN, _RANK_AHEAD * demand))
+    ranked = best_rows(req, snap, feas, cs, max(_RANK_MIN, _RANK_AHEAD * len(keys) * req.replicas))
     metric = JobMetric.of(feas, req.replicas)
     metric.candidates = candidates(snap, cs, ranked, TOP_CANDIDATES)
-    if not ranked.rows.size:
-        metric.exhausted = feas.exhausted(snap, req.gpus)
-    return Group(req, [], feas, cs, ranked, metric, index)
+    return Group(req, keys, feas, cs, ranked, metric, index)
 
 
 def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapshot) -> Batch:
@@ -96,7 +97,7 @@ def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapsho
     # so each distinct object tuple is hashed by value only once.
     group_of_identity: dict[tuple[int, ...], int] = {}
     members: list[list[Hashable]] = []
-    firsts: list[tuple[int, JobSpec, RequestKey]] = []
+    firsts: list[tuple[int, JobSpec]] = []
     for index, (key, spec) in enumerate(zip(keys, jobs, strict=True)):
         identity = (
             id(spec.resources),
@@ -112,16 +113,13 @@ def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapsho
             if gi is None:
                 gi = group_of_key[rkey] = len(members)
                 members.append([])
-                firsts.append((index, spec, rkey))
+                firsts.append((index, spec))
             group_of_identity[identity] = gi
         members[gi].append(key)
     batch = Batch()
     verdicts: dict = {}
-    for (index, spec, rkey), group_keys in zip(firsts, members, strict=True):
-        req = Request.of(spec, rkey)
-        group = evaluate_group(req, snap, index, len(group_keys) * req.replicas, verdicts)
-        group.keys = group_keys
-        batch.groups.append(group)
+    for (index, spec), group_keys in zip(firsts, members, strict=True):
+        batch.groups.append(evaluate_group(Request.of(spec), group_keys, snap, index, verdicts))
     return batch
 
 

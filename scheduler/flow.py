@@ -46,11 +46,7 @@ def assign_optimal(batch: Batch, snap: Snapshot) -> Assigned:
     result = Assigned()
     for size in sorted({g.req.gpus for g in batch.groups}, reverse=True):
         groups = [g for g in batch.groups if g.req.gpus == size]
-        slots = (
-            np.add.reduceat(snap.gpus_free // size, snap.cell_start)
-            if snap.size
-            else np.zeros(0, np.int64)
-        )
+        slots = snap.reduce_cells(np.add, snap.gpus_free // size)
         flows = _solve(min_cost_flow, groups, snap, slots)
         _distribute(groups, flows, snap, size, result)
     return result
@@ -65,8 +61,9 @@ def _cell_totals(group: Group, snap: Snapshot, pos: np.ndarray) -> np.ndarray:
 
 def _solve(
     mcf, groups: list[Group], snap: Snapshot, slots: np.ndarray
-) -> list[tuple[np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
-    """Per class: the cells (positions into its feasible cells) that got flow, and how much."""
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """Per class: the cells (positions into its feasible cells) that got flow, how much, and
+    each one's value for the class."""
     n_groups, sink = len(groups), 1 + len(groups) + snap.cells
     tails = [np.zeros(n_groups, np.int64)]
     heads = [np.arange(1, n_groups + 1)]
@@ -85,10 +82,9 @@ def _solve(
         tails.append(np.full(len(pos), 1 + gi))
         heads.append(1 + n_groups + g.feas.cells[pos])
         caps.append(cap)
-        costs.append(
-            np.round((SCORE_CEILING - _cell_totals(g, snap, pos)) * COST_SCALE).astype(np.int64)
-        )
-        spans.append((offset, pos))
+        totals = _cell_totals(g, snap, pos)
+        costs.append(np.round((SCORE_CEILING - totals) * COST_SCALE).astype(np.int64))
+        spans.append((offset, pos, totals))
         offset += len(pos)
     tails.append(1 + n_groups + np.arange(snap.cells))
     heads.append(np.full(snap.cells, sink))
@@ -105,10 +101,10 @@ def _solve(
         raise RuntimeError(f"min-cost flow failed with status {status}")
     values = solver.flows(arcs)
     out = []
-    for start, pos in spans:
+    for start, pos, totals in spans:
         f = values[start : start + len(pos)]
         used = f > 0
-        out.append((pos[used], f[used].astype(np.int64)))
+        out.append((pos[used], f[used].astype(np.int64), totals[used]))
     return out
 
 
@@ -176,7 +172,7 @@ class _CellNodes:
 
 def _distribute(
     groups: list[Group],
-    flows: list[tuple[np.ndarray, np.ndarray]],
+    flows: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     snap: Snapshot,
     size: int,
     result: Assigned,
@@ -188,8 +184,8 @@ def _distribute(
     )
     for gi in order:
         group = groups[gi]
-        pos, count = flows[gi]
-        best_first = np.argsort(-_cell_totals(group, snap, pos), kind="stable")
+        pos, count, totals = flows[gi]
+        best_first = np.argsort(-totals, kind="stable")
         remaining = [[int(pos[i]), int(count[i])] for i in best_first]
         picks: list[tuple[object, list[int], list[int]]] = []
         if group.req.replicas == 1:

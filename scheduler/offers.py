@@ -149,7 +149,6 @@ class Snapshot:
         self.access_rtt_ms = (
             ACCESS_RTT_BY_CODE[np.maximum(self.network, 0)] if self.size else np.zeros(0)
         )
-        self.xyz = unit_vectors(self.lat, self.lon).reshape(self.size, 3)
 
     @staticmethod
     def _firsts(ids: np.ndarray, count: int) -> np.ndarray:
@@ -175,7 +174,7 @@ class Snapshot:
         """Per location: its unit vector, access RTT and bias."""
         self.locations = int(self.node_location.max()) + 1 if self.size else 0
         first = self._firsts(self.node_location, self.locations)
-        self.location_xyz = np.ascontiguousarray(self.xyz[first])
+        self.location_xyz = unit_vectors(self.lat[first], self.lon[first]).reshape(-1, 3)
         self.location_network = self.network[first]
         self.location_access_rtt_ms = self.access_rtt_ms[first]
         self.location_rtt_bias_ms = self.rtt_bias_ms[first]
@@ -196,17 +195,18 @@ class Snapshot:
         self.cell_class = self.node_class[self.cell_start]
         self.cell_location = self.node_location[self.cell_start]
         self.cell_price = self.price[self.cell_start]
-        self.cell_reliability_max = self._reduce(np.maximum, self.reliability_score)
-        self.cell_reliability_min = self._reduce(np.minimum, self.reliability_score)
+        self.cell_reliability_max = self.reduce_cells(np.maximum, self.reliability_score)
+        self.cell_reliability_min = self.reduce_cells(np.minimum, self.reliability_score)
         self._refresh_cells()
 
-    def _reduce(self, ufunc: np.ufunc, column: np.ndarray) -> np.ndarray:
+    def reduce_cells(self, ufunc: np.ufunc, column: np.ndarray) -> np.ndarray:
+        """``ufunc`` over each cell's rows of a per-row ``column``."""
         return ufunc.reduceat(column, self.cell_start) if self.size else np.zeros(0, column.dtype)
 
     def _refresh_cells(self) -> None:
-        self._cell_free_max = self._reduce(np.maximum, self.gpus_free)
+        self._cell_free_max = self.reduce_cells(np.maximum, self.gpus_free)
         self._stale_max: set[int] = set()
-        self.cell_free_sum = self._reduce(np.add, self.gpus_free).astype(np.int64)
+        self.cell_free_sum = self.reduce_cells(np.add, self.gpus_free).astype(np.int64)
 
     @property
     def cell_free_max(self) -> np.ndarray:

@@ -4,9 +4,10 @@ The pipeline in one screen:
 
     Snapshot(offers)        struct of arrays; nodes grouped into classes
     build_batch             jobs grouped into request classes; per class, once:
-      feasibility.evaluate    static checks per node class, latency per node,
+      feasibility.evaluate    static checks per node class, latency per location,
                               each counting the nodes it rejected (AllocMetric)
-      scoring.score           cost, latency, reliability 0-100, weighted; + spread
+      scoring                 CellScores.of: cost, latency, reliability 0-100 per
+                              cell, weighted; best_rows: exact totals + spread
     assign_fast             regret-ordered greedy + augmenting repair   (mode="fast")
     assign_optimal          min-cost flow, max placements then score    (mode="optimal")
     Plan                    placements, and reasons for every job left out
@@ -28,7 +29,7 @@ from depin.gcpause import gc_paused
 from depin.spec import JobSpec
 from scheduler.assign import Assigned, assign_fast
 from scheduler.batch import Batch, build_batch
-from scheduler.explain import Candidate, JobMetric
+from scheduler.explain import Candidate, JobMetric, suggestions
 from scheduler.feasibility import evaluate
 from scheduler.flow import assign_optimal, estimate_arcs
 from scheduler.offers import Offer, Snapshot
@@ -143,13 +144,11 @@ class Admission:
 
     @property
     def ok(self) -> bool:
-        return len(self.feasible_node_ids) >= self.metric.replicas
+        return not self.metric.never_fits
 
 
 def admit(spec: JobSpec, offers: Sequence[Offer] | Snapshot) -> Admission:
     """Static feasibility of one job: the nodes that could take it once they are free."""
-    from scheduler.explain import suggestions
-
     snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
     req = Request.of(spec)
     feas = evaluate(req, snap)

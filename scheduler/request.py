@@ -44,7 +44,6 @@ class Request:
     """One request class: the requirements of one replica, in the snapshot's codes."""
 
     spec: JobSpec
-    key: RequestKey
     gpus: int
     replicas: int
     accelerator: int
@@ -58,13 +57,12 @@ class Request:
     weights: tuple[float, float, float]  # cost, latency, reliability; summing to 1
 
     @classmethod
-    def of(cls, spec: JobSpec, key: RequestKey | None = None) -> Request:
+    def of(cls, spec: JobSpec) -> Request:
         res, place = spec.resources, spec.placement
         near = place.near
         cap = spec.pricing.max_usd_per_gpu_hour
         return cls(
             spec=spec,
-            key=key or request_key(spec),
             gpus=res.gpus,
             replicas=spec.replicas,
             accelerator=ACCELERATOR_CODES[res.accelerator],

@@ -76,14 +76,6 @@ class Ranked:
     cell_pos: np.ndarray  # index into Feasibility.cells / CellScores arrays
     complete: bool  # every feasible row with room is here (else only a top prefix)
 
-    def scores(self, cs: CellScores, snap: Snapshot, i: int) -> dict[str, float]:
-        c = int(self.cell_pos[i])
-        return {
-            "cost": float(cs.cost[c]),
-            "latency": float(cs.latency[c]),
-            "reliability": float(snap.reliability_score[self.rows[i]]),
-        }
-
     def rtt_ms(self, cs: CellScores, i: int) -> float | None:
         return None if cs.rtt_ms is None else float(cs.rtt_ms[self.cell_pos[i]])
 
@@ -97,8 +89,11 @@ def row_totals(
     return cs.part[cell_pos] + w_reliability * snap.reliability_score[rows] + spread
 
 
-def best_rows(req: Request, snap: Snapshot, feas: Feasibility, cs: CellScores, k: int) -> Ranked:
-    """At least the ``k`` best rows with room, exactly ordered: total, then cheaper, then node id.
+def best_rows(
+    req: Request, snap: Snapshot, feas: Feasibility, cs: CellScores, k: int | None
+) -> Ranked:
+    """At least the ``k`` best rows with room (None: all), exactly ordered: total, then
+    cheaper, then node id.
 
     Cells are ranked by their lower bound; the k-th best lower bound is a
     threshold no top-k row falls below, so only cells whose upper bound
@@ -106,7 +101,7 @@ def best_rows(req: Request, snap: Snapshot, feas: Feasibility, cs: CellScores, k
     """
     gpus = req.gpus
     open_pos = np.flatnonzero(snap.cell_free_max[feas.cells] >= gpus)
-    if len(open_pos) > k:
+    if k is not None and len(open_pos) > k:
         lower = cs.lower[open_pos]
         threshold = float(-np.partition(-lower, k - 1)[k - 1])
         expand = open_pos[cs.upper[open_pos] >= threshold]

@@ -38,7 +38,7 @@ def search(req: Request, snap: Snapshot, *, sort: str = "price", limit: int = 20
     limit = max(1, min(limit, MAX_RESULTS))
     feas = evaluate(req, snap)
     cs = CellScores.of(req, snap, feas)
-    ranked = best_rows(req, snap, feas, cs, max(len(feas.cells), 1) + 1)  # every row with room
+    ranked = best_rows(req, snap, feas, cs, None)  # every row with room
     rows, total = ranked.rows, ranked.total
     rtt = None if cs.rtt_ms is None else cs.rtt_ms[ranked.cell_pos]
     if sort == "price":

@@ -21,11 +21,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from depin import manifest
+from depin.bench.workload import submit_as_new_developer
 from depin.config import Settings
 from depin.gcpause import gc_paused
 from depin.market import Marketplace
-from depin.money import usd_to_micro
 from depin.spec import JobSpec, NodeSpec
 from scheduler import plan
 
@@ -83,7 +82,7 @@ def run(
 def _populate(market: Marketplace, jobs: int) -> tuple[list[int], list[int]]:
     """Enough single-GPU nodes for every job, and the jobs, submitted in batches (not timed)."""
     run_id = uuid.uuid4().hex[:8]  # a --db may hold earlier runs
-    provider, developer = f"bench-provider-{run_id}", f"bench-dev-{run_id}"
+    provider = f"bench-provider-{run_id}"
     market.create_account(provider, Ed25519PrivateKey.generate().public_key(), kind="provider")
     nodes = -(-jobs // NODE_GPUS) + 1
     node_ids = market.add_nodes(
@@ -103,9 +102,6 @@ def _populate(market: Marketplace, jobs: int) -> tuple[list[int], list[int]]:
             for i in range(nodes)
         ]
     )
-    key = Ed25519PrivateKey.generate()
-    market.create_account(developer, key.public_key())
-    market.deposit(developer, usd_to_micro(Decimal(10_000_000)))
     spec = JobSpec.model_validate(
         {
             "name": "bench",
@@ -114,17 +110,5 @@ def _populate(market: Marketplace, jobs: int) -> tuple[list[int], list[int]]:
             "max_duration_s": 600,
         }
     )
-    ids: list[int] = []
-    for start in range(0, jobs, 5000):
-        envelopes = [
-            manifest.sign(
-                spec.model_copy(update={"name": f"bench-{i}"}),
-                key,
-                issuer=developer,
-                audience=market.market_id,
-                ttl_s=3600,
-            )
-            for i in range(start, min(jobs, start + 5000))
-        ]
-        ids += market.submit_many(envelopes)
-    return ids, node_ids
+    specs = [spec.model_copy(update={"name": f"bench-{i}"}) for i in range(jobs)]
+    return submit_as_new_developer(market, specs, run_id), node_ids

@@ -15,18 +15,15 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from depin import manifest
-from depin.bench.workload import synthetic_jobs
+from depin.bench.workload import submit_as_new_developer, synthetic_jobs
 from depin.config import Settings
 from depin.market import Marketplace
-from depin.money import usd_to_micro
 from depin.spec import JobSpec
 from providers.catalog import lookup
 from providers.fleet import SyntheticNode, synthetic_nodes
@@ -155,10 +152,6 @@ def _populate(market: Marketplace, nodes: int, jobs: int, seed: int) -> list[int
     for provider in sorted({n.provider for n in fleet}):
         market.create_account(provider, Ed25519PrivateKey.generate().public_key(), kind="provider")
     market.add_nodes([n.spec() for n in fleet])
-    key = Ed25519PrivateKey.generate()
-    developer = f"bench-dev-{run}"
-    market.create_account(developer, key.public_key())
-    market.deposit(developer, usd_to_micro(Decimal(10_000_000)))
     # Jobs no node could ever take are refused at submission; draw until there are enough.
     snap = Snapshot(market.offers())
     specs: list[JobSpec] = []
@@ -167,14 +160,7 @@ def _populate(market: Marketplace, nodes: int, jobs: int, seed: int) -> list[int
         candidates = synthetic_jobs(jobs, seed=draw)
         specs += [s for s in candidates if admit(s, snap).ok][: jobs - len(specs)]
         draw += 1000
-    envelopes = [
-        manifest.sign(s, key, issuer=developer, audience=market.market_id, ttl_s=3600)
-        for s in specs
-    ]
-    job_ids = []
-    for start in range(0, len(envelopes), 5000):
-        job_ids += market.submit_many(envelopes[start : start + 5000])
-    return job_ids
+    return submit_as_new_developer(market, specs, run)
 
 
 # -- quality against the exact flow ------------------------------------------------------------

@@ -8,15 +8,23 @@ work, fine-tuning with data residency.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from depin import manifest
+from depin.money import usd_to_micro
 from depin.spec import JobSpec
 from providers.fleet import City, cities
 
+if TYPE_CHECKING:
+    from depin.market import Marketplace
+
 USER_CITIES = 300
+SUBMIT_BATCH = 5000
 Template = Callable[[City], dict[str, Any]]
 
 
@@ -106,3 +114,21 @@ def synthetic_jobs(
             )
         jobs.append(base.model_copy(update={"name": f"{base.name}-{i}"}))
     return jobs
+
+
+def submit_as_new_developer(
+    market: Marketplace, specs: Sequence[JobSpec], run_id: str
+) -> list[int]:
+    """A funded developer ``bench-dev-{run_id}`` signs and submits ``specs``, a batch at a time."""
+    key = Ed25519PrivateKey.generate()
+    developer = f"bench-dev-{run_id}"
+    market.create_account(developer, key.public_key())
+    market.deposit(developer, usd_to_micro(Decimal(10_000_000)))
+    ids: list[int] = []
+    for start in range(0, len(specs), SUBMIT_BATCH):
+        envelopes = [
+            manifest.sign(s, key, issuer=developer, audience=market.market_id, ttl_s=3600)
+            for s in specs[start : start + SUBMIT_BATCH]
+        ]
+        ids += market.submit_many(envelopes)
+    return ids
