@@ -13,9 +13,14 @@ Rules every writer keeps:
 - developer accounts never overdraw (checked here, enforced by a CHECK);
 - over all accounts, debits equal credits, pending and posted.
 
+A third way to resolve a hold is to *adjust* it: one entry that resolves the
+hold and is itself a new hold, between the same accounts, for a new amount
+(``pending`` with a ``pending_id``). It is the void and the new hold in one.
+
 Money flow of a job: deposit (@world -> developer), hold (developer -> @escrow,
-pending), at allocation the hold is replaced by one for the locked price, at
-the end the used part is posted and paid out (@escrow -> provider).
+pending), at allocation the hold is adjusted to the locked price (a replica
+past the first holds its own share), at the end the used part is posted and
+paid out (@escrow -> provider).
 """
 
 from __future__ import annotations
@@ -171,7 +176,8 @@ class Hold(NamedTuple):
 
 
 class Entry(NamedTuple):
-    """One ledger entry to append: a transfer, a hold (``pending``), or a post/void of ``hold``."""
+    """One ledger entry to append: a transfer, a hold (``pending``), a post or void of
+    ``hold``, or (``pending`` with a ``hold``) an adjustment of ``hold`` to a new amount."""
 
     kind: str
     debit_account_id: int
@@ -193,16 +199,16 @@ _INSERT_ENTRY = (
 )
 
 
-def _deltas(e: Entry) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
-    """How an entry moves (debit account, credit account) totals: (dpend, dpost, cpend, cpost)."""
+def _moves(e: Entry) -> tuple[int, int]:
+    """How much an entry moves (pending, posted): the debit account's debits and the credit
+    account's credits move alike."""
     a = e.amount_micro_usd
     if e.hold is not None:
         held = e.hold.amount_micro_usd
-        posted = a if e.kind == "post" else 0
-        return (-held, posted, 0, 0), (0, 0, -held, posted)
-    if e.pending:
-        return (a, 0, 0, 0), (0, 0, a, 0)
-    return (0, a, 0, 0), (0, 0, 0, a)
+        if e.pending:  # an adjustment: the old hold goes, the new amount is held
+            return a - held, 0
+        return -held, a if e.kind == "post" else 0
+    return (a, 0) if e.pending else (0, a)
 
 
 def open_holds() -> Select[tuple[int]]:
@@ -310,6 +316,50 @@ class Ledger:
         self._check_open(hold)
         return self.append([self.resolution(hold, "void", hold.amount_micro_usd, memo)])[0]
 
+    def adjust(
+        self,
+        hold: Hold,
+        amount_micro_usd: int,
+        *,
+        allocation_id: int | None = None,
+        timeout_at: datetime | None = None,
+        memo: str = "",
+    ) -> int:
+        """Resolve a hold by replacing it with a hold for a new amount; returns the new hold's id.
+
+        Raising the amount needs the difference available; lowering it returns the rest.
+        """
+        if amount_micro_usd < 0:
+            raise LedgerError(f"cannot adjust hold #{hold.id} to {amount_micro_usd}")
+        self._check_open(hold)
+        more = amount_micro_usd - hold.amount_micro_usd
+        if more > 0:
+            self._check_funds(hold.debit_account_id, more, memo or "adjust")
+        entry = self.adjustment(hold, amount_micro_usd, allocation_id, timeout_at, memo)
+        return self.append([entry])[0]
+
+    @staticmethod
+    def adjustment(
+        hold: Hold,
+        amount: int,
+        allocation_id: int | None,
+        timeout_at: datetime | None,
+        memo: str = "",
+    ) -> Entry:
+        """The entry that adjusts a hold to ``amount``: it resolves ``hold`` and is the new hold."""
+        return Entry(
+            "adjust",
+            hold.debit_account_id,
+            hold.credit_account_id,
+            amount,
+            True,
+            hold,
+            hold.job_id,
+            allocation_id,
+            memo,
+            timeout_at,
+        )
+
     @staticmethod
     def resolution(hold: Hold, kind: str, amount: int, memo: str = "") -> Entry:
         """The entry that posts (``kind="post"``) or voids a hold."""
@@ -348,7 +398,7 @@ class Ledger:
         seq, prev = head.seq, head.hash
         timeouts: dict[datetime | None, tuple[str | None, Any]] = {None: (None, None)}
         rows: list[tuple[Any, ...]] = []
-        totals: dict[int, list[int]] = {}
+        moved: dict[tuple[int, int], list[int]] = {}  # (debit, credit) -> [pending, posted]
         for e in entries:
             seq += 1
             kind, debit, credit, amount, pending, hold, job_id, alloc_id, memo, timeout = e
@@ -377,18 +427,19 @@ class Ledger:
                 )
             )
             prev = digest
-            d, c = _deltas(e)
-            acc = totals.get(debit) or totals.setdefault(debit, [0, 0, 0, 0])
-            acc[0] += d[0]
-            acc[1] += d[1]
-            acc[2] += d[2]
-            acc[3] += d[3]
-            acc = totals.get(credit) or totals.setdefault(credit, [0, 0, 0, 0])
-            acc[0] += c[0]
-            acc[1] += c[1]
-            acc[2] += c[2]
-            acc[3] += c[3]
+            pend, post = _moves(e)
+            acc = moved.get((debit, credit)) or moved.setdefault((debit, credit), [0, 0])
+            acc[0] += pend
+            acc[1] += post
         executemany(self.session, _INSERT_ENTRY, rows)
+        totals: dict[int, list[int]] = {}
+        for (debit, credit), (pend, post) in moved.items():
+            d = totals.setdefault(debit, [0, 0, 0, 0])
+            d[0] += pend
+            d[1] += post
+            c = totals.setdefault(credit, [0, 0, 0, 0])
+            c[2] += pend
+            c[3] += post
         for account_id, delta in totals.items():
             self._add(account_id, **dict(zip(_TOTALS, delta, strict=True)))
         head.seq, head.hash = seq, prev
@@ -541,11 +592,7 @@ def _apply(
 ) -> None:
     debit = totals.setdefault(t.debit_account_id, [0, 0, 0, 0])
     credit = totals.setdefault(t.credit_account_id, [0, 0, 0, 0])
-    if t.pending:
-        debit[0] += t.amount_micro_usd
-        credit[2] += t.amount_micro_usd
-        pending_amounts[t.id] = (t.amount_micro_usd, t.debit_account_id, t.credit_account_id)
-    elif t.pending_id is not None:
+    if t.pending_id is not None:  # a post, a void or an adjustment resolves an open hold
         held = pending_amounts.pop(t.pending_id, None)
         if held is None:
             problem(t.id, f"entry #{t.id} resolves #{t.pending_id}, which is not an open hold")
@@ -558,7 +605,11 @@ def _apply(
         if t.kind == "post":
             debit[1] += t.amount_micro_usd
             credit[3] += t.amount_micro_usd
-    else:
+    if t.pending:  # a hold, or an adjustment's new amount
+        debit[0] += t.amount_micro_usd
+        credit[2] += t.amount_micro_usd
+        pending_amounts[t.id] = (t.amount_micro_usd, t.debit_account_id, t.credit_account_id)
+    elif t.pending_id is None:
         debit[1] += t.amount_micro_usd
         credit[3] += t.amount_micro_usd
 

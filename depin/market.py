@@ -755,6 +755,7 @@ class Marketplace:
                     "pending": t.pending,
                     "pending_id": t.pending_id,
                     "job_id": t.job_id,
+                    "allocation_id": t.allocation_id,
                     "memo": t.memo,
                     "created_at": t.created_at.isoformat(),
                     "hash": t.hash,

@@ -18,11 +18,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from depin.db.engine import db_time, executemany, reserve_ids
-from depin.db.models import Job, PlanRecord, utcnow
+from depin.db.models import Job, utcnow
 from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
 from depin.money import format_usd, time_covered_s, usage_cost_micro, usd_to_micro
 from depin.spec import JobSpec
@@ -50,6 +50,9 @@ _CLAIM_POSTGRES = (
     "reasons_json = NULL FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[]) "
     "AS c(id, record_id, hold_id) "
     "WHERE jobs.id = c.id AND jobs.state = 'pending' AND jobs.hold_transfer_id = c.hold_id"
+)
+_INSERT_RECORD = (
+    "INSERT INTO plan_records (id, metric_json, reasons_json, created_at) VALUES (?, ?, ?, ?)"
 )
 _WAIT = "UPDATE jobs SET plan_record_id = ? WHERE id = ? AND state = 'pending'"
 _INSERT_ALLOCATION = (
@@ -164,17 +167,14 @@ def _records(session: Session, result: Plan) -> dict[int, int]:
             metrics[id(metric)] = (metric, result.unplaced.get(key))
     if not metrics:
         return {}
+    ids = reserve_ids(session, "plan_records", len(metrics))
+    stamp = db_time(session, utcnow())
     rows = [
-        {
-            "metric_json": json.dumps(m.to_dict()),
-            "reasons_json": None if r is None else json.dumps(r),
-        }
-        for m, r in metrics.values()
+        (record_id, json.dumps(m.to_dict()), None if r is None else json.dumps(r), stamp)
+        for record_id, (m, r) in zip(ids, metrics.values(), strict=True)
     ]
-    ids = session.execute(
-        insert(PlanRecord).returning(PlanRecord.id, sort_by_parameter_order=True), rows
-    )
-    return dict(zip(metrics, ids.scalars().all(), strict=True))
+    executemany(session, _INSERT_RECORD, rows)
+    return dict(zip(metrics, ids, strict=True))
 
 
 def _bulk(
@@ -215,12 +215,9 @@ def _bulk(
     i = 0
     for job_id, placements in by_job.items():
         job = jobs[job_id]
-        old = Hold(job.hold_id, job.account_id, escrow_id, job.hold_micro, job_id)
-        entries.append(
-            Ledger.resolution(
-                old, "void", old.amount_micro_usd, f"job {job_id}: replaced at the locked price"
-            )
-        )
+        # The submission hold is adjusted to the first replica's hold at the locked price;
+        # each further replica holds its own share.
+        old: Hold | None = Hold(job.hold_id, job.account_id, escrow_id, job.hold_micro, job_id)
         share = job.hold_micro // len(placements)
         for a in placements:
             price = work.price_micro[a.node_id]
@@ -250,18 +247,19 @@ def _bulk(
                 timeouts[limit] = now + timedelta(seconds=limit + ALLOCATION_GRACE_S)
             entries.append(
                 Entry(
-                    "hold",
+                    "hold" if old is None else "adjust",
                     job.account_id,
                     escrow_id,
                     hold_micro,
                     True,  # pending
-                    None,
+                    old,
                     job_id,
                     alloc_id,
                     f"job {job_id} on node {a.node_id} at {price_text[price]}/GPU-h",
                     timeouts[limit],
                 )
             )
+            old = None
     # 4. Ledger entries first (allocations reference their holds), then the allocations.
     ids = ledger.append(entries)
     assert ids[0] == hold_ids_start, "ledger ids moved while the head was locked"

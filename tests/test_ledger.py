@@ -93,6 +93,39 @@ def test_a_hold_is_resolved_at_most_once(market: Marketplace) -> None:
     assert_balanced(market)
 
 
+def test_an_adjusted_hold_is_resolved_and_replaced_by_one_entry(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 5_000_000, "deposit"))
+    hold = tx(market, lambda lg: lg.transfer(dev, escrow, 4_000_000, "hold", pending=True))
+    smaller = tx(market, lambda lg: lg.adjust(lg.pending_transfer(hold), 1_000_000))
+    assert smaller == hold + 1
+    assert tx(market, lambda lg: lg.balance(dev)).available == 4_000_000
+    with pytest.raises(LedgerError, match="already resolved"):
+        tx(market, lambda lg: lg.void(lg.pending_transfer(hold)))
+    # The new hold is an open hold like any other: adjust it up, then post part of it.
+    larger = tx(market, lambda lg: lg.adjust(lg.pending_transfer(smaller), 2_500_000))
+    assert tx(market, lambda lg: lg.balance(dev)).available == 2_500_000
+    tx(market, lambda lg: lg.post(lg.pending_transfer(larger), 500_000))
+    after = tx(market, lambda lg: lg.balance(dev))
+    assert (after.available, after.debits_pending, after.debits_posted) == (4_500_000, 0, 500_000)
+    assert_balanced(market)
+
+
+def test_adjusting_a_hold_up_needs_the_difference_available(market: Marketplace) -> None:
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
+    hold = tx(market, lambda lg: lg.transfer(dev, escrow, 2_000_000, "hold", pending=True))
+    with pytest.raises(InsufficientFundsError, match=r"has \$1.00 available, \$1.50 needed"):
+        tx(market, lambda lg: lg.adjust(lg.pending_transfer(hold), 3_500_000))
+    with pytest.raises(LedgerError, match="cannot adjust"):
+        tx(market, lambda lg: lg.adjust(lg.pending_transfer(hold), -1))
+    tx(market, lambda lg: lg.adjust(lg.pending_transfer(hold), 3_000_000))
+    assert tx(market, lambda lg: lg.balance(dev)).available == 0
+    assert_balanced(market)
+
+
 def test_a_developer_cannot_overdraw_and_nothing_is_written(market: Marketplace) -> None:
     dev = open_developer(market)
     world, escrow = ids(market)

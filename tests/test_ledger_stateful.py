@@ -1,4 +1,5 @@
-"""The ledger as a state machine (hypothesis): deposits, holds, posts, voids, timeouts, retries.
+"""The ledger as a state machine (hypothesis): deposits, holds, posts, voids, adjustments,
+timeouts, retries.
 
 After every step the database agrees with a plain-Python model, debits equal
 credits (pending and posted), no developer is overdrawn, and ``verify`` finds
@@ -117,6 +118,25 @@ class LedgerMachine(RuleBasedStateMachine):
         self.tx(lambda lg: lg.post(lg.pending_transfer(hold_id), part))
         self.move(debit, self.ids["@escrow"], dp=-amount, dpo=part, cp=-amount, cpo=part)
         return hold_id
+
+    @rule(target=holds, hold_id=consumes(holds), amount=st.integers(0, 3_000_000))
+    def adjust(self, hold_id: int, amount: int):  # type: ignore[no-untyped-def]
+        """Adjusting resolves the hold and opens a new one for ``amount`` (the old id is spent)."""
+        if hold_id not in self.open:
+            return -1
+        debit, held, timeout = self.open[hold_id]
+        try:
+            new_id = self.tx(
+                lambda lg: lg.adjust(lg.pending_transfer(hold_id), amount, timeout_at=timeout)
+            )
+        except InsufficientFundsError:
+            assert amount - held > self.available(debit)
+            return -1
+        del self.open[hold_id]
+        self.move(debit, self.ids["@escrow"], dp=amount - held, cp=amount - held)
+        self.resolving_twice_is_refused(hold_id)
+        self.open[new_id] = (debit, amount, timeout)
+        return new_id
 
     @rule(target=resolved, hold_id=consumes(holds))
     def void(self, hold_id: int):  # type: ignore[no-untyped-def]

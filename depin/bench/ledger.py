@@ -1,7 +1,7 @@
 """``depin bench ledger``: allocations committed per second, a whole cycle per transaction.
 
-An allocation commits a hold adjustment (void the submission hold, hold at
-the locked price: two hash-chained ledger entries), its share of node
+An allocation commits a hold adjustment (one hash-chained ledger entry that
+resolves the submission hold and holds the locked price), its share of node
 capacity (a conditional update), the job's claim and the allocation row.
 The baseline commits the same kind of allocation one per transaction
 (``depin job place``), in the same run. The ledger is verified at the end:
