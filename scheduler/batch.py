@@ -25,6 +25,9 @@ _RANK_AHEAD = 2
 _RANK_MIN = 8
 
 
+_UNRANKED = Ranked(np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), complete=False)
+
+
 @dataclass(slots=True)
 class Group:
     """Jobs of one request class, and everything computed for them once."""
@@ -33,9 +36,9 @@ class Group:
     keys: list[Hashable]
     feas: Feasibility
     cs: CellScores
-    ranked: Ranked
     metric: JobMetric
     first_index: int  # the group's first job's position in the batch (its priority)
+    ranked: Ranked = _UNRANKED  # set by Batch.rank
     pointer: int = 0  # ranked rows before this one cannot fit the group any more
 
     @property
@@ -74,24 +77,30 @@ class Group:
 class Batch:
     groups: list[Group] = field(default_factory=list)
 
+    def rank(self, snap: Snapshot, *, ahead: bool) -> None:
+        """Rank each class's best candidates with room now, before anything is placed: the
+        top few explain its placements; ``ahead`` ranks enough for the greedy to place from
+        (the flow places by cells and needs only the few)."""
+        for g in self.groups:
+            k = max(_RANK_MIN, _RANK_AHEAD * g.demand) if ahead else TOP_CANDIDATES
+            g.rank(snap, k)
+            g.metric.candidates = candidates(snap, g.cs, g.ranked, TOP_CANDIDATES)
+
 
 def evaluate_group(
     req: Request, keys: list[Hashable], snap: Snapshot, index: int, verdicts: dict
 ) -> Group:
-    """Feasibility, cell scores and the top candidates of one request class.
+    """Feasibility and cell scores of one request class; ``Batch.rank`` ranks its candidates.
 
     The metric here explains placements; a job left out gets ``unplaced_metric``.
     """
     feas = evaluate(req, snap, verdicts)
     cs = CellScores.of(req, snap, feas)
-    ranked = best_rows(req, snap, feas, cs, max(_RANK_MIN, _RANK_AHEAD * len(keys) * req.replicas))
-    metric = JobMetric.of(feas, req.replicas)
-    metric.candidates = candidates(snap, cs, ranked, TOP_CANDIDATES)
-    return Group(req, keys, feas, cs, ranked, metric, index)
+    return Group(req, keys, feas, cs, JobMetric.of(feas, req.replicas), index)
 
 
 def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapshot) -> Batch:
-    """Group jobs by request class (first-seen order) and evaluate each class once."""
+    """Group jobs by request class (first-seen order) and evaluate each class once (unranked)."""
     group_of_key: dict[RequestKey, int] = {}
     # Jobs made from one template share their sub-models: look them up by identity first,
     # so each distinct object tuple is hashed by value only once.

@@ -7,7 +7,9 @@ The pipeline in one screen:
       feasibility.evaluate    static checks per node class, latency per location,
                               each counting the nodes it rejected (AllocMetric)
       scoring                 CellScores.of: cost, latency, reliability 0-100 per
-                              cell, weighted; best_rows: exact totals + spread
+                              cell, weighted
+    Batch.rank              best_rows per class: exact totals + spread, the top
+                            candidates (for the greedy, enough to place from)
     assign_fast             regret-ordered greedy + augmenting repair   (mode="fast")
     assign_optimal          min-cost flow, max placements then score    (mode="optimal")
     Plan                    placements, and reasons for every job left out
@@ -98,6 +100,7 @@ def plan(
         batch = build_batch(jobs, keys, snap)
         if mode == "auto":
             mode = "optimal" if _flow_pays_off(jobs, batch) else "fast"
+        batch.rank(snap, ahead=mode == "fast")
         if mode == "optimal":
             result = assign_optimal(batch, snap)
         else:
