@@ -7,10 +7,11 @@ slots are the sum over its nodes. Aggregating nodes into cells (as Firmament
 aggregates machines into equivalence classes) keeps the graph small — a
 20k-job batch on 10k nodes is ~85k arcs, solved in about 0.1 s — while
 losing nothing that distinguishes the nodes of a cell except reliability,
-which the cell carries as the midpoint of its range. The solver first maximizes the flow
-(placements), then minimizes cost: how far each cell's score falls short of
-a perfect one. Inside a cell, the classes that weigh reliability most get
-the most reliable nodes.
+which the cell carries as the midpoint of its range. The solver first
+maximizes the flow (placements), then minimizes cost: how far each cell's
+score falls short of a perfect one (in one solve: demand left unplaced costs
+more than any placement). Inside a cell, the classes that weigh reliability
+most get the most reliable nodes.
 
 Exact for batches of one GPU size when nodes of a cell share reliability
 (always true for a cost-only objective); several sizes are solved largest
@@ -33,6 +34,7 @@ from scheduler.scoring import SPREAD_POINTS, row_totals
 
 SCORE_CEILING = 102.0  # above any total (100 + the spread term)
 COST_SCALE = 1000  # arc costs are integers: thousandths of a score point
+UNPLACED_COST = 10**8  # above any placement's cost, (SCORE_CEILING - total) x COST_SCALE
 
 
 def estimate_arcs(batch: Batch) -> int:
@@ -95,8 +97,11 @@ def _solve(
         np.concatenate(tails), np.concatenate(heads), np.concatenate(caps), np.concatenate(costs)
     )
     supply = int(sum(g.demand for g in groups))
+    # Demand no cell takes flows source -> sink at a cost above any placement's, so one
+    # min-cost solve places as many as it can first (cheaper than max flow, then min cost).
+    solver.add_arc_with_capacity_and_unit_cost(0, sink, supply, UNPLACED_COST)
     solver.set_nodes_supplies(np.array([0, sink]), np.array([supply, -supply]))
-    status = solver.solve_max_flow_with_min_cost()
+    status = solver.solve()
     if status != solver.OPTIMAL:
         raise RuntimeError(f"min-cost flow failed with status {status}")
     values = solver.flows(arcs)
