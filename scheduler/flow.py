@@ -125,25 +125,30 @@ class _CellNodes:
     def __init__(self, snap: Snapshot, size: int) -> None:
         self.snap, self.size = snap, size
         self.heaps: dict[int, list[tuple[float, float, int, int]]] = {}
+        # Python copies of the columns a take reads (a numpy scalar costs ~10x a list item);
+        # the snapshot learns what was taken at each ``flush``.
+        self.free: list[int] = snap.gpus_free.tolist()
+        self.reliability: list[float] = snap.reliability_score.tolist()
+        self.total: list[int] = snap.gpus_total.tolist()
+        self.taken: dict[int, int] = {}  # row -> GPUs taken since the last flush
 
     def _entry(self, row: int, free: int) -> tuple[float, float, int, int]:
-        snap = self.snap
-        rel = float(snap.reliability_score[row])
-        key = rel + SPREAD_POINTS * free / int(snap.gpus_total[row])
+        rel = self.reliability[row]
+        key = rel + SPREAD_POINTS * free / max(self.total[row], 1)
         return (-key, -rel, row, free)  # ties: most reliable, then lowest row
 
     def _heap(self, cell: int) -> list[tuple[float, float, int, int]]:
         heap = self.heaps.get(cell)
         if heap is None:
             start, count = int(self.snap.cell_start[cell]), int(self.snap.cell_count[cell])
-            free = self.snap.gpus_free[start : start + count].tolist()
+            free = self.free[start : start + count]
             heap = [self._entry(start + i, f) for i, f in enumerate(free) if f >= self.size]
             heapq.heapify(heap)
             self.heaps[cell] = heap
         return heap
 
     def take(self, cell: int, exclude: Collection[int]) -> int | None:
-        heap, free = self._heap(cell), self.snap.gpus_free
+        heap, free = self._heap(cell), self.free
         skipped = []
         best = None
         while heap:
@@ -160,17 +165,28 @@ class _CellNodes:
         for entry in skipped:
             heapq.heappush(heap, entry)
         if best is not None:
-            self.snap.take(best, self.size)
+            free[best] -= self.size
+            self.taken[best] = self.taken.get(best, 0) + self.size
             self._push(cell, best)
         return best
 
     def give_back(self, cell: int, row: int) -> None:
-        """Release a slot taken from ``cell`` (a partial replica set is all or none)."""
-        self.snap.release(row, self.size)
+        """Release a slot taken from ``cell`` since the last flush (replicas are all or none)."""
+        self.free[row] += self.size
+        self.taken[row] -= self.size
         self._push(cell, row)
 
+    def flush(self) -> None:
+        """Book what was taken in the snapshot (once per layer: a numpy pass per take or
+        per class costs more than the takes)."""
+        if self.taken:
+            rows = np.fromiter(self.taken.keys(), np.int64, len(self.taken))
+            gpus = np.fromiter(self.taken.values(), np.int32, len(self.taken))
+            self.snap.take_many(rows, gpus)
+            self.taken.clear()
+
     def _push(self, cell: int, row: int) -> None:
-        now = int(self.snap.gpus_free[row])
+        now = self.free[row]
         if now >= self.size:
             heapq.heappush(self._heap(cell), self._entry(row, now))
 
@@ -203,7 +219,8 @@ def _distribute(
                     result.failed.append((group, key))
                 else:
                     picks.append((key, chosen_rows, chosen_pos))
-        _record(group, picks, snap, result)
+        _record(group, picks, nodes, result)
+    nodes.flush()
 
 
 def _take_singles(
@@ -257,17 +274,21 @@ def _take_replicas(
 
 
 def _record(
-    group: Group, picks: list[tuple[object, list[int], list[int]]], snap: Snapshot, result: Assigned
+    group: Group,
+    picks: list[tuple[object, list[int], list[int]]],
+    nodes: _CellNodes,
+    result: Assigned,
 ) -> None:
-    """Score every pick of the group in one vectorized pass."""
+    """Score every pick of the group in one vectorized pass, on the nodes as they are now."""
     if not picks:
         return
     rows = np.array([r for _, rs, _ in picks for r in rs], dtype=np.int64)
     pos = np.array([p for _, _, ps in picks for p in ps], dtype=np.int64)
-    totals = row_totals(group.req, snap, group.cs, rows, pos).tolist()
+    free = np.array([nodes.free[r] for r in rows.tolist()])
+    totals = row_totals(group.req, nodes.snap, group.cs, rows, pos, free).tolist()
     rtts = [None] * len(rows) if group.cs.rtt_ms is None else group.cs.rtt_ms[pos].tolist()
     i = 0
     for key, rs, _ in picks:
         n = len(rs)
-        result.placed[key] = (group, Pick(list(rs), totals[i : i + n], rtts[i : i + n]))
+        result.placed[key] = (group, Pick(rs, totals[i : i + n], rtts[i : i + n]))
         i += n

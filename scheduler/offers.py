@@ -254,6 +254,16 @@ class Snapshot:
         if free == self._cell_free_max[cell]:  # it may have been the cell's emptiest node
             self._stale_max.add(cell)
 
+    def take_many(self, rows: np.ndarray, gpus: np.ndarray) -> None:
+        """Book ``gpus[i]`` on the node at ``rows[i]`` (distinct rows); the caller checked."""
+        before = self.gpus_free[rows]
+        assert np.all(before >= gpus), "plan booked more GPUs than a node has free"
+        self.gpus_free[rows] = before - gpus
+        cells = self.node_cell[rows]
+        np.subtract.at(self.cell_free_sum, cells, gpus)
+        # A node that was its cell's emptiest may no longer be.
+        self._stale_max.update(cells[(before == self._cell_free_max[cells]) & (gpus > 0)].tolist())
+
     def release(self, row: int, gpus: int) -> None:
         assert self.gpus_free[row] + gpus <= self.gpus_total[row], "released more than booked"
         self.gpus_free[row] += gpus

@@ -81,11 +81,18 @@ class Ranked:
 
 
 def row_totals(
-    req: Request, snap: Snapshot, cs: CellScores, rows: np.ndarray, cell_pos: np.ndarray
+    req: Request,
+    snap: Snapshot,
+    cs: CellScores,
+    rows: np.ndarray,
+    cell_pos: np.ndarray,
+    free: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Exact totals of ``rows`` (cell part + reliability + spread)."""
+    """Exact totals of ``rows`` (cell part + reliability + spread), with the rows' free GPUs
+    as the snapshot has them or as given (``free``)."""
     w_reliability = req.weights[2]
-    spread = SPREAD_POINTS * snap.gpus_free[rows] / np.maximum(snap.gpus_total[rows], 1)
+    free = snap.gpus_free[rows] if free is None else free
+    spread = SPREAD_POINTS * free / np.maximum(snap.gpus_total[rows], 1)
     return cs.part[cell_pos] + w_reliability * snap.reliability_score[rows] + spread
 
 
