@@ -218,12 +218,15 @@ def _bulk(
         # The submission hold is adjusted to the first replica's hold at the locked price;
         # each further replica holds its own share.
         old: Hold | None = Hold(job.hold_id, job.account_id, escrow_id, job.hold_micro, job_id)
+        # A replica's share of the submission hold is max_cost_micro at the price it was held
+        # for, so it is within the budget already: at the node's price only usage can bind.
         share = job.hold_micro // len(placements)
+        duration_ms = job.spec.max_duration_s * 1000
         for a in placements:
             price = work.price_micro[a.node_id]
             if price not in price_text:
                 price_text[price] = format_usd(price)
-            hold_micro = min(share, max_cost_micro(job.spec, price))
+            hold_micro = min(share, usage_cost_micro(price, a.gpus, duration_ms))
             limit = max(1, min(job.spec.max_duration_s, time_covered_s(hold_micro, price, a.gpus)))
             alloc_id = alloc_ids[i]
             i += 1
