@@ -64,8 +64,12 @@ def latency_label(req: Request) -> str:
     return f"rtt <= {req.max_latency_ms:g} ms"
 
 
+_THRESHOLD_BUDGETS_KEPT = 1024  # distinct budgets a snapshot remembers thresholds for
+
+
 def location_thresholds(req: Request, snap: Snapshot) -> np.ndarray:
-    """Per location: the least dot product with a user's place that keeps the RTT in budget.
+    """Per location: the least dot product with a user's place that keeps the RTT in budget
+    (read-only; computed once per budget and snapshot).
 
     The budget minus the access network's RTT becomes a maximum distance per
     network type (four thresholds in all); only locations with a measured RTT
@@ -73,12 +77,20 @@ def location_thresholds(req: Request, snap: Snapshot) -> np.ndarray:
     """
     budget = req.max_latency_ms
     assert budget is not None
+    known = snap.thresholds_by_budget
+    thresholds = known.get(budget)
+    if thresholds is not None:
+        return thresholds
     by_network = min_dot_for_distance((budget - ACCESS_RTT_BY_CODE) * KM_PER_SPARE_MS)
     thresholds = by_network[snap.location_network]
     biased = snap.biased_locations
     if len(biased):
         spare = budget - snap.location_access_rtt_ms[biased] - snap.location_rtt_bias_ms[biased]
         thresholds[biased] = min_dot_for_distance(spare * KM_PER_SPARE_MS)
+    thresholds.flags.writeable = False
+    if len(known) >= _THRESHOLD_BUDGETS_KEPT:
+        known.clear()
+    known[budget] = thresholds
     return thresholds
 
 

@@ -179,6 +179,9 @@ class Snapshot:
         self.location_access_rtt_ms = self.access_rtt_ms[first]
         self.location_rtt_bias_ms = self.rtt_bias_ms[first]
         self.biased_locations = np.flatnonzero(self.location_rtt_bias_ms != 0.0)
+        # Per latency budget: each location's reach threshold (feasibility.location_thresholds),
+        # fixed as the locations are; a batch's request classes share a handful of budgets.
+        self.thresholds_by_budget: dict[float, np.ndarray] = {}
 
     def _build_cells(self) -> None:
         """Cells are runs of equal (class, location) in the sorted rows."""
