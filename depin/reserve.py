@@ -13,11 +13,11 @@ to a savepoint and the same path runs job by job, skipping what was taken.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import orjson
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -169,8 +169,8 @@ def _records(session: Session, result: Plan) -> dict[int, int]:
         return {}
     ids = reserve_ids(session, "plan_records", len(metrics))
     stamp = db_time(session, utcnow())
-    rows = [
-        (record_id, json.dumps(m.to_dict()), None if r is None else json.dumps(r), stamp)
+    rows = [  # orjson: a 20k-job cycle writes ~1k metrics, and json.dumps costs 2x
+        (record_id, _json(m.to_dict()), None if r is None else _json(r), stamp)
         for record_id, (m, r) in zip(ids, metrics.values(), strict=True)
     ]
     executemany(session, _INSERT_RECORD, rows)
@@ -270,6 +270,10 @@ def _bulk(
     return alloc_ids
 
 
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
 def _claim(
     s: Session, stamp: object, job_ids: list[int], record_ids: list[int], hold_ids: list[int]
 ) -> int:
@@ -278,7 +282,7 @@ def _claim(
     if conn.dialect.name == "postgresql":
         params = (stamp, job_ids, record_ids, hold_ids)
         return conn.exec_driver_sql(_CLAIM_POSTGRES, params).rowcount
-    rows = json.dumps(list(map(list, zip(job_ids, record_ids, hold_ids, strict=True))))
+    rows = _json(list(zip(job_ids, record_ids, hold_ids, strict=True)))
     return conn.exec_driver_sql(_CLAIM_SQLITE, (stamp, rows)).rowcount
 
 
