@@ -23,7 +23,7 @@ cannot be spread over enough distinct nodes is left out.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Collection
+from collections.abc import Collection, Hashable
 
 import numpy as np
 
@@ -208,38 +208,43 @@ def _distribute(
         pos, count, totals = flows[gi]
         best_first = np.argsort(-totals, kind="stable")
         remaining = [[int(pos[i]), int(count[i])] for i in best_first]
-        picks: list[tuple[object, list[int], list[int]]] = []
         if group.req.replicas == 1:
-            _take_singles(group, remaining, nodes, picks)
-            result.failed.extend((group, key) for key in group.keys[len(picks) :])
+            rows, positions = _take_singles(group, remaining, nodes)
+            keys = group.keys[: len(rows)]
+            result.failed.extend((group, key) for key in group.keys[len(rows) :])
         else:
+            keys, rows, positions = [], [], []
             for key in group.keys:
                 chosen_rows, chosen_pos = _take_replicas(group, remaining, nodes)
                 if chosen_rows is None:
                     result.failed.append((group, key))
                 else:
-                    picks.append((key, chosen_rows, chosen_pos))
-        _record(group, picks, nodes, result)
+                    keys.append(key)
+                    rows += chosen_rows
+                    positions += chosen_pos
+        _record(group, keys, rows, positions, nodes, result)
     nodes.flush()
 
 
 def _take_singles(
-    group: Group,
-    remaining: list[list[int]],
-    nodes: _CellNodes,
-    picks: list[tuple[object, list[int], list[int]]],
-) -> None:
-    """Single-replica jobs, in order, each take the next slot of the best cell with room."""
-    keys = group.keys
+    group: Group, remaining: list[list[int]], nodes: _CellNodes
+) -> tuple[list[int], list[int]]:
+    """Single-replica jobs, in order, each take the next slot of the best cell with room;
+    the rows they got and each one's cell position."""
+    need = len(group.keys)
+    rows: list[int] = []
+    positions: list[int] = []
     for position, slots in remaining:
         cell = int(group.feas.cells[position])
-        for _ in range(slots):
-            if len(picks) == len(keys):
-                return
+        for _ in range(min(slots, need - len(rows))):
             row = nodes.take(cell, ())
             if row is None:
                 break  # the cell ran out for this size: the next jobs try the next cell
-            picks.append((keys[len(picks)], [row], [position]))
+            rows.append(row)
+            positions.append(position)
+        if len(rows) == need:
+            break
+    return rows, positions
 
 
 def _take_replicas(
@@ -275,20 +280,26 @@ def _take_replicas(
 
 def _record(
     group: Group,
-    picks: list[tuple[object, list[int], list[int]]],
+    keys: list[Hashable],
+    rows: list[int],
+    positions: list[int],
     nodes: _CellNodes,
     result: Assigned,
 ) -> None:
-    """Score every pick of the group in one vectorized pass, on the nodes as they are now."""
-    if not picks:
+    """Score the group's placements in one vectorized pass, on the nodes as they are now;
+    each key's replicas are consecutive in ``rows``."""
+    if not keys:
         return
-    rows = np.array([r for _, rs, _ in picks for r in rs], dtype=np.int64)
-    pos = np.array([p for _, _, ps in picks for p in ps], dtype=np.int64)
-    free = np.array([nodes.free[r] for r in rows.tolist()])
-    totals = row_totals(group.req, nodes.snap, group.cs, rows, pos, free).tolist()
+    pos = np.array(positions, dtype=np.int64)
+    free = np.array([nodes.free[r] for r in rows])
+    rows_array = np.array(rows, dtype=np.int64)
+    totals = row_totals(group.req, nodes.snap, group.cs, rows_array, pos, free).tolist()
     rtts = [None] * len(rows) if group.cs.rtt_ms is None else group.cs.rtt_ms[pos].tolist()
-    i = 0
-    for key, rs, _ in picks:
-        n = len(rs)
-        result.placed[key] = (group, Pick(rs, totals[i : i + n], rtts[i : i + n]))
-        i += n
+    placed, n = result.placed, group.req.replicas
+    if n == 1:
+        for key, row, total, rtt in zip(keys, rows, totals, rtts, strict=True):
+            placed[key] = (group, Pick([row], [total], [rtt]))
+        return
+    for i, key in enumerate(keys):
+        span = slice(i * n, i * n + n)
+        placed[key] = (group, Pick(rows[span], totals[span], rtts[span]))
