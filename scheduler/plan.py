@@ -117,15 +117,25 @@ def _to_plan(
     result: Assigned, batch: Batch, snap: Snapshot, keys: list[Hashable], mode: str
 ) -> Plan:
     out = Plan(mode=mode)
-    placed = [(key, *result.placed[key]) for key in keys if key in result.placed]
-    rows = np.array([r for _, _, pick in placed for r in pick.rows], dtype=np.int64)
-    node_ids, prices = iter(snap.node_id[rows].tolist()), iter(snap.price[rows].tolist())
+    placed_by_key = result.placed
+    placed = [key for key in keys if key in placed_by_key]  # in the jobs' order
+    rows: list[int] = []
+    for key in placed:
+        rows += placed_by_key[key][1].rows
+    node_ids, prices = snap.node_id[rows].tolist(), snap.price[rows].tolist()
     placements, metrics = out.placements, out.metrics
-    for key, group, pick in placed:
+    i = 0
+    for key in placed:
+        group, pick = placed_by_key[key]
         metrics[key] = group.metric
-        gpus = group.req.gpus
-        for n, (total, rtt) in enumerate(zip(pick.totals, pick.rtts, strict=True)):
-            placements.append(Assignment(key, next(node_ids), gpus, rtt, next(prices), total, n))
+        gpus, totals, rtts = group.req.gpus, pick.totals, pick.rtts
+        if len(totals) == 1:  # one replica, most jobs: no per-replica loop
+            placements.append(Assignment(key, node_ids[i], gpus, rtts[0], prices[i], totals[0]))
+            i += 1
+            continue
+        for n, (total, rtt) in enumerate(zip(totals, rtts, strict=True)):
+            placements.append(Assignment(key, node_ids[i], gpus, rtt, prices[i], total, n))
+            i += 1
     suggest = len({id(g) for g, _ in result.failed}) <= SUGGEST_FOR_GROUPS
     explained: dict[int, tuple[JobMetric, list[str]]] = {}
     for group, key in result.failed:
