@@ -25,8 +25,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
-
 from depin.gcpause import gc_paused
 from depin.spec import JobSpec
 from scheduler.assign import Assigned, assign_fast
