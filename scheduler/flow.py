@@ -76,8 +76,8 @@ def _solve(
     for gi, g in enumerate(groups):
         room = slots[g.feas.cells]
         pos = np.flatnonzero(room > 0)
-        cap = (
-            room[pos]
+        cap = (  # no arc carries more than its class needs (the solver converges sooner)
+            np.minimum(room[pos], g.demand)
             if g.req.replicas == 1
             else np.minimum(room[pos], len(g.keys) * snap.cell_count[g.feas.cells[pos]])
         )
