@@ -87,18 +87,6 @@ class Batch:
             g.metric.candidates = candidates(snap, g.cs, g.ranked, TOP_CANDIDATES)
 
 
-def evaluate_group(
-    req: Request, keys: list[Hashable], snap: Snapshot, index: int, verdicts: dict
-) -> Group:
-    """Feasibility and cell scores of one request class; ``Batch.rank`` ranks its candidates.
-
-    The metric here explains placements; a job left out gets ``unplaced_metric``.
-    """
-    feas = evaluate(req, snap, verdicts)
-    cs = CellScores.of(req, snap, feas)
-    return Group(req, keys, feas, cs, JobMetric.of(feas, req.replicas), index)
-
-
 def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapshot) -> Batch:
     """Group jobs by request class (first-seen order) and evaluate each class once (unranked)."""
     group_of_key: dict[RequestKey, int] = {}
@@ -125,11 +113,20 @@ def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapsho
                 firsts.append((index, spec))
             group_of_identity[identity] = gi
         members[gi].append(key)
-    batch = Batch()
+    # Feasibility once per class (class verdicts shared), then every class's cell scores in
+    # one pass. The metric explains placements; a job left out gets ``unplaced_metric``.
     verdicts: dict = {}
-    for (index, spec), group_keys in zip(firsts, members, strict=True):
-        batch.groups.append(evaluate_group(Request.of(spec), group_keys, snap, index, verdicts))
-    return batch
+    reqs = [Request.of(spec) for _, spec in firsts]
+    feasibilities = [evaluate(req, snap, verdicts) for req in reqs]
+    scores = CellScores.of_many(reqs, snap, feasibilities)
+    return Batch(
+        [
+            Group(req, keys, feas, cs, JobMetric.of(feas, req.replicas), index)
+            for req, keys, feas, cs, (index, _) in zip(
+                reqs, members, feasibilities, scores, firsts, strict=True
+            )
+        ]
+    )
 
 
 def candidates(snap: Snapshot, cs: CellScores, ranked: Ranked, k: int) -> list[Candidate]:

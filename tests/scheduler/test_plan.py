@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from depin.spec import JobSpec
-from scheduler import Offer, admit, plan
+from scheduler import Offer, Snapshot, admit, plan
+from scheduler.feasibility import evaluate
+from scheduler.request import Request
+from scheduler.scoring import CellScores
 
 BERLIN = {"lat": 52.52, "lon": 13.405}
 PARIS = {"lat": 48.8566, "lon": 2.3522}
@@ -167,6 +171,34 @@ def test_latency_scores_fall_linearly_to_zero_at_the_budget() -> None:
     near, far = result.metrics["j"].candidates
     assert near.scores["latency"] == pytest.approx(100 * (1 - 2 / 40))
     assert far.scores["latency"] == pytest.approx(100 * (1 - far.rtt_ms / 40))
+
+
+def test_a_batch_scores_its_classes_together_exactly_as_one_by_one() -> None:
+    snap = Snapshot(
+        [
+            offer(1),
+            offer(2, lat=PARIS["lat"], lon=PARIS["lon"], price_usd_per_gpu_hour=1.5),
+            offer(3, gpu_model="L4", vram_gib=24.0, reliability=0.9, network="5g"),
+        ]
+    )
+    specs = [
+        job(placement={"near": [PARIS], "max_latency_ms": 40}),
+        job(objective={"cost": 1, "latency": 0, "reliability": 2}),  # no users: latency 100
+        job(resources={"gpus": 1, "vram_gib": 80}),  # no cell passes
+        job(placement={"near": [BERLIN, PARIS]}, objective={"cost": 0, "latency": 1}),
+    ]
+    reqs = [Request.of(s) for s in specs]
+    feasibilities = [evaluate(r, snap) for r in reqs]
+    together = CellScores.of_many(reqs, snap, feasibilities)
+    for req, feas, batch_scores in zip(reqs, feasibilities, together, strict=True):
+        alone = CellScores.of(req, snap, feas)
+        for column in ("cost", "latency", "part", "upper", "lower"):
+            assert np.array_equal(getattr(batch_scores, column), getattr(alone, column))
+        assert (batch_scores.rtt_ms is None) == (alone.rtt_ms is None) == (not req.has_near)
+        if alone.rtt_ms is not None:
+            assert np.array_equal(batch_scores.rtt_ms, alone.rtt_ms)
+    assert len(together[2].cost) == 0
+    assert together[1].latency.tolist() == [100.0] * len(feasibilities[1].cells)
 
 
 def test_equal_nodes_share_load() -> None:
