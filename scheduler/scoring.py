@@ -48,45 +48,70 @@ class CellScores:
 
     @classmethod
     def of(cls, req: Request, snap: Snapshot, feas: Feasibility) -> CellScores:
-        return cls.of_many([req], snap, [feas])[0]
+        cells = feas.cells
+        rtt, latency = None, np.full(len(cells), 100.0)
+        if feas.location_dot is not None:  # an empty array when no cell passes
+            rtt = _cell_rtt(snap, cells, feas.location_dot[snap.cell_location[cells]])
+            latency = _latency_score(rtt, req.max_latency_ms or LATENCY_REF_MS)
+        return cls(*_weighted(snap, cells, latency, *req.weights, rtt))
 
     @classmethod
     def of_many(
         cls, reqs: Sequence[Request], snap: Snapshot, feasibilities: Sequence[Feasibility]
     ) -> list[CellScores]:
-        """Cell scores of many requests (a batch's classes) in one vectorized pass over their
+        """``of`` for many requests (a batch's classes) in one vectorized pass over their
         feasible cells laid end to end: per-class numpy calls cost more than the arithmetic."""
         if not reqs:
             return []
         sizes = [len(f.cells) for f in feasibilities]
         cells = np.concatenate([f.cells for f in feasibilities])
-        weights = np.repeat(np.array([r.weights for r in reqs], dtype=np.float64), sizes, axis=0)
-        w_cost, w_latency, w_reliability = weights[:, 0], weights[:, 1], weights[:, 2]
-        cost = 100.0 * (1.0 - snap.cell_price[cells] / snap.price_ref)
-        locations = snap.cell_location[cells]
-        near = [f.location_dot is not None for f in feasibilities]  # empty when no cell passes
+        near = [f.location_dot is not None for f in feasibilities]
         dots = [
             f.location_dot[snap.cell_location[f.cells]] if has else np.ones(len(f.cells))
             for f, has in zip(feasibilities, near, strict=True)
         ]
-        rtt = rtt_ms_array(
-            distance_km_from_dot(np.concatenate(dots)),
-            snap.location_access_rtt_ms[locations],
-            snap.location_rtt_bias_ms[locations],
-        )
+        rtt = _cell_rtt(snap, cells, np.concatenate(dots))
         reference = np.repeat([r.max_latency_ms or LATENCY_REF_MS for r in reqs], sizes)
-        latency = np.where(
-            np.repeat(near, sizes), np.maximum(0.0, 100.0 * (1.0 - rtt / reference)), 100.0
-        )
-        part = w_cost * cost + w_latency * latency
-        upper = part + w_reliability * snap.cell_reliability_max[cells] + SPREAD_POINTS
-        lower = part + w_reliability * snap.cell_reliability_min[cells]
+        latency = np.where(np.repeat(near, sizes), _latency_score(rtt, reference), 100.0)
+        weights = np.repeat(np.array([r.weights for r in reqs], dtype=np.float64), sizes, axis=0)
+        columns = _weighted(snap, cells, latency, *weights.T, rtt)
         bounds = np.cumsum(sizes)[:-1]
-        columns = [np.split(a, bounds) for a in (cost, latency, rtt, part, upper, lower)]
+        split = [np.split(c, bounds) for c in columns]  # type: ignore[arg-type]
         return [
             cls(c, lat, r if has else None, p, u, lo)
-            for c, lat, r, p, u, lo, has in zip(*columns, near, strict=True)
+            for c, lat, r, p, u, lo, has in zip(*split, near, strict=True)
         ]
+
+
+def _cell_rtt(snap: Snapshot, cells: np.ndarray, dots: np.ndarray) -> np.ndarray:
+    """RTT to each cell from the user its dot product (with the cell's location) is of."""
+    locations = snap.cell_location[cells]
+    return rtt_ms_array(
+        distance_km_from_dot(dots),
+        snap.location_access_rtt_ms[locations],
+        snap.location_rtt_bias_ms[locations],
+    )
+
+
+def _latency_score(rtt: np.ndarray, reference: float | np.ndarray) -> np.ndarray:
+    return np.maximum(0.0, 100.0 * (1.0 - rtt / reference))
+
+
+def _weighted(
+    snap: Snapshot,
+    cells: np.ndarray,
+    latency: np.ndarray,
+    w_cost: float | np.ndarray,
+    w_latency: float | np.ndarray,
+    w_reliability: float | np.ndarray,
+    rtt: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+    """CellScores' columns, given the cells' latency scores and the objective's weights."""
+    cost = 100.0 * (1.0 - snap.cell_price[cells] / snap.price_ref)
+    part = w_cost * cost + w_latency * latency
+    upper = part + w_reliability * snap.cell_reliability_max[cells] + SPREAD_POINTS
+    lower = part + w_reliability * snap.cell_reliability_min[cells]
+    return cost, latency, rtt, part, upper, lower
 
 
 @dataclass(frozen=True, slots=True)
