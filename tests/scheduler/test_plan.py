@@ -10,6 +10,7 @@ import pytest
 from depin.spec import JobSpec
 from scheduler import Offer, Snapshot, admit, plan
 from scheduler.feasibility import evaluate
+from scheduler.latency import ACCESS_RTT_MS
 from scheduler.request import Request
 from scheduler.scoring import CellScores
 
@@ -171,6 +172,13 @@ def test_latency_scores_fall_linearly_to_zero_at_the_budget() -> None:
     near, far = result.metrics["j"].candidates
     assert near.scores["latency"] == pytest.approx(100 * (1 - 2 / 40))
     assert far.scores["latency"] == pytest.approx(100 * (1 - far.rtt_ms / 40))
+
+
+def test_a_node_in_the_users_city_meets_a_budget_its_access_network_uses_exactly() -> None:
+    spec = job(placement={"near": [PARIS], "max_latency_ms": ACCESS_RTT_MS["wifi"]})
+    here = offer(1, lat=PARIS["lat"], lon=PARIS["lon"], network="wifi")
+    assert placed_on(plan([spec], [here]), "j") == 1
+    assert admit(spec, [here]).ok
 
 
 def test_a_batch_scores_its_classes_together_exactly_as_one_by_one() -> None:
