@@ -61,8 +61,8 @@ class CellScores:
     ) -> list[CellScores]:
         """``of`` for many requests (a batch's classes) in one vectorized pass over their
         feasible cells laid end to end: per-class numpy calls cost more than the arithmetic."""
-        if not reqs:
-            return []
+        if len(reqs) <= 1:  # a single decision: no concatenating and splitting
+            return [cls.of(req, snap, feas) for req, feas in zip(reqs, feasibilities, strict=True)]
         sizes = [len(f.cells) for f in feasibilities]
         cells = np.concatenate([f.cells for f in feasibilities])
         near = [f.location_dot is not None for f in feasibilities]
