@@ -350,6 +350,7 @@ class Client:
     def ledger_entries(
         self, *, account: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
+        """The newest ``limit`` ledger entries (of ``account``, or all), oldest of them first."""
         return self.market.ledger_entries(account=account, limit=limit)
 
     def export_ledger(self) -> Iterator[dict[str, Any]]:

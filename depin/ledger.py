@@ -497,14 +497,23 @@ def balances(session: Session, *, account: str | None = None) -> list[Balance]:
 
 
 def entries(
-    session: Session, *, account_id: int | None = None, limit: int = 100, after_id: int = 0
+    session: Session,
+    *,
+    account_id: int | None = None,
+    limit: int = 100,
+    after_id: int = 0,
+    newest: bool = False,
 ) -> list[Transfer]:
-    stmt = select(Transfer).where(Transfer.id > after_id).order_by(Transfer.id).limit(limit)
+    """Up to ``limit`` entries in chain order: the first ones after ``after_id``, or with
+    ``newest`` the last ones (what `ledger show` lists, as ``tail`` would)."""
+    order = Transfer.id.desc() if newest else Transfer.id
+    stmt = select(Transfer).where(Transfer.id > after_id).order_by(order).limit(limit)
     if account_id is not None:
         stmt = stmt.where(
             (Transfer.debit_account_id == account_id) | (Transfer.credit_account_id == account_id)
         )
-    return list(session.execute(stmt).scalars())
+    rows = list(session.execute(stmt).scalars())
+    return rows[::-1] if newest else rows
 
 
 @dataclass(slots=True)

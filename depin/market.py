@@ -737,6 +737,8 @@ class Marketplace:
     def ledger_entries(
         self, *, account: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries (of ``account``, or all), oldest of them first."""
+
         def work(s: Session) -> list[dict[str, Any]]:
             names = dict(s.execute(select(Account.id, Account.name)).all())
             account_id = None
@@ -744,7 +746,7 @@ class Marketplace:
                 account_id = next((i for i, n in names.items() if n == account), None)
                 if account_id is None:
                     raise NotFoundError(f"no account named {account!r}")
-            rows = ledger_entries(s, account_id=account_id, limit=limit)
+            rows = ledger_entries(s, account_id=account_id, limit=limit, newest=True)
             return [
                 {
                     "id": t.id,

@@ -161,6 +161,15 @@ def test_ledger_show_lists_balances_and_entries(market: Path, tmp_path: Path) ->
     assert "ledger ok: 2 entries" in ok("ledger", "verify")
 
 
+def test_ledger_show_limit_keeps_the_newest_entries_in_chain_order(
+    market: Path, tmp_path: Path
+) -> None:
+    ok("job", "submit", str(write(tmp_path, JOB_YAML)), "--as", "ada")  # deposit 1, hold 2
+    ok("account", "deposit", "ada", "5")  # entry 3
+    shown = as_json("ledger", "show", "--limit", "2")
+    assert [e["id"] for e in shown["entries"]] == [2, 3]  # type: ignore[index]
+
+
 def test_gpus_lists_the_catalog(home: Path) -> None:
     names = [g["name"] for g in as_json("gpus")]  # type: ignore[union-attr,index]
     assert "Jetson AGX Orin 64GB" in names and "Coral Edge TPU" in names
