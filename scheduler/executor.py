@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,18 @@ def _run_allocation(
     return run_with_receipts(command, env, time_limit_s, signer)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_line(exc: BaseException) -> str:
+    """A Ray error in one line for people: a task's own exception (its traceback's last
+    line; the first names the worker process), else the error's first line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if isinstance(exc, ray.exceptions.RayTaskError) else lines[0]
+
+
 class RayExecutor:
     """Starts allocations as Ray tasks and reports how they ended."""
 
@@ -237,13 +250,9 @@ class RayExecutor:
         try:
             r = ray.get(ref)
         except LOST_ERRORS as exc:
-            return Outcome(
-                launch.allocation_id, now, now, None, "", str(exc).splitlines()[0], lost=True
-            )
+            return Outcome(launch.allocation_id, now, now, None, "", error_line(exc), lost=True)
         except ray.exceptions.RayError as exc:
-            return Outcome(
-                launch.allocation_id, now, now, None, "", f"ray: {str(exc).splitlines()[0]}"
-            )
+            return Outcome(launch.allocation_id, now, now, None, "", f"ray: {error_line(exc)}")
         return Outcome(
             launch.allocation_id,
             r["started_at"],

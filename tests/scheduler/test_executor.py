@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
-from scheduler.executor import OUTPUT_TAIL_BYTES, run_command
+import ray.exceptions
+
+from scheduler.executor import OUTPUT_TAIL_BYTES, error_line, run_command
 
 
 def test_a_command_runs_with_the_allocation_environment() -> None:
@@ -50,3 +53,17 @@ def test_a_missing_program_is_exit_127_with_a_message() -> None:
     result = run_command(["no-such-program-here"], {}, 5)
     assert result["exit_code"] == 127
     assert "cannot start 'no-such-program-here'" in result["error"]
+
+
+def test_a_task_error_is_reported_by_its_own_exception_not_the_worker_line() -> None:
+    try:
+        raise ValueError("bad input: boom")
+    except ValueError as cause:
+        error = ray.exceptions.RayTaskError("run_job", traceback.format_exc(), cause)
+    assert error_line(error) == "ValueError: bad input: boom"
+
+
+def test_other_ray_errors_are_reported_by_their_first_line() -> None:
+    assert error_line(ray.exceptions.WorkerCrashedError()).startswith(
+        "The worker died unexpectedly"
+    )
