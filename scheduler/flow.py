@@ -9,8 +9,8 @@ aggregates machines into equivalence classes) keeps the graph small — a
 losing nothing that distinguishes the nodes of a cell except reliability,
 which the cell carries as the midpoint of its range. The solver first
 maximizes the flow (placements), then minimizes cost: how far each cell's
-score falls short of a perfect one (in one solve: demand left unplaced costs
-more than any placement). Inside a cell, the classes that weigh reliability
+score falls short of a perfect one (in one solve: leaving a job out costs
+more than any chain of moves that would fit it). Inside a cell, the classes that weigh reliability
 most get the most reliable nodes.
 
 Exact for batches of one GPU size when nodes of a cell share reliability
@@ -34,7 +34,6 @@ from scheduler.scoring import SPREAD_POINTS, row_totals
 
 SCORE_CEILING = 102.0  # above any total (100 + the spread term)
 COST_SCALE = 1000  # arc costs are integers: thousandths of a score point
-UNPLACED_COST = 10**8  # above any placement's cost, (SCORE_CEILING - total) x COST_SCALE
 
 
 def estimate_arcs(batch: Batch) -> int:
@@ -52,6 +51,13 @@ def assign_optimal(batch: Batch, snap: Snapshot) -> Assigned:
         flows = _solve(min_cost_flow, groups, snap, slots)
         _distribute(groups, flows, snap, size, result)
     return result
+
+
+def unplaced_cost(arc_costs: np.ndarray, classes: int) -> int:
+    """The cost of leaving one job out: above any way of fitting it. Fitting it may move one
+    job of every class along the way (an augmenting path crosses at most one class -> cell
+    arc per class), so above ``classes`` x the dearest arc, not just above one placement."""
+    return (classes + 1) * (int(arc_costs.max(initial=0)) + 1)
 
 
 def _cell_totals(group: Group, snap: Snapshot, pos: np.ndarray) -> np.ndarray:
@@ -92,14 +98,15 @@ def _solve(
     heads.append(np.full(snap.cells, sink))
     caps.append(slots.astype(np.int64))
     costs.append(np.zeros(snap.cells, np.int64))
+    arc_costs = np.concatenate(costs)
     solver = mcf.SimpleMinCostFlow()
     arcs = solver.add_arcs_with_capacity_and_unit_cost(
-        np.concatenate(tails), np.concatenate(heads), np.concatenate(caps), np.concatenate(costs)
+        np.concatenate(tails), np.concatenate(heads), np.concatenate(caps), arc_costs
     )
     supply = int(sum(g.demand for g in groups))
-    # Demand no cell takes flows source -> sink at a cost above any placement's, so one
-    # min-cost solve places as many as it can first (cheaper than max flow, then min cost).
-    solver.add_arc_with_capacity_and_unit_cost(0, sink, supply, UNPLACED_COST)
+    # Demand no cell takes flows source -> sink, so one min-cost solve places as many as it
+    # can first (cheaper than max flow, then min cost).
+    solver.add_arc_with_capacity_and_unit_cost(0, sink, supply, unplaced_cost(arc_costs, n_groups))
     solver.set_nodes_supplies(np.array([0, sink]), np.array([supply, -supply]))
     status = solver.solve()
     if status != solver.OPTIMAL:
@@ -116,10 +123,10 @@ def _solve(
 class _CellNodes:
     """The nodes of each cell handed out one slot at a time: most reliable (and emptiest) first.
 
-    A lazy max-heap per cell, keyed as scoring keys a node (reliability plus the
-    spread term): a take pushes the node back under its new key and stale
-    entries are dropped when they surface, so a take costs O(log n), not a
-    scan of the cell.
+    A lazy max-heap per cell, keyed by the node's reliability plus the spread
+    term (what tells a cell's nodes apart in scoring): a take pushes the node
+    back under its new key and stale entries are dropped when they surface, so
+    a take costs O(log n), not a scan of the cell.
     """
 
     def __init__(self, snap: Snapshot, size: int) -> None:
@@ -154,7 +161,7 @@ class _CellNodes:
         while heap:
             entry = heap[0]
             row, seen = entry[2], entry[3]
-            if free[row] != seen or seen < self.size:
+            if free[row] != seen:
                 heapq.heappop(heap)  # stale: the node's free GPUs changed since the push
             elif row in exclude:
                 skipped.append(heapq.heappop(heap))

@@ -10,6 +10,7 @@ import pytest
 from depin.spec import JobSpec
 from scheduler import Offer, Snapshot, admit, plan
 from scheduler.feasibility import evaluate
+from scheduler.flow import COST_SCALE, SCORE_CEILING, unplaced_cost
 from scheduler.latency import ACCESS_RTT_MS
 from scheduler.request import Request
 from scheduler.scoring import CellScores
@@ -275,3 +276,30 @@ def test_admission_ignores_busy_capacity_but_not_static_constraints() -> None:
         "vram_gib >= 80: rejected 1 of 1 nodes",
         "vram_gib 24 would reach 1 node",
     ]
+
+
+def test_leaving_a_job_out_costs_more_than_the_longest_chain_of_moves_that_fits_it() -> None:
+    """A chain of classes: class 0 fits only cell 1; class i prefers cell i and may move to
+    cell i+1 at the dearest cost. Placing everyone moves every class; the flow must still."""
+    from ortools.graph.python import min_cost_flow
+
+    classes, dearest = 1_200, round(SCORE_CEILING * COST_SCALE)
+    solver = min_cost_flow.SimpleMinCostFlow()
+    source, sink = 0, 2 * classes + 1
+    costs = []
+    cell = [0] + [classes + c for c in range(1, classes + 1)]  # cell[c]: node of cell c
+    solver.add_arc_with_capacity_and_unit_cost(source, 1, 1, 0)
+    solver.add_arc_with_capacity_and_unit_cost(1, cell[1], 1, 0)
+    for i in range(1, classes):
+        solver.add_arc_with_capacity_and_unit_cost(source, 1 + i, 1, 0)
+        solver.add_arc_with_capacity_and_unit_cost(1 + i, cell[i], 1, 0)
+        solver.add_arc_with_capacity_and_unit_cost(1 + i, cell[i + 1], 1, dearest)
+        costs.append(dearest)
+    for c in range(1, classes + 1):
+        solver.add_arc_with_capacity_and_unit_cost(cell[c], sink, 1, 0)
+    left_out = solver.add_arc_with_capacity_and_unit_cost(
+        source, sink, classes, unplaced_cost(np.array(costs), classes)
+    )
+    solver.set_nodes_supplies(np.array([source, sink]), np.array([classes, -classes]))
+    assert solver.solve() == solver.OPTIMAL
+    assert solver.flow(left_out) == 0
