@@ -7,8 +7,9 @@
    one node (gang), its replicas on distinct nodes, all or none.
 3. For each job left out, search for an augmenting path: placed jobs move to
    other nodes they fit, making room (as in bipartite matching). With one GPU
-   size in the batch this places as many jobs as an exact solver would; the
-   search is bounded so a huge batch stays fast.
+   size in the batch and the search not cut short, this places as many jobs as
+   an exact solver would; the search is bounded (rows looked at) so a huge
+   batch stays fast, and then it can place fewer.
 """
 
 from __future__ import annotations
@@ -182,7 +183,8 @@ def _augment(
 ) -> tuple[bool, int]:
     """Breadth-first search for a chain of moves that makes room for ``key``; apply it.
 
-    Returns whether it did, and how many rows it looked at (at most ``max_visits``).
+    Returns whether it did, and how many rows it looked at (``max_visits + 1`` when it
+    gave up at the bound).
     """
     parent: dict[Hashable, tuple[Hashable, int]] = {}
     seen_jobs, seen_rows = {key}, set()

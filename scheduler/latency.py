@@ -1,12 +1,13 @@
 """Round-trip time estimates between users and nodes.
 
-    rtt_ms = ACCESS_RTT_MS[network] + 2 * great_circle_km * ROUTE_STRETCH / FIBRE_KM_PER_MS
-             + measured bias of the node (from probes, when there are any)
+    rtt_ms = max(MIN_RTT_MS, ACCESS_RTT_MS[network]
+                 + 2 * great_circle_km * ROUTE_STRETCH / FIBRE_KM_PER_MS
+                 + measured bias of the node (from probes, when there are any))
 
 The model is deliberately simple and monotone in distance, so a latency budget
 turns into a maximum great-circle distance per network type, and that into a
 minimum dot product of unit vectors on the sphere: a feasibility test that is
-one multiply-add per node.
+one dot product per location.
 """
 
 from __future__ import annotations

@@ -12,9 +12,11 @@ three ways so that work is done at the coarsest level that decides it:
   worst reliability, their most free GPUs) that let the scorer skip whole
   cells that cannot hold a top candidate.
 
-Only free GPUs change while the snapshot lives: ``take``/``release`` and
-``set_free`` keep the rows and the cells' aggregates current as allocations
-come and go, so a long-lived scheduler never rebuilds it for capacity alone.
+Only free GPUs change while the snapshot lives: ``take``/``take_many``/
+``release`` and ``set_free`` keep the rows and the cells' aggregates current
+as allocations come and go, so a long-lived scheduler never rebuilds it for
+capacity alone. Things derived from the fixed columns may be cached on it
+(each latency budget's location thresholds).
 """
 
 from __future__ import annotations

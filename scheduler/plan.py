@@ -103,7 +103,7 @@ def plan(
             result = assign_optimal(batch, snap)
         else:
             result = assign_fast(batch, snap, regret=regret, repair=repair)
-        return _to_plan(result, batch, snap, keys, mode)
+        return _to_plan(result, snap, keys, mode)
 
 
 def _flow_pays_off(jobs: Sequence[JobSpec], batch: Batch) -> bool:
@@ -111,9 +111,7 @@ def _flow_pays_off(jobs: Sequence[JobSpec], batch: Batch) -> bool:
     return len(jobs) >= 2 and estimate_arcs(batch) <= OPTIMAL_MAX_ARCS
 
 
-def _to_plan(
-    result: Assigned, batch: Batch, snap: Snapshot, keys: list[Hashable], mode: str
-) -> Plan:
+def _to_plan(result: Assigned, snap: Snapshot, keys: list[Hashable], mode: str) -> Plan:
     out = Plan(mode=mode)
     placed_by_key = result.placed
     placed = [key for key in keys if key in placed_by_key]  # in the jobs' order

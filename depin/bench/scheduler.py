@@ -112,7 +112,8 @@ def batch_throughput(
             say(f"registering {nodes} nodes and submitting {jobs} signed jobs (not timed)")
             job_ids = _populate(market, nodes, jobs, seed)
             plan(synthetic_jobs(2, seed=seed), offers_of(synthetic_nodes(10, seed=seed)), mode=mode)
-            gc.collect()  # the line above warmed imports (OR-Tools), as a running scheduler has
+            gc.collect()  # the line above warmed imports (OR-Tools unless mode="fast"), as a
+            # running scheduler has
             # A cycle as ``scheduler.loop.Driver`` runs it: read the pending jobs and the fleet
             # (the driver keeps the snapshot across cycles), plan, commit.
             t0 = time.perf_counter()

@@ -79,6 +79,35 @@ def test_cell_aggregates_stay_exact_under_takes_and_releases(
         assert np.array_equal(snap.cell_free_sum, np.add.reduceat(snap.gpus_free, snap.cell_start))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.dictionaries(st.integers(0, 7), st.integers(0, 2), max_size=8),  # row -> GPUs
+            st.integers(0, 7),  # a row to release one GPU on afterwards
+        ),
+        max_size=10,
+    )
+)
+def test_cell_aggregates_stay_exact_under_bulk_takes(
+    batches: list[tuple[dict[int, int], int]],
+) -> None:
+    offers = [offer(i + 1, gpus_free=4, gpus_total=4, lat=BERLIN[0] + (i % 2)) for i in range(8)]
+    snap = Snapshot(offers)
+    for wanted, released in batches:
+        takes = {r: g for r, g in wanted.items() if snap.gpus_free[r] >= g}
+        before = snap.gpus_free.copy()
+        snap.take_many(np.array(list(takes), np.int64), np.array(list(takes.values()), np.int32))
+        for row, gpus in takes.items():
+            assert snap.gpus_free[row] == before[row] - gpus
+        if snap.gpus_free[released] < snap.gpus_total[released]:
+            snap.release(released, 1)
+        assert np.array_equal(
+            snap.cell_free_max, np.maximum.reduceat(snap.gpus_free, snap.cell_start)
+        )
+        assert np.array_equal(snap.cell_free_sum, np.add.reduceat(snap.gpus_free, snap.cell_start))
+
+
 def test_set_free_refreshes_capacity_from_the_database() -> None:
     snap = Snapshot([offer(1), offer(2)])
     snap.set_free([2, 1], [0, 1])
