@@ -906,14 +906,21 @@ def ledger_show(ctx: click.Context, account: str | None, limit: int, as_json: bo
 
 @contextmanager
 def _writing(path: Path | None) -> Iterator[TextIO]:
-    """``path`` open for writing (stdout when None); a failure to open, write or close it
-    (no such directory, a full disk) is one line naming the file."""
+    """``path`` open for writing (stdout when None), written whole or not at all: the output
+    goes to a file beside it that replaces it only when the command succeeds, so a failed
+    export leaves an earlier one as it was. A failure to write (no such directory, a full
+    disk) is one line naming the file."""
     if path is None:
         yield sys.stdout
         return
+    partial = path.with_name(f".{path.name}.partial")
     try:
-        with path.open("w", encoding="utf-8") as stream:
-            yield stream
+        try:
+            with partial.open("w", encoding="utf-8") as stream:
+                yield stream
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 

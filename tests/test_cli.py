@@ -297,6 +297,21 @@ def test_an_output_file_that_cannot_be_written_is_a_clear_error(
     refused(market, ["manifest", "sign", job_yaml, "--key", "ada", "-o", nowhere], "cannot write")
 
 
+def test_a_failed_export_leaves_the_earlier_file_as_it_was(
+    market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    earlier = tmp_path / "ledger.jsonl"
+    earlier.write_text("earlier export\n")
+    with monkeypatch.context() as env:
+        env.setenv("DEPIN_DATABASE_URL", f"sqlite:///{tmp_path / 'no-such-dir' / 'depin.db'}")
+        result = run("ledger", "export", "-o", str(earlier))
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert earlier.read_text() == "earlier export\n"
+    assert list(tmp_path.glob(".*.partial")) == []
+    ok("ledger", "export", "-o", str(earlier))
+    assert earlier.read_text().count("\n") >= 1 and "earlier" not in earlier.read_text()
+
+
 def test_flags_that_cannot_apply_are_refused(market: Path, tmp_path: Path) -> None:
     job_yaml = str(write(tmp_path, JOB_YAML))
     refused(market, ["job", "submit", job_yaml, "--timeout-s", "5"], "--timeout-s limits --wait")
