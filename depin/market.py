@@ -264,6 +264,9 @@ class Marketplace:
         """Revoke a key: from now on nothing it signs is accepted."""
 
         def work(s: Session) -> KeyView:
+            # Submissions re-read their keys under the ledger's lock before they write: taking
+            # it here too orders a revocation wholly before or after any submission.
+            Ledger(s).lock()
             row = s.execute(
                 select(AccountKey, Account.name)
                 .join(Account, Account.id == AccountKey.account_id)

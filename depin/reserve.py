@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from depin.db.engine import db_time, executemany, reserve_ids
 from depin.db.models import Job, utcnow
 from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
-from depin.money import format_usd, time_covered_s, usage_cost_micro, usd_to_micro
+from depin.money import format_usd, time_covered_s, usage_cost_micro
 from depin.spec import JobSpec
 from providers import registry
 from scheduler import Assignment, Offer, Plan
@@ -38,11 +38,13 @@ ALLOCATION_GRACE_S = 3600
 # when it was one per request class (SQLite, 18k jobs: 0.19 s -> 0.07 s). ``+jobs.state``
 # keeps SQLite from driving the join by the state index, which would rescan the JSON per job.
 # A job counts as still pending only under the hold the plan read: one lost and requeued
-# meanwhile has a new hold, and voiding the old one again would break the ledger's rule.
+# meanwhile has a new hold, and adjusting the old one again would break the ledger's rule.
+# (UPDATE ... FROM needs SQLite 3.33 or later; json_extract, not ->>, keeps it at that.)
 _CLAIM_SQLITE = (
     "UPDATE jobs SET state = 'scheduled', plan_record_id = c.record_id, updated_at = ?, "
-    "reasons_json = NULL FROM (SELECT value ->> 0 AS id, value ->> 1 AS record_id, "
-    "value ->> 2 AS hold_id FROM json_each(?)) AS c "
+    "reasons_json = NULL FROM (SELECT json_extract(value, '$[0]') AS id, "
+    "json_extract(value, '$[1]') AS record_id, json_extract(value, '$[2]') AS hold_id "
+    "FROM json_each(?)) AS c "
     "WHERE jobs.id = c.id AND +jobs.state = 'pending' AND jobs.hold_transfer_id = c.hold_id"
 )
 _CLAIM_POSTGRES = (
@@ -51,6 +53,8 @@ _CLAIM_POSTGRES = (
     "AS c(id, record_id, hold_id) "
     "WHERE jobs.id = c.id AND jobs.state = 'pending' AND jobs.hold_transfer_id = c.hold_id"
 )
+# Inserts of placeholders only (constants too are parameters): on PostgreSQL ``executemany``
+# turns exactly that shape into a COPY.
 _INSERT_RECORD = (
     "INSERT INTO plan_records (id, metric_json, reasons_json, created_at) VALUES (?, ?, ?, ?)"
 )
@@ -107,16 +111,6 @@ class CycleCommit:
 
 class _Conflict(Exception):
     """The bulk path met a claim that came up short; fall back to job by job."""
-
-
-def max_cost_micro(spec: JobSpec, price_micro_per_gpu_hour: int) -> int:
-    """The most one replica can cost at a price: price x gpus x max duration, within the budget."""
-    bound = usage_cost_micro(
-        price_micro_per_gpu_hour, spec.resources.gpus, spec.max_duration_s * 1000
-    )
-    if spec.pricing.budget_usd is not None:
-        bound = min(bound, usd_to_micro(spec.pricing.budget_usd) // spec.replicas)
-    return bound
 
 
 def reserve(
@@ -218,8 +212,8 @@ def _bulk(
         # The submission hold is adjusted to the first replica's hold at the locked price;
         # each further replica holds its own share.
         old: Hold | None = Hold(job.hold_id, job.account_id, escrow_id, job.hold_micro, job_id)
-        # A replica's share of the submission hold is max_cost_micro at the price it was held
-        # for, so it is within the budget already: at the node's price only usage can bind.
+        # A replica's share of the submission hold is submission.max_cost_micro at the price
+        # it was held for, so within the budget already: at the node's price only usage binds.
         share = job.hold_micro // len(placements)
         duration_ms = job.spec.max_duration_s * 1000
         for a in placements:
@@ -248,21 +242,24 @@ def _bulk(
             )
             if limit not in timeouts:
                 timeouts[limit] = now + timedelta(seconds=limit + ALLOCATION_GRACE_S)
-            entries.append(
-                Entry(
-                    "hold" if old is None else "adjust",
-                    job.account_id,
-                    escrow_id,
-                    hold_micro,
-                    True,  # pending
-                    old,
-                    job_id,
-                    alloc_id,
-                    f"job {job_id} on node {a.node_id} at {price_text[price]}/GPU-h",
-                    timeouts[limit],
+            memo = f"job {job_id} on node {a.node_id} at {price_text[price]}/GPU-h"
+            if old is not None:
+                entries.append(Ledger.adjustment(old, hold_micro, alloc_id, timeouts[limit], memo))
+                old = None
+            else:
+                entries.append(
+                    Entry(
+                        "hold",
+                        job.account_id,
+                        escrow_id,
+                        hold_micro,
+                        pending=True,
+                        job_id=job_id,
+                        allocation_id=alloc_id,
+                        memo=memo,
+                        timeout_at=timeouts[limit],
+                    )
                 )
-            )
-            old = None
     # 4. Ledger entries first (allocations reference their holds), then the allocations.
     ids = ledger.append(entries)
     assert ids[0] == hold_ids_start, "ledger ids moved while the head was locked"

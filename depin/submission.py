@@ -46,8 +46,8 @@ from depin.manifest import (
     parse_claims,
     verify_signature,
 )
-from depin.money import format_usd, usd_to_micro
-from depin.reserve import PENDING_HOLD_TIMEOUT_S, max_cost_micro
+from depin.money import format_usd, usage_cost_micro, usd_to_micro
+from depin.reserve import PENDING_HOLD_TIMEOUT_S
 from depin.spec import JobSpec
 from scheduler import Admission, Snapshot, admit
 from scheduler.request import request_key
@@ -80,6 +80,16 @@ class KeyRecord:
     revoked_at: datetime | None
     not_before: datetime | None
     not_after: datetime | None
+
+
+def max_cost_micro(spec: JobSpec, price_micro_per_gpu_hour: int) -> int:
+    """The most one replica can cost at a price: price x gpus x max duration, within the budget."""
+    bound = usage_cost_micro(
+        price_micro_per_gpu_hour, spec.resources.gpus, spec.max_duration_s * 1000
+    )
+    if spec.pricing.budget_usd is not None:
+        bound = min(bound, usd_to_micro(spec.pricing.budget_usd) // spec.replicas)
+    return bound
 
 
 def load_keys(s: Session, key_ids: Sequence[str]) -> dict[str, KeyRecord]:
@@ -147,7 +157,7 @@ class Verifier:
         key = self._verify_signature(envelope)
         claims = parse_claims(envelope, signer_account=key.account_name)
         check_claims(claims, audience=self.audience, now=self.now)
-        check_key_usable(key, claims, self.now)
+        check_key_usable(key, self.now)
         if key.account_name != claims.issuer:
             raise UnknownKeyError(
                 f"key {key.key_id} signs for account {key.account_name!r}, not {claims.issuer!r}"
@@ -255,7 +265,7 @@ def template_json(spec: JobSpec) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def check_key_usable(key: KeyRecord, claims: Claims, now: datetime) -> None:
+def check_key_usable(key: KeyRecord, now: datetime) -> None:
     """A revoked key, or one outside its validity window, is good for nothing new.
 
     A revoked key is refused whatever issued-at its envelope claims: whoever
@@ -283,7 +293,8 @@ def queue(s: Session, admitted: Sequence[Admitted], *, now: datetime) -> list[in
     _check_balances(s, ledger, admitted)
     _record_nonces(s, admitted)
     job_ids = reserve_ids(s, "jobs", len(admitted))
-    timeout_at = utcnow() + timedelta(seconds=PENDING_HOLD_TIMEOUT_S)
+    written = utcnow()
+    timeout_at = written + timedelta(seconds=PENDING_HOLD_TIMEOUT_S)
     entries = [
         Entry(
             "hold",
@@ -298,7 +309,6 @@ def queue(s: Session, admitted: Sequence[Admitted], *, now: datetime) -> list[in
         for a, job_id in zip(admitted, job_ids, strict=True)
     ]
     hold_ids = ledger.append(entries)
-    now = utcnow()
     s.connection().execute(
         Job.__table__.insert(),
         [
@@ -311,8 +321,8 @@ def queue(s: Session, admitted: Sequence[Admitted], *, now: datetime) -> list[in
                 "state": "pending",
                 "max_cost_micro_usd": a.hold_micro,
                 "hold_transfer_id": hold_id,
-                "created_at": now,
-                "updated_at": now,
+                "created_at": written,
+                "updated_at": written,
             }
             for a, job_id, hold_id in zip(admitted, job_ids, hold_ids, strict=True)
         ],
@@ -342,7 +352,7 @@ def _recheck_keys(s: Session, admitted: Sequence[Admitted], now: datetime) -> No
             raise RevokedKeyError(
                 f"key {a.key_id} is no longer registered: sign with an active key"
             )
-        check_key_usable(key, a.claims, now)
+        check_key_usable(key, now)
 
 
 def _check_balances(s: Session, ledger: Ledger, admitted: Sequence[Admitted]) -> None:
