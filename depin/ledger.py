@@ -152,7 +152,7 @@ def entry_hash(prev_hash: str, values: tuple[Any, ...]) -> str:
 
 
 # Hold and Entry are NamedTuples, immutable like frozen dataclasses but built ~4x faster:
-# a scheduling cycle makes three per placement.
+# a scheduling cycle makes a Hold per job and an Entry per placement.
 class Hold(NamedTuple):
     """An open pending transfer: what resolving it needs to know."""
 
@@ -447,9 +447,9 @@ class Ledger:
 
     def expired_holds(self, now: datetime, *, limit: int = 1000) -> list[Hold]:
         """Open holds whose timeout has passed (TigerBeetle voids these; so does reconcile)."""
-        stmt = open_holds().add_columns(Transfer).where(Transfer.timeout_at < now)
-        rows = self.session.execute(stmt.order_by(Transfer.id).limit(limit))
-        return [Hold.of(t) for _, t in rows]
+        stmt = open_holds().with_only_columns(Transfer).where(Transfer.timeout_at < now)
+        rows = self.session.execute(stmt.order_by(Transfer.id).limit(limit)).scalars()
+        return [Hold.of(t) for t in rows]
 
     # -- internals -----------------------------------------------------------------------------
     def _check_open(self, hold: Hold) -> None:
