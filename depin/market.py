@@ -1031,21 +1031,23 @@ def _audit_holds_and_capacity(s: Session) -> list[str]:
 def _end_job_if_done(s: Session, job: Job, spec: JobSpec) -> None:
     """A job ends when its last allocation does: succeeded only if every replica did."""
     s.flush()
-    states = (
-        s.execute(
-            select(Allocation.state)
-            .where(Allocation.job_id == job.id)
-            .order_by(Allocation.id)  # the last attempt decides a single-replica job
-        )
-        .scalars()
-        .all()
-    )
+    rows = s.execute(
+        select(Allocation.state, Allocation.error)
+        .where(Allocation.job_id == job.id)
+        .order_by(Allocation.id)  # the last attempt decides a single-replica job
+    ).all()
+    states = [state for state, _ in rows]
     if any(state in ALLOCATION_ACTIVE_STATES for state in states):
         return
     if spec.replicas == 1:
         final = states[-1] if states[-1] in ("succeeded", "failed") else "failed"
     else:
         final = "succeeded" if all(state == "succeeded" for state in states) else "failed"
+        lost = next((error for state, error in rows if state == "lost"), None)
+        if final == "failed" and lost is not None:
+            job.reasons_json = json.dumps(
+                [f"a replica was lost ({lost}); replicas are all or none"]
+            )
     now = utcnow()
     job.state, job.ended_at, job.updated_at = final, now, now
 
@@ -1096,10 +1098,6 @@ def _requeue(
     spec = spec or _spec_of(s, job.id)
     if spec.replicas > 1:
         _end_job_if_done(s, job, spec)
-        if job.state == "failed":
-            job.reasons_json = json.dumps(
-                [f"a replica was lost ({reason}); replicas are all or none"]
-            )
         return
     if ledger.balance(job.account_id).available < job.max_cost_micro_usd:
         job.state, job.ended_at, job.updated_at = "failed", now, now

@@ -15,6 +15,7 @@ from depin.db.models import utcnow
 from depin.errors import CapacityError, ConflictError, InputError, UnschedulableError
 from depin.reserve import PENDING_HOLD_TIMEOUT_S
 from scheduler.loop import Driver
+from scheduler.work import Outcome
 from tests.factories import World, job
 
 
@@ -117,6 +118,24 @@ def test_a_multi_replica_job_that_loses_its_replicas_fails_refunded_with_no_hold
     view = world.client.job(job_id)
     assert len(lost) == 2 and [a.state for a in view.allocations] == ["lost", "lost"]
     assert view.state == "failed" and "replicas are all or none" in view.reasons[0]
+    assert world.available() == before
+    assert world.client.verify_ledger().ok
+    driver.stop()
+
+
+def test_a_multi_replica_job_whose_replica_is_reported_lost_fails_saying_so(world: World) -> None:
+    before = world.available()
+    job_id = world.submit(job(replicas=2, resources={"gpus": 1, "vram_gib": 24}))
+    driver = Driver(world.client.market, kind="test", launch=False)
+    driver.cycle()
+    now = utcnow()
+    for launch in world.client.market.claim_reserved(driver.driver_id):
+        world.client.market.finish(
+            Outcome(launch.allocation_id, now, now, None, "", "node died", lost=True)
+        )
+    view = world.client.job(job_id)
+    assert view.state == "failed"
+    assert view.reasons == ["a replica was lost (node died); replicas are all or none"]
     assert world.available() == before
     assert world.client.verify_ledger().ok
     driver.stop()
