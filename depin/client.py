@@ -1,12 +1,14 @@
-"""The Python SDK: one interface over a local (in-process) Marketplace.
+"""The Python SDK: one interface over any ``depin.protocol.Market``.
 
     from depin import Client, load_job
     client = Client()                       # DEPIN_HOME, DEPIN_DATABASE_URL, DEPIN_RAY_ADDRESS
     job = client.submit_file("job.yaml", account="alice")
     job = client.wait(job.id)               # drives a scheduler cycle while no scheduler runs
 
-Keys live on the client's machine (``DEPIN_HOME/keys``); the Marketplace only
-ever sees public keys and signed envelopes.
+Keys live on the client's machine (``DEPIN_HOME/keys``); the market only ever
+sees public keys and signed envelopes. By default the market is the embedded
+one (an in-process ``Marketplace`` over ``DEPIN_DATABASE_URL``); pass
+``market=`` for another implementation of the protocol.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
@@ -25,12 +28,20 @@ from pydantic import ValidationError
 from depin import keys as keystore
 from depin import manifest
 from depin.config import Settings
-from depin.errors import DatabaseError, InputError, NotFoundError
+from depin.errors import (
+    ConfigError,
+    DatabaseError,
+    ForeignAudienceError,
+    InputError,
+    NotFoundError,
+    UnknownKeyError,
+)
 from depin.keys import KeyInfo
 from depin.ledger import Balance, VerifyReport
+from depin.limits import CLIENT_ATTEMPTS, CLIENT_BACKOFF_S
 from depin.manifest import Claims, Envelope
-from depin.market import Marketplace
 from depin.money import usd_to_micro
+from depin.protocol import Market
 from depin.spec import (
     JobSpec,
     NodeSpec,
@@ -39,12 +50,26 @@ from depin.spec import (
     parse_yaml,
     read_manifest_text,
 )
-from depin.views import AccountView, JobView, KeyView, NodeView
+from depin.states import JobState
+from depin.submission import KeyRecord, check_key_usable
+from depin.views import AccountView, EntryView, ExplainView, JobView, KeyView, NodeView
 from scheduler.search import Hit
+
+if TYPE_CHECKING:
+    from depin.runtime.loop import Driver
 
 T = TypeVar("T")
 WAIT_POLL_S = 0.5
-RETRIES = 3  # attempts of a state-changing call on transient database errors
+
+
+@dataclass(frozen=True, slots=True)
+class EnvelopeCheck:
+    """What ``verify_envelope`` established about a signed envelope."""
+
+    key_id: str
+    claims: Claims
+    issuer_verified: bool  # the key is registered to the claimed issuer, usable, audience ours
+    note: str  # how the issuer was (or was not) verified
 
 
 class Client:
@@ -57,16 +82,19 @@ class Client:
         database_url: str | None = None,
         ray_address: str | None = None,
         settings: Settings | None = None,
+        market: Market | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env(
             home=home, database_url=database_url, ray_address=ray_address
         )
-        self._market: Marketplace | None = None
+        self._market = market
 
     @property
-    def market(self) -> Marketplace:
-        """The Marketplace, opened (and migrated) on first use."""
+    def market(self) -> Market:
+        """The market, opened (and, when embedded, migrated) on first use."""
         if self._market is None:
+            from depin.market import Marketplace
+
             self._market = Marketplace(self.settings)
         return self._market
 
@@ -99,11 +127,12 @@ class Client:
     def rotate_key(
         self, account: str, *, revoke_old: bool = False, expires_in_days: int | None = None
     ) -> tuple[KeyInfo, list[KeyView]]:
-        """Make a new local key for ``account``, register it, optionally revoke the others.
+        """Make a new local key for ``account`` and register it; with ``revoke_old`` the
+        account's other keys are revoked in the same transaction.
 
         Returns the new key and the keys revoked.
         """
-        old = [k for k in self.market.keys_of(account) if k.state == "active"]
+        self.market.account(account)  # a typo fails before a key file is made
         names = {k.name for k in self.local_keys()}
         n = 2
         while f"{account}-{n}" in names:
@@ -112,8 +141,9 @@ class Client:
         not_after = None
         if expires_in_days is not None:
             not_after = datetime.now(UTC) + timedelta(days=expires_in_days)
-        self.market.add_key(account, self.public_key(info.name), not_after=not_after)
-        revoked = [self.market.revoke_key(k.key_id) for k in old] if revoke_old else []
+        _, revoked = self.market.rotate_key(
+            account, self.public_key(info.name), not_after=not_after, revoke_old=revoke_old
+        )
         return info, revoked
 
     def revoke_key(self, key: str) -> KeyView:
@@ -131,13 +161,13 @@ class Client:
         was lost returns the first result instead of acting twice.
         """
         key = uuid.uuid4().hex if key is None else key
-        for attempt in range(1, RETRIES + 1):
+        for attempt in range(1, CLIENT_ATTEMPTS + 1):
             try:
                 return call(key)
             except DatabaseError:
-                if attempt == RETRIES:
+                if attempt == CLIENT_ATTEMPTS:
                     raise
-                time.sleep(0.1 * attempt)
+                time.sleep(CLIENT_BACKOFF_S * attempt)
         raise AssertionError("unreachable")
 
     # -- accounts ------------------------------------------------------------------------------
@@ -174,9 +204,7 @@ class Client:
         self, spec: NodeSpec | None = None, *, idempotency_key: str | None = None, **fields: Any
     ) -> NodeView:
         """Register a node: a NodeSpec, or its fields as keyword arguments."""
-        if spec is None:
-            spec = _validated(NodeSpec, fields, "node")
-        node = spec
+        node = spec if spec is not None else _validated(NodeSpec, fields, "node")
         return self._retrying(
             lambda k: self.market.add_node(node, idempotency_key=k), idempotency_key
         )
@@ -206,55 +234,93 @@ class Client:
         private = keystore.load_private(key, self.settings.keys_dir)
         if account is None:
             kid = keystore.key_id(private.public_key())
-            account = self.market.account_for_key(kid)
-            if account is None:
+            found = self.market.registered_keys([kid])
+            if not found:
                 raise NotFoundError(
                     f"key {key!r} ({kid}) is not registered to any account: "
                     "pass --as ACCOUNT or register it with `depin account create`"
                 )
+            account = found[0].account
         return manifest.sign(
             spec, private, issuer=account, audience=audience or self.market_id, ttl_s=ttl_s
         )
 
-    def verify_envelope(self, envelope: Envelope) -> tuple[str, Claims]:
-        """Check an envelope's signature offline; returns the signing key id and the claims.
+    def verify_envelope(self, envelope: Envelope, *, offline: bool = False) -> EnvelopeCheck:
+        """Check an envelope's signature, and (unless ``offline``) who may have signed it.
 
-        Keys are looked up among local public keys, then the marketplace's registered keys.
+        Against the market: the key is registered, usable now, and registered to
+        the account the envelope names as its issuer, and the audience is this
+        market; any of these failing raises. Offline, the signature is checked
+        with local public keys only, and the issuer stays unverified: a key
+        proves who holds it, not which account it speaks for.
         """
-        local = {k.key_id: self.public_key(k.name) for k in self.local_keys()}
+        if offline:
+            local = {k.key_id: self.public_key(k.name) for k in self.local_keys()}
+            signature, _ = manifest.verify_signature(
+                envelope, lambda kid: [local[kid]] if kid in local else []
+            )
+            claims = manifest.parse_claims(envelope)
+            note = "offline: the key is not checked against any market's registry"
+            return EnvelopeCheck(signature.keyid, claims, False, note)
+        key, claims = self._verified(envelope)
+        check_key_usable(_key_record(key), datetime.now(UTC))
+        if claims.audience != self.market_id:
+            raise ForeignAudienceError(
+                f"envelope is for marketplace {claims.audience!r}, not this one ({self.market_id})"
+            )
+        note = f"key {key.key_id} is registered to {key.account!r} and {key.state}"
+        return EnvelopeCheck(key.key_id, claims, True, note)
+
+    def _verified(self, envelope: Envelope) -> tuple[KeyView, Claims]:
+        """The signature verified with the market's registered keys, then (only then) the
+        payload parsed; the key must be registered to the issuer the payload names."""
+        keys = {
+            k.key_id: k for k in self.market.registered_keys([s.keyid for s in envelope.signatures])
+        }
 
         def find(kid: str) -> list[Ed25519PublicKey]:
-            found = local.get(kid) or self.market.registered_key(kid)
-            return [found] if found is not None else []
+            return [keystore.public_key_from_b64(keys[kid].public_key)] if kid in keys else []
 
         signature, _ = manifest.verify_signature(envelope, find)
-        return signature.keyid, manifest.parse_claims(envelope)
+        key = keys[signature.keyid]
+        claims = manifest.parse_claims(envelope, signer_account=key.account)
+        if claims.issuer != key.account:
+            raise UnknownKeyError(
+                f"the envelope names issuer {claims.issuer!r}, but key {key.key_id} is "
+                f"registered to {key.account!r}: it cannot sign for {claims.issuer!r}"
+            )
+        return key, claims
 
-    def signing_key_for(self, account: str) -> str:
-        """The newest local key registered, and active, for ``account`` (its name in keys/)."""
-        active = {k.key_id for k in self.market.keys_of(account) if k.state == "active"}
-        local = [k for k in self.local_keys() if k.key_id in active and k.path.exists()]
-        if not local:
+    def _signing_identity(self, account: str | None) -> tuple[str, str]:
+        """The account that submits and the newest active local key registered to it, from one
+        read of the market: the keys among the local ones, with their accounts."""
+        local = [k for k in self.local_keys() if k.path.exists()]
+        registered = self.market.registered_keys([k.key_id for k in local])
+        if account is None:
+            developers = sorted({k.account for k in registered if k.account_kind == "developer"})
+            if len(developers) != 1:
+                found = ", ".join(developers) or "none"
+                raise InputError(
+                    f"say which account submits with --as ACCOUNT (local accounts: {found})"
+                )
+            account = developers[0]
+        usable = [k for k in registered if k.account == account and k.state == "active"]
+        if not usable:
             raise NotFoundError(
                 f"no active private key for account {account!r} in {self.settings.keys_dir}: "
                 f"make one with `depin keys rotate {account}`, or sign elsewhere and submit "
                 "the envelope"
             )
-        order = {k.key_id: i for i, k in enumerate(self.market.keys_of(account))}
-        return max(local, key=lambda k: order[k.key_id]).name
+        names = {k.key_id: k.name for k in local}
+        return account, names[usable[-1].key_id]  # registered_keys is oldest first
+
+    def signing_key_for(self, account: str) -> str:
+        """The newest local key registered, and active, for ``account`` (its name in keys/)."""
+        return self._signing_identity(account)[1]
 
     def default_account(self) -> str:
-        """The one account a local key is registered to, when there is exactly one."""
-        accounts = {
-            a for k in self.local_keys() if (a := self.market.account_for_key(k.key_id)) is not None
-        }
-        developers = sorted(a for a in accounts if self.account(a).kind == "developer")
-        if len(developers) != 1:
-            found = ", ".join(developers) or "none"
-            raise InputError(
-                f"say which account submits with --as ACCOUNT (local accounts: {found})"
-            )
-        return developers[0]
+        """The one developer account a local key is registered to, when there is exactly one."""
+        return self._signing_identity(None)[0]
 
     # -- jobs ----------------------------------------------------------------------------------
     def submit(
@@ -266,12 +332,7 @@ class Client:
         idempotency_key: str | None = None,
     ) -> JobView:
         """Submit a signed envelope, or sign a JobSpec with the account's local key first."""
-        if isinstance(job, Envelope):
-            envelope = job
-            _check_issuer(envelope, account)
-        else:
-            account = account or self.default_account()
-            envelope = self.sign(job, key=key or self.signing_key_for(account), account=account)
+        envelope = self._signed([job], account=account, key=key)[0]
         return self._retrying(
             lambda k: self.market.submit(envelope, idempotency_key=k), idempotency_key
         )
@@ -285,24 +346,42 @@ class Client:
         idempotency_key: str | None = None,
     ) -> list[int]:
         """Sign (where needed) and submit many jobs in one transaction, all or none; returns ids."""
-        envelopes = [j for j in jobs if isinstance(j, Envelope)]
-        for envelope in envelopes:
-            _check_issuer(envelope, account)
-        if len(envelopes) < len(jobs):
-            account = account or self.default_account()
-            private = keystore.load_private(
-                key or self.signing_key_for(account), self.settings.keys_dir
-            )
-            audience = self.market_id
-            envelopes = [
-                j
-                if isinstance(j, Envelope)
-                else manifest.sign(j, private, issuer=account, audience=audience)
-                for j in jobs
-            ]
+        envelopes = self._signed(jobs, account=account, key=key)
         return self._retrying(
             lambda k: self.market.submit_many(envelopes, idempotency_key=k), idempotency_key
         )
+
+    def _signed(
+        self, jobs: Sequence[JobSpec | Envelope], *, account: str | None, key: str | None
+    ) -> list[Envelope]:
+        """Envelopes for ``jobs``: specs signed here, envelopes signed elsewhere checked first.
+
+        ``account`` (``--as``) names who signs a manifest; an envelope already says,
+        and is only believed once its signature verifies.
+        """
+        for envelope in (j for j in jobs if isinstance(j, Envelope)):
+            if account is not None:
+                _, claims = self._verified(envelope)
+                if claims.issuer != account:
+                    raise InputError(
+                        f"the envelope is signed for account {claims.issuer!r}, not "
+                        f"{account!r}: submit it without --as, or sign the manifest as that "
+                        "account"
+                    )
+        if all(isinstance(j, Envelope) for j in jobs):
+            return list(jobs)  # type: ignore[arg-type]
+        if key is None:
+            account, key = self._signing_identity(account)
+        elif account is None:
+            account = self._signing_identity(None)[0]
+        private = keystore.load_private(key, self.settings.keys_dir)
+        audience = self.market_id
+        return [
+            j
+            if isinstance(j, Envelope)
+            else manifest.sign(j, private, issuer=account, audience=audience)
+            for j in jobs
+        ]
 
     def submit_file(
         self, path: str | Path, *, account: str | None = None, idempotency_key: str | None = None
@@ -317,39 +396,59 @@ class Client:
         )
 
     def jobs(
-        self, *, account: str | None = None, state: str | None = None, limit: int = 100
+        self, *, account: str | None = None, state: JobState | str | None = None, limit: int = 100
     ) -> list[JobView]:
-        return self.market.jobs(account=account, state=state, limit=limit)
+        wanted = None if state is None else _job_state(state)
+        return self.market.jobs(account=account, state=wanted, limit=limit)
 
     def job(self, job_id: int) -> JobView:
         return self.market.job(job_id)
 
-    def explain(self, job_id: int) -> dict[str, Any]:
+    def explain(self, job_id: int) -> ExplainView:
         return self.market.explain(job_id)
+
+    # -- running work --------------------------------------------------------------------------
+    def driver(
+        self, *, kind: str = "scheduler", job_ids: Sequence[int] | None = None, launch: bool = True
+    ) -> Driver:
+        """A driver that schedules, launches on Ray and settles (``depin scheduler run``).
+
+        Only a market this process holds can be driven: a remote one runs its own.
+        """
+        from depin.market import Marketplace
+        from depin.runtime.loop import Driver  # Ray is imported only by callers that run work
+
+        market = self.market
+        if not isinstance(market, Marketplace):
+            raise ConfigError(
+                "this market schedules its own jobs: a scheduler runs beside its database"
+            )
+        return Driver(
+            market, ray_address=self.settings.ray_address, kind=kind, job_ids=job_ids, launch=launch
+        )
 
     def wait(self, job_id: int, *, timeout_s: float | None = None) -> JobView:
         """Wait until the job ends.
 
-        While a ``depin scheduler run`` is alive this only watches; otherwise it
-        drives scheduling and Ray itself for this job, as long as it waits.
+        While a ``depin scheduler run`` is alive (or the market is remote) this only
+        watches; otherwise it drives scheduling and Ray itself for this job, as long as
+        it waits.
         """
-        from scheduler.loop import Driver  # Ray is imported only by callers that run work
+        from depin.market import Marketplace
 
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        if self.market.scheduler_running():
+        if not isinstance(self.market, Marketplace) or self.market.scheduler_running():
             while not (view := self.job(job_id)).terminal:
                 if deadline is not None and time.monotonic() > deadline:
                     return view
                 time.sleep(WAIT_POLL_S)
             return view
-        with Driver(self.market, kind="submit", job_ids=[job_id]) as driver:
+        with self.driver(kind="submit", job_ids=[job_id]) as driver:
             driver.run(until=lambda: self.job(job_id).terminal, timeout_s=timeout_s)
         return self.job(job_id)
 
     # -- ledger --------------------------------------------------------------------------------
-    def ledger_entries(
-        self, *, account: str | None = None, limit: int = 100
-    ) -> list[dict[str, Any]]:
+    def ledger_entries(self, *, account: str | None = None, limit: int = 100) -> list[EntryView]:
         """The newest ``limit`` ledger entries (of ``account``, or all), oldest of them first."""
         return self.market.ledger_entries(account=account, limit=limit)
 
@@ -358,6 +457,21 @@ class Client:
 
     def verify_ledger(self) -> VerifyReport:
         return self.market.verify_ledger()
+
+    # -- the embedded database -----------------------------------------------------------------
+    def upgrade_database(self, revision: str = "head") -> str:
+        """Apply the migrations of the embedded (or configured) database; its revision after."""
+        from depin.db.engine import make_engine
+        from depin.db.migrate import current_revision, upgrade
+
+        if self.settings.is_sqlite:
+            self.settings.ensure_home()
+        engine = make_engine(self.settings.database_url)
+        try:
+            upgrade(engine, revision)
+            return current_revision(engine) or "base"
+        finally:
+            engine.dispose()
 
 
 def load_submission(path: str | Path) -> JobSpec | Envelope:
@@ -368,20 +482,33 @@ def load_submission(path: str | Path) -> JobSpec | Envelope:
     return job_from_data(parse_yaml(text, source=str(path)), source=str(path))
 
 
+def _key_record(key: KeyView) -> KeyRecord:
+    """A registered key as the market's own key checks take it."""
+
+    def instant(text: str | None) -> datetime | None:
+        return None if text is None else datetime.fromisoformat(text)
+
+    return KeyRecord(
+        key.key_id,
+        0,
+        key.account,
+        key.public_key,
+        key.state,
+        instant(key.revoked_at),
+        instant(key.not_before),
+        instant(key.not_after),
+    )
+
+
+def _job_state(state: JobState | str) -> JobState:
+    try:
+        return JobState(state)
+    except ValueError:
+        raise InputError(f"unknown job state {state!r}: one of {', '.join(JobState)}") from None
+
+
 def _validated(model: type[NodeSpec], fields: dict[str, Any], what: str) -> NodeSpec:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
         raise InputError(f"{what}: {describe_validation_error(exc)}") from None
-
-
-def _check_issuer(envelope: Envelope, account: str | None) -> None:
-    """``account`` (``--as``) names who signs a manifest; a signed envelope already says."""
-    if account is None:
-        return
-    issuer = manifest.parse_claims(envelope).issuer
-    if issuer != account:
-        raise InputError(
-            f"the envelope is signed for account {issuer!r}, not {account!r}: "
-            "submit it without --as, or sign the manifest as that account"
-        )

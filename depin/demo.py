@@ -21,8 +21,8 @@ from depin.client import Client
 from depin.config import ENV_HOME, Settings
 from depin.errors import ConflictError, DepinError
 from depin.money import format_usd
+from depin.render import balances_table
 from depin.spec import JobSpec
-from depin.tables import balances_table
 from depin.views import JobView
 from providers.fleet import DEMO_NODES, city, demo_fleet, nearest_city
 
@@ -141,10 +141,8 @@ def _run(client: Client, console: Console) -> None:
         submitted[view.id] = goal
         console.print(f"submitted signed job {view.id} [bold]{spec.name}[/bold]: {goal}")
 
-    from scheduler.loop import Driver
-
     console.print("scheduling and running on Ray (starting a local instance) ...")
-    with Driver(client.market, kind="demo", job_ids=list(submitted)) as driver:
+    with client.driver(kind="demo", job_ids=list(submitted)) as driver:
         driver.run(
             until=lambda: all(client.job(j).terminal for j in submitted), timeout_s=RUN_TIMEOUT_S
         )

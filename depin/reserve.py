@@ -13,27 +13,30 @@ to a savepoint and the same path runs job by job, skipping what was taken.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from depin.db.engine import db_time, executemany, reserve_ids
-from depin.db.models import Job, utcnow
+from depin.db.models import Job, JobManifest, utcnow
+from depin.errors import CapacityError, ConflictError, InputError, NotFoundError, UnschedulableError
 from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
+from depin.lifecycle import end_job
+from depin.limits import ALLOCATION_GRACE_S
 from depin.money import format_usd, time_covered_s, usage_cost_micro
+from depin.runtime.work import CycleCommit, PendingJob, PendingWork
 from depin.spec import JobSpec
+from depin.states import JobState
 from providers import registry
-from scheduler import Assignment, Offer, Plan
+from scheduler import Assignment, Plan, plan
 from scheduler.explain import JobMetric
 
-# Holds time out, as TigerBeetle's pending transfers do, and reconcile voids them: a job's
-# submission hold after a week unscheduled, an allocation's hold an hour past its time limit.
-PENDING_HOLD_TIMEOUT_S = 7 * 24 * 3600
-ALLOCATION_GRACE_S = 3600
 # A cycle claims its jobs in one statement: per-statement overhead, not rows, dominated
 # when it was one per request class (SQLite, 18k jobs: 0.19 s -> 0.07 s). ``+jobs.state``
 # keeps SQLite from driving the join by the state index, which would rescan the JSON per job.
@@ -64,49 +67,6 @@ _INSERT_ALLOCATION = (
     "time_limit_s, hold_transfer_id, rtt_ms, score, state, driver_id, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PendingJob:
-    """What reserving a pending job needs, read with the snapshot."""
-
-    id: int
-    account_id: int
-    hold_id: int
-    hold_micro: int
-    spec: JobSpec
-
-
-@dataclass(frozen=True, slots=True)
-class PendingWork:
-    """What one scheduling cycle reads: pending jobs, and the fleet or just its free GPUs.
-
-    ``offers`` is None when the caller's cached snapshot is still current
-    (``nodes_version`` unchanged): then only ``free`` (node ids, free GPUs) is read.
-    """
-
-    jobs: list[PendingJob]
-    offers: list[Offer] | None
-    price_micro: dict[int, int]  # node id -> price the plan saw, re-checked at reserve
-    nodes_version: int = 0
-    free: tuple[list[int], list[int]] | None = None
-
-    @property
-    def job_ids(self) -> list[int]:
-        return [j.id for j in self.jobs]
-
-    @property
-    def specs(self) -> list[JobSpec]:
-        return [j.spec for j in self.jobs]
-
-
-@dataclass(slots=True)
-class CycleCommit:
-    """What a cycle's reserve transaction did."""
-
-    reserved: list[int] = field(default_factory=list)  # allocation ids
-    unschedulable: list[int] = field(default_factory=list)  # job ids refused for good
-    conflicts: int = 0  # jobs whose placement a concurrent scheduler took first
 
 
 class _Conflict(Exception):
@@ -300,16 +260,101 @@ def _record_unplaced(
 
 
 def refuse(s: Session, ledger: Ledger, job_id: int, record_id: int | None) -> bool:
-    """A pending job that no node can ever take ends unschedulable; its hold returns."""
-    now = utcnow()
-    claimed = s.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "pending")
-        .values(state="unschedulable", plan_record_id=record_id, ended_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:
+    """A pending job that no node can ever take ends unschedulable; its hold returns.
+
+    Under the ledger's lock (taken first by every writer of jobs) the job's state
+    read here is current.
+    """
+    job = s.get(Job, job_id, populate_existing=True)
+    if job is None or job.state != JobState.PENDING:
         return False
-    hold_id = s.execute(select(Job.hold_transfer_id).where(Job.id == job_id)).scalar_one()
-    ledger.void(ledger.pending_transfer(hold_id), memo=f"job {job_id}: unschedulable")
+    job.plan_record_id = record_id
+    hold = ledger.pending_transfer(job.hold_transfer_id or 0)
+    end_job(ledger, job, JobState.UNSCHEDULABLE, refund=hold)
     return True
+
+
+# -- one job by hand, and what a cycle reads -----------------------------------------------
+
+
+def place(s: Session, job_id: int, node_id: int, *, driver_id: str | None) -> list[int]:
+    """Reserve a pending job on one chosen node (an allocation attempt); its allocation ids.
+
+    Refused with a ``CapacityError`` when the node lacks the free GPUs (the
+    conditional update and the nodes' CHECK decide, whoever races), with an
+    ``UnschedulableError`` when the node could never take the job.
+    """
+    ledger = Ledger(s)
+    ledger.lock()
+    job = s.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
+    if job.state != JobState.PENDING:
+        raise ConflictError(f"job {job_id} is {job.state}, not pending")
+    spec = JobSpec.model_validate_json(s.get_one(JobManifest, job.id).spec_json)
+    if spec.replicas != 1:
+        raise InputError(f"job {job_id} has {spec.replicas} replicas: place it with the scheduler")
+    node = registry.get_node(s, node_id)
+    if node.status != "active":
+        raise CapacityError(
+            f"node {node_id} is {node.status} and takes no new work: "
+            "pick an active node (`depin node list`)"
+        )
+    attempt = plan([spec], [registry.to_offer(node, full=True)], keys=[job_id])
+    if not attempt.placements:
+        reasons = attempt.unplaced[job_id]
+        raise UnschedulableError(
+            f"node {node_id} can never run job {job_id}: " + "; ".join(reasons), reasons
+        )
+    pending = PendingJob(
+        job.id, job.account_id, job.hold_transfer_id or 0, job.max_cost_micro_usd, spec
+    )
+    work = PendingWork([pending], None, {node_id: node.price_micro_usd_per_gpu_hour})
+    result = replace(attempt, metrics={job_id: attempt.metrics[job_id]})
+    allocs = reserve(s, work, result, driver_id=driver_id).reserved
+    if not allocs:
+        free = registry.get_node(s, node_id).gpus_free
+        raise CapacityError(
+            f"node {node_id} has {free} free GPU(s), job {job_id} needs {spec.resources.gpus}"
+        )
+    return allocs
+
+
+def pending_work(
+    s: Session, job_ids: Sequence[int] | None, *, limit: int, nodes_version: int | None
+) -> PendingWork:
+    """Pending jobs (oldest first) and the fleet, read in one snapshot.
+
+    Given the ``nodes_version`` of a snapshot the caller keeps, and if the
+    fleet has not changed since, only free GPUs are read.
+    """
+    stmt = (
+        select(
+            Job.id,
+            Job.name,
+            Job.account_id,
+            Job.hold_transfer_id,
+            Job.max_cost_micro_usd,
+            JobManifest.template_json,
+        )
+        .join(JobManifest, JobManifest.job_id == Job.id)
+        .where(Job.state == JobState.PENDING)
+    )
+    if job_ids is not None:
+        stmt = stmt.where(Job.id.in_(list(job_ids)))
+    rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
+    version = registry.version(s)
+    if nodes_version == version:
+        offers, prices, free = None, {}, registry.free_capacity(s)
+    else:
+        (offers, prices), free = registry.offers_and_prices(s), None
+    templates: dict[str, JobSpec] = {}  # jobs of one template parse it once
+    jobs = []
+    for r in rows:
+        base = templates.get(r.template_json)
+        if base is None:
+            data = json.loads(r.template_json) | {"name": r.name}
+            base = templates[r.template_json] = JobSpec.model_validate(data)
+        spec = base if base.name == r.name else base.model_copy(update={"name": r.name})
+        jobs.append(PendingJob(r.id, r.account_id, r.hold_transfer_id, r.max_cost_micro_usd, spec))
+    return PendingWork(jobs, offers, prices, version, free)

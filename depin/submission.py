@@ -35,6 +35,7 @@ from depin.errors import (
 from depin.gcpause import gc_paused
 from depin.keys import public_key_from_b64
 from depin.ledger import ESCROW_ACCOUNT, Balance, Entry, Ledger
+from depin.limits import PENDING_HOLD_TIMEOUT_S
 from depin.manifest import (
     CLOCK_SKEW_S,
     PAYLOAD_TYPE,
@@ -47,8 +48,8 @@ from depin.manifest import (
     verify_signature,
 )
 from depin.money import format_usd, usage_cost_micro, usd_to_micro
-from depin.reserve import PENDING_HOLD_TIMEOUT_S
 from depin.spec import JobSpec
+from depin.states import JobState
 from scheduler import Admission, Snapshot, admit
 from scheduler.request import request_key
 
@@ -318,7 +319,7 @@ def queue(s: Session, admitted: Sequence[Admitted], *, now: datetime) -> list[in
                 "key_id": a.key_id,
                 "name": a.spec.name,
                 "manifest_digest": a.envelope.digest,
-                "state": "pending",
+                "state": JobState.PENDING,
                 "max_cost_micro_usd": a.hold_micro,
                 "hold_transfer_id": hold_id,
                 "created_at": written,

@@ -1,20 +1,32 @@
-"""Read models: what the Marketplace returns to the SDK, the CLI and the HTTP API.
+"""Read models: what the market returns to the SDK, the CLI and the HTTP API, and the
+queries that build them.
 
 Plain frozen dataclasses with ``to_dict`` for ``--json``. Money is exact:
 integer micro-USD (``*_micro_usd``); prices are also given in USD per GPU-hour
-because that is how people write them.
+because that is how people write them. The queries run inside the caller's
+(read) transaction.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from depin.db.models import JOB_TERMINAL_STATES, AccountKey, Allocation, Job, Node
-from depin.ledger import Balance
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from depin.db.models import Account, AccountKey, Allocation, Job, JobManifest, Node, PlanRecord
+from depin.errors import NotFoundError
+from depin.ledger import Balance, Ledger
+from depin.ledger import entries as ledger_entries
 from depin.money import micro_to_usd
+from depin.spec import JobSpec
+from depin.states import AllocationState, JobState
+from providers import registry
+from scheduler import plan
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -52,6 +64,7 @@ class KeyView:
 
     key_id: str
     account: str
+    account_kind: str
     state: str
     public_key: str
     created_at: str | None
@@ -60,10 +73,11 @@ class KeyView:
     revoked_at: str | None
 
     @classmethod
-    def of(cls, key: AccountKey, account: str) -> KeyView:
+    def of(cls, key: AccountKey, account: Account) -> KeyView:
         return cls(
             key.key_id,
-            account,
+            account.name,
+            account.kind,
             key.state,
             key.public_key,
             _iso(key.created_at),
@@ -135,7 +149,7 @@ class AllocationView:
     time_limit_s: int
     rtt_ms: float | None
     score: float
-    state: str
+    state: AllocationState
     created_at: str | None
     started_at: str | None
     ended_at: str | None
@@ -143,6 +157,7 @@ class AllocationView:
     cost_micro_usd: int | None
     output_tail: str | None
     error: str | None
+    dispute: str | None = None  # where the provider's receipt claimed more than was seen
 
     @property
     def price_usd_per_gpu_hour(self) -> float:
@@ -158,7 +173,7 @@ class AllocationView:
             time_limit_s=a.time_limit_s,
             rtt_ms=a.rtt_ms,
             score=a.score,
-            state=a.state,
+            state=AllocationState(a.state),
             created_at=_iso(a.created_at),
             started_at=_iso(a.started_at),
             ended_at=_iso(a.ended_at),
@@ -166,6 +181,7 @@ class AllocationView:
             cost_micro_usd=a.cost_micro_usd,
             output_tail=a.output_tail,
             error=a.error,
+            dispute=a.dispute,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,7 +194,7 @@ class JobView:
     name: str
     account: str
     key_id: str
-    state: str
+    state: JobState
     manifest_digest: str
     max_cost_micro_usd: int
     created_at: str | None
@@ -189,7 +205,7 @@ class JobView:
 
     @property
     def terminal(self) -> bool:
-        return self.state in JOB_TERMINAL_STATES
+        return self.state.terminal
 
     @property
     def allocation(self) -> AllocationView | None:
@@ -210,7 +226,7 @@ class JobView:
             name=job.name,
             account=account,
             key_id=job.key_id,
-            state=job.state,
+            state=JobState(job.state),
             manifest_digest=job.manifest_digest,
             max_cost_micro_usd=job.max_cost_micro_usd,
             created_at=_iso(job.created_at),
@@ -225,3 +241,182 @@ class JobView:
         data = asdict(self)
         data["allocations"] = [a.to_dict() for a in self.allocations]
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class EntryView:
+    """A ledger entry as people read it: accounts by name, money in micro-USD."""
+
+    id: int
+    kind: str
+    debit: str
+    credit: str
+    amount_micro_usd: int
+    pending: bool
+    pending_id: int | None
+    job_id: int | None
+    allocation_id: int | None
+    memo: str
+    created_at: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ExplainView:
+    """Why a job went where it went, or nowhere (``depin job explain``)."""
+
+    job: int
+    name: str
+    state: JobState
+    source: str  # recorded by the scheduler, or planned now
+    node_ids: list[int]
+    metric: dict[str, Any]
+    reasons: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- queries -------------------------------------------------------------------------------
+
+
+def account_view(s: Session, name: str) -> AccountView:
+    acct = Ledger(s).account(name)
+    kids = s.execute(
+        select(AccountKey.key_id).where(AccountKey.account_id == acct.id).order_by(AccountKey.id)
+    ).scalars()
+    return AccountView(acct.id, acct.name, acct.kind, list(kids), Balance.of(acct))
+
+
+def key_views(
+    s: Session, *, account: str | None = None, key_ids: Sequence[str] | None = None
+) -> list[KeyView]:
+    """Registered keys, oldest first: an account's, or those among ``key_ids``."""
+    stmt = select(AccountKey, Account).join(Account, Account.id == AccountKey.account_id)
+    if account is not None:
+        stmt = stmt.where(AccountKey.account_id == Ledger(s).account(account).id)
+    if key_ids is not None:
+        stmt = stmt.where(AccountKey.key_id.in_(sorted(set(key_ids))))
+    return [KeyView.of(k, a) for k, a in s.execute(stmt.order_by(AccountKey.id))]
+
+
+def node_views(s: Session) -> list[NodeView]:
+    names = dict(
+        s.execute(select(Account.id, Account.name).where(Account.kind == "provider")).all()
+    )
+    return [NodeView.of(n, names.get(n.provider_id, "?")) for n in registry.list_nodes(s)]
+
+
+def node_view(s: Session, node_id: int) -> NodeView:
+    node = registry.get_node(s, node_id)
+    return NodeView.of(node, s.get_one(Account, node.provider_id).name)
+
+
+def job_views(
+    s: Session,
+    *,
+    account: str | None = None,
+    state: JobState | None = None,
+    job_id: int | None = None,
+    limit: int = 100,
+) -> list[JobView]:
+    """Jobs, newest first, with their allocations and the scheduler's reasons."""
+    stmt = (
+        select(Job, Account.name, JobManifest.spec_json)
+        .join(Account, Account.id == Job.account_id)
+        .join(JobManifest, JobManifest.job_id == Job.id)
+    )
+    if account is not None:
+        stmt = stmt.where(Job.account_id == Ledger(s).account(account).id)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if job_id is not None:
+        stmt = stmt.where(Job.id == job_id)
+    rows = s.execute(stmt.order_by(Job.id.desc()).limit(limit)).all()
+    allocs = _allocations_by_job(s, [job.id for job, _, _ in rows])
+    reasons = _plan_reasons(s, [job for job, _, _ in rows])
+    return [
+        JobView.of(job, name, spec, allocs.get(job.id, []), reasons.get(job.plan_record_id, []))
+        for job, name, spec in rows
+    ]
+
+
+def job_view(s: Session, job_id: int) -> JobView:
+    found = job_views(s, job_id=job_id, limit=1)
+    if not found:
+        raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
+    return found[0]
+
+
+def explain_view(s: Session, job_id: int) -> ExplainView:
+    """The plan's record of a job; a pending job not yet looked at is planned afresh."""
+    job = job_view(s, job_id)
+    row = s.get_one(Job, job_id)
+    record = s.get(PlanRecord, row.plan_record_id) if row.plan_record_id else None
+    if record is not None:
+        metric = json.loads(record.metric_json)
+        source = "recorded by the scheduler"
+    else:
+        fresh = plan([JobSpec.model_validate(job.spec)], registry.offers(s), keys=[job.id])
+        metric = fresh.metrics[job.id].to_dict()
+        source = "planned now against current free capacity"
+    return ExplainView(
+        job=job.id,
+        name=job.name,
+        state=job.state,
+        source=source,
+        node_ids=[a.node_id for a in job.allocations if a.state != AllocationState.LOST],
+        metric=metric,
+        reasons=job.reasons,
+    )
+
+
+def entry_views(s: Session, *, account: str | None = None, limit: int = 100) -> list[EntryView]:
+    """The newest ``limit`` entries (of ``account``, or all), oldest of them first."""
+    names = dict(s.execute(select(Account.id, Account.name)).all())
+    account_id = None
+    if account is not None:
+        account_id = next((i for i, n in names.items() if n == account), None)
+        if account_id is None:
+            raise NotFoundError(f"no account named {account!r}")
+    return [
+        EntryView(
+            id=t.id,
+            kind=t.kind,
+            debit=names[t.debit_account_id],
+            credit=names[t.credit_account_id],
+            amount_micro_usd=t.amount_micro_usd,
+            pending=t.pending,
+            pending_id=t.pending_id,
+            job_id=t.job_id,
+            allocation_id=t.allocation_id,
+            memo=t.memo,
+            created_at=t.created_at.isoformat(),
+            hash=t.hash,
+        )
+        for t in ledger_entries(s, account_id=account_id, limit=limit, newest=True)
+    ]
+
+
+def _plan_reasons(s: Session, jobs: Sequence[Job]) -> dict[int | None, list[str]]:
+    """The scheduler's reasons for jobs that wait or were refused, by plan record id."""
+    waiting = (JobState.PENDING, JobState.UNSCHEDULABLE)
+    ids = {j.plan_record_id for j in jobs if j.plan_record_id and j.state in waiting}
+    if not ids:
+        return {}
+    rows = s.execute(select(PlanRecord.id, PlanRecord.reasons_json).where(PlanRecord.id.in_(ids)))
+    return {rid: json.loads(r) for rid, r in rows if r}
+
+
+def _allocations_by_job(s: Session, job_ids: Sequence[int]) -> dict[int, list[Allocation]]:
+    out: dict[int, list[Allocation]] = {}
+    if not job_ids:
+        return out
+    for alloc in s.execute(
+        select(Allocation).where(Allocation.job_id.in_(list(job_ids))).order_by(Allocation.id)
+    ).scalars():
+        out.setdefault(alloc.job_id, []).append(alloc)
+    return out

@@ -7,15 +7,18 @@ transactions); capacity only ever changes through ``take_capacity`` and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Integer, String, cast, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from depin.db.engine import executemany
-from depin.db.models import Node, Setting, utcnow
+from depin.db.models import AccountKey, Node, Setting, utcnow
 from depin.errors import CapacityError, ConflictError, NotFoundError
+from depin.keys import public_key_from_b64
 from depin.money import micro_to_usd, usd_to_micro
 from depin.spec import NodeSpec
 from scheduler.offers import Offer
@@ -201,3 +204,21 @@ def offers_and_prices(
     return [to_offer(n, full=full) for n in nodes], {
         n.id: n.price_micro_usd_per_gpu_hour for n in nodes
     }
+
+
+def provider_keys(
+    session: Session, node_ids: Sequence[int] | None, *, active_only: bool
+) -> dict[int, dict[str, Ed25519PublicKey]]:
+    """The public keys of the providers that own ``node_ids`` (None: every node), in one
+    query: node id -> key id -> public key."""
+    stmt = select(Node.id, AccountKey.key_id, AccountKey.public_key).join(
+        AccountKey, AccountKey.account_id == Node.provider_id
+    )
+    if node_ids is not None:
+        stmt = stmt.where(Node.id.in_(sorted(set(node_ids))))
+    if active_only:
+        stmt = stmt.where(AccountKey.state == "active")
+    out: dict[int, dict[str, Ed25519PublicKey]] = {}
+    for node_id, key_id, public in session.execute(stmt):
+        out.setdefault(node_id, {})[key_id] = public_key_from_b64(public)
+    return out

@@ -90,7 +90,7 @@ def ray_session() -> Iterator[None]:
 
     import ray
 
-    from scheduler.executor import node_resource
+    from depin.runtime.executor import node_resource
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(

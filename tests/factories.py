@@ -9,8 +9,8 @@ from typing import Any
 
 from depin.client import Client
 from depin.manifest import Envelope
+from depin.runtime.work import Launch, Outcome
 from depin.spec import JobSpec, NodeSpec
-from scheduler.work import Launch, Outcome
 
 BERLIN = (52.52, 13.405)
 FRANKFURT = (50.11, 8.68)
@@ -130,3 +130,9 @@ def ended(
         acceptance_json=acceptance,
         usage_json=usage.to_json(),
     )
+
+
+def finish(market: Any, outcome: Outcome) -> None:
+    """Hand an outcome to the market as it arrives when its run ends: the market pays for
+    what the receipt claims only within what it saw, from the claim to this moment."""
+    market.finish(outcome, now=outcome.ended_at)

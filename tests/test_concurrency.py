@@ -113,7 +113,7 @@ def test_schedulers_racing_over_one_database_never_book_a_gpu_twice(
     booked = sum(r[0] for r in results)
     assert 0 < booked <= 100
     # Whatever a race left unbooked, the next cycle books: capacity is never lost either.
-    from scheduler.loop import Driver
+    from depin.runtime.loop import Driver
 
     booked += len(Driver(client.market, launch=False).cycle().commit.reserved)
     assert booked == 100

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from cli import cli
 from depin.db.models import utcnow
 from depin.errors import CapacityError, ConflictError, InputError, UnschedulableError
-from depin.reserve import PENDING_HOLD_TIMEOUT_S
-from scheduler.loop import Driver
-from scheduler.work import Outcome
+from depin.limits import PENDING_HOLD_TIMEOUT_S
+from depin.runtime.loop import Driver
+from depin.runtime.work import Outcome
 from tests.factories import World, job
 
 

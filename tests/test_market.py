@@ -21,9 +21,9 @@ from depin.errors import (
 )
 from depin.manifest import Envelope
 from depin.money import usage_cost_micro
+from depin.runtime.work import Outcome
 from scheduler import plan
-from scheduler.work import Outcome
-from tests.factories import BERLIN, World, ended, job
+from tests.factories import BERLIN, World, ended, finish, job
 
 
 def test_submission_queues_the_job_and_holds_its_most_cost(world: World) -> None:
@@ -170,7 +170,7 @@ def test_settlement_pays_the_provider_for_the_time_used_and_returns_the_rest(wor
     cycle(world)
     market = world.client.market
     launch = market.claim_reserved("test-driver")[0]
-    market.finish(ended(launch, 90))
+    finish(market, ended(launch, 90))
     view = world.client.job(job_id)
     expected = usage_cost_micro(400_000, 1, 90_000)
     assert view.state == "succeeded" and view.allocation.cost_micro_usd == expected  # type: ignore[union-attr]
@@ -187,8 +187,8 @@ def test_finishing_twice_settles_once(world: World) -> None:
     market = world.client.market
     launch = market.claim_reserved("test-driver")[0]
     outcome = ended(launch, 10, exit_code=1, output="boom")
-    market.finish(outcome)
-    market.finish(outcome)
+    finish(market, outcome)
+    finish(market, outcome)
     assert world.client.account("acme").balance.credits_posted == usage_cost_micro(
         400_000, 1, 10_000
     )
@@ -281,12 +281,12 @@ def test_a_job_that_no_longer_fits_anywhere_ends_unschedulable_and_is_refunded(
 def test_explain_shows_the_recorded_decision(world: World) -> None:
     job_id = world.submit(job(resources={"gpus": 1, "vram_gib": 70}))
     pending = world.client.explain(job_id)
-    assert pending["source"].startswith("planned now")
+    assert pending.source.startswith("planned now")
     cycle(world)
     placed = world.client.explain(job_id)
-    assert placed["node_ids"] == [world.node_ids["frankfurt-a100"]]
-    assert placed["metric"]["filtered"] == {"vram_gib >= 70": 3}
-    assert placed["metric"]["candidates"][0]["node_id"] == world.node_ids["frankfurt-a100"]
+    assert placed.node_ids == [world.node_ids["frankfurt-a100"]]
+    assert placed.metric["filtered"] == {"vram_gib >= 70": 3}
+    assert placed.metric["candidates"][0]["node_id"] == world.node_ids["frankfurt-a100"]
 
 
 def test_replicas_land_on_distinct_nodes_each_with_its_own_hold(world: World) -> None:
@@ -296,11 +296,11 @@ def test_replicas_land_on_distinct_nodes_each_with_its_own_hold(world: World) ->
     assert view.state == "scheduled"
     assert len({a.node_id for a in view.allocations}) == 3
     entries = world.client.ledger_entries(account="dev")
-    holds = [e for e in entries if e["pending"]]
+    holds = [e for e in entries if e.pending]
     # The submission hold, adjusted to the first replica's hold; one more per further replica.
-    assert [e["kind"] for e in holds] == ["hold", "adjust", "hold", "hold"]
-    assert holds[1]["pending_id"] == holds[0]["id"]
-    assert {e["allocation_id"] for e in holds[1:]} == {a.id for a in view.allocations}
+    assert [e.kind for e in holds] == ["hold", "adjust", "hold", "hold"]
+    assert holds[1].pending_id == holds[0].id
+    assert {e.allocation_id for e in holds[1:]} == {a.id for a in view.allocations}
     assert world.client.verify_ledger().ok
 
 
@@ -316,9 +316,9 @@ def test_a_multi_replica_job_succeeds_only_when_every_replica_does(world: World)
     cycle(world)
     market = world.client.market
     launches = market.claim_reserved("test-driver")
-    market.finish(ended(launches[0], 5))
+    finish(market, ended(launches[0], 5))
     assert world.client.job(job_id).state == "running"
-    market.finish(ended(launches[1], 5, exit_code=2, output="boom"))
+    finish(market, ended(launches[1], 5, exit_code=2, output="boom"))
     assert world.client.job(job_id).state == "failed"
     assert world.client.verify_ledger().ok
 
@@ -326,7 +326,7 @@ def test_a_multi_replica_job_succeeds_only_when_every_replica_does(world: World)
 def test_a_scheduler_keeps_its_snapshot_until_the_fleet_changes(world: World) -> None:
     from decimal import Decimal
 
-    from scheduler.loop import Driver
+    from depin.runtime.loop import Driver
     from tests.factories import node
 
     driver = Driver(world.client.market, kind="test", launch=False)
@@ -359,7 +359,7 @@ def test_work_without_a_valid_usage_receipt_is_not_paid(world: World) -> None:
     payload = json.loads(base64.b64decode(inflated["payload"]))
     payload["ended_at"] = "2099-01-01T00:00:00+00:00"
     inflated["payload"] = base64.b64encode(json.dumps(payload).encode()).decode()
-    market.finish(replace(honest, usage_json=json.dumps(inflated)))
+    finish(market, replace(honest, usage_json=json.dumps(inflated)))
     view = world.client.job(job_id)
     assert view.state == "succeeded"
     assert view.allocation.cost_micro_usd == 0  # type: ignore[union-attr]
@@ -376,7 +376,7 @@ def test_receipts_are_kept_and_audited_by_ledger_verify(world: World) -> None:
     cycle(world)
     market = world.client.market
     launch = market.claim_reserved("test-driver")[0]
-    market.finish(ended(launch, 30))
+    finish(market, ended(launch, 30))
     assert world.client.verify_ledger().ok
     with market.engine.begin() as conn:
         stored = conn.execute(
@@ -403,8 +403,8 @@ def test_a_receipt_for_another_allocation_fails_the_audit(world: World) -> None:
     cycle(world)
     market = world.client.market
     first, second = market.claim_reserved("test-driver")
-    market.finish(ended(first, 30))
-    market.finish(ended(second, 30))
+    finish(market, ended(first, 30))
+    finish(market, ended(second, 30))
     with market.engine.begin() as conn:
         receipt = conn.execute(
             text("SELECT envelope_json FROM receipts WHERE allocation_id = :a AND kind = 'usage'"),

@@ -19,7 +19,14 @@ from cli import cli
 from depin import manifest
 from depin.client import Client
 from depin.config import Settings
-from depin.errors import EnvelopeError, ManifestError, ReplayError, RevokedKeyError
+from depin.errors import (
+    EnvelopeError,
+    ManifestError,
+    ReplayError,
+    RevokedKeyError,
+    TamperedEnvelopeError,
+    WrongPayloadTypeError,
+)
 from depin.keys import key_id
 from depin.manifest import Envelope
 from tests.factories import World, job
@@ -88,7 +95,13 @@ def test_flipping_any_byte_of_payload_type_or_signature_is_refused(
             ),
         ),
     )
-    with pytest.raises(EnvelopeError):
+    # A changed type is named as such (it is checked first); any other change breaks the signature.
+    expected = (
+        (WrongPayloadTypeError, "expected 'application/vnd.depin.job")
+        if field == "payloadType"
+        else (TamperedEnvelopeError, "signature does not verify")
+    )
+    with pytest.raises(expected[0], match=expected[1]):
         manifest.verify_signature(envelope, _known)
 
 
@@ -224,7 +237,7 @@ def test_manifest_sign_and_verify_work_offline(
         ],
     )
     assert signed.exit_code == 0, signed.output
-    verified = runner.invoke(cli, ["manifest", "verify", str(out), "--json"])
+    verified = runner.invoke(cli, ["manifest", "verify", str(out), "--offline", "--json"])
     assert verified.exit_code == 0, verified.output
     info = json.loads(verified.stdout)
     assert (
@@ -232,6 +245,8 @@ def test_manifest_sign_and_verify_work_offline(
         and info["audience"] == "depin-x"
         and info["job"]["name"] == "offline"
     )
+    # Offline, a key proves who holds it, not which account it speaks for.
+    assert info["issuer_verified"] is False
 
 
 def test_private_key_material_never_appears_in_output(home: Path, tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ def submit_envelopes(home: str, url: str, envelopes: list[str], barrier: Any, re
 
 def schedule(home: str, url: str, cycles: int, barrier: Any, results: Any) -> None:
     """A scheduler (launching off) running ``cycles`` cycles against the shared database."""
-    from scheduler.loop import Driver
+    from depin.runtime.loop import Driver
 
     market = _market(home, url)
     driver = Driver(market, kind="racer", launch=False)
@@ -73,8 +73,8 @@ def schedule(home: str, url: str, cycles: int, barrier: Any, results: Any) -> No
 
 def churn(home: str, url: str, seed: int) -> None:
     """A scheduler and a launcher in one loop, forever, until it is killed (SIGKILL)."""
-    from scheduler.loop import Driver
-    from tests.factories import ended
+    from depin.runtime.loop import Driver
+    from tests.factories import ended, finish
 
     rng = random.Random(seed)
     market = _market(home, url)
@@ -86,14 +86,14 @@ def churn(home: str, url: str, seed: int) -> None:
             if rng.random() < 0.2:
                 from datetime import UTC, datetime
 
-                from scheduler.work import Outcome
+                from depin.runtime.work import Outcome
 
                 now = datetime.now(UTC)
                 market.finish(
                     Outcome(launch.allocation_id, now, now, None, "", "node died", lost=True)
                 )
             else:
-                market.finish(ended(launch, rng.uniform(1, 120), exit_code=rng.choice([0, 0, 1])))
+                finish(market, ended(launch, rng.uniform(1, 120), exit_code=rng.choice([0, 0, 1])))
         time.sleep(rng.uniform(0, 0.02))
 
 

@@ -24,12 +24,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from depin.bench.workload import submit_as_new_developer, synthetic_jobs
 from depin.config import Settings
 from depin.market import Marketplace
+from depin.runtime.cycle import schedule
 from depin.spec import JobSpec
 from providers.catalog import lookup
 from providers.fleet import SyntheticNode, synthetic_nodes
 from scheduler import Offer, Snapshot, admit, plan
 from scheduler.batch import build_batch
-from scheduler.cycle import schedule
 from scheduler.feasibility import evaluate
 from scheduler.request import Request
 
@@ -114,7 +114,7 @@ def batch_throughput(
             plan(synthetic_jobs(2, seed=seed), offers_of(synthetic_nodes(10, seed=seed)), mode=mode)
             gc.collect()  # the line above warmed imports (OR-Tools unless mode="fast"), as a
             # running scheduler has
-            # A cycle as ``scheduler.loop.Driver`` runs it: read the pending jobs and the fleet
+            # A cycle as ``depin.runtime.loop.Driver`` runs it: read the pending jobs and the fleet
             # (the driver keeps the snapshot across cycles), plan, commit.
             t0 = time.perf_counter()
             work = market.pending_work(job_ids, limit=jobs)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from depin.config import redact_url
 from depin.errors import DatabaseError
+from depin.limits import TRANSACTION_ATTEMPTS, transaction_backoff_s
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "depin_read_only"  # execution option: a read session's transaction
@@ -27,7 +28,6 @@ READ_ONLY = "depin_read_only"  # execution option: a read session's transaction
 SQLITE_CACHE_KIB = 128 * 1024
 # PostgreSQL serialization failure and deadlock: safe to retry the whole transaction.
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
-MAX_TRANSACTION_ATTEMPTS = 8
 # An INSERT of one row of placeholders and nothing else: on PostgreSQL it can be a COPY.
 _PLAIN_INSERT = re.compile(r"^INSERT INTO (\w+) \(([\w, ]+)\) VALUES \(\?(?:, \?)*\)$")
 
@@ -92,7 +92,7 @@ def run_transaction(
     sessions: sessionmaker[Session],
     work: Callable[[Session], T],
     *,
-    attempts: int = MAX_TRANSACTION_ATTEMPTS,
+    attempts: int = TRANSACTION_ATTEMPTS,
 ) -> T:
     """Run ``work`` in one transaction, retrying it whole on retryable conflicts.
 
@@ -104,7 +104,7 @@ def run_transaction(
                 return work(session)
         except DBAPIError as exc:
             if is_retryable(exc) and attempt < attempts:
-                time.sleep(min(0.2, 0.005 * 2**attempt))
+                time.sleep(transaction_backoff_s(attempt))
                 continue
             if isinstance(exc, OperationalError):
                 raise DatabaseError(f"database error: {str(exc.orig).splitlines()[0]}") from exc

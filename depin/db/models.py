@@ -8,6 +8,7 @@ accounts, unique nonces, at most one resolution per pending transfer.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     BigInteger,
@@ -27,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from depin.states import AllocationState, JobState
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -36,18 +39,6 @@ NAMING_CONVENTION = {
 }
 
 ACCOUNT_KINDS = ("developer", "provider", "escrow", "external")
-JOB_STATES = (
-    "pending",
-    "scheduled",
-    "running",
-    "succeeded",
-    "failed",
-    "unschedulable",
-    "cancelled",
-)
-JOB_TERMINAL_STATES = ("succeeded", "failed", "unschedulable", "cancelled")
-ALLOCATION_STATES = ("reserved", "running", "succeeded", "failed", "lost", "cancelled")
-ALLOCATION_ACTIVE_STATES = ("reserved", "running")
 NODE_STATES = ("active", "draining", "offline")
 KEY_STATES = ("active", "revoked")
 
@@ -81,7 +72,24 @@ class UtcDateTime(TypeDecorator[datetime]):
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class StateColumn(TypeDecorator[StrEnum]):
+    """A state enum stored as its value (VARCHAR 16), read back as the enum member."""
+
+    impl = String(16)
+    cache_ok = True
+
+    def __init__(self, enum: type[StrEnum]) -> None:
+        super().__init__()
+        self.enum = enum
+
+    def process_bind_param(self, value: str | None, dialect: object) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: object) -> StrEnum | None:
+        return None if value is None else self.enum(value)
 
 
 class Base(DeclarativeBase):
@@ -232,7 +240,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(_in("state", JOB_STATES), name="state"),
+        CheckConstraint(_in("state", tuple(JobState)), name="state"),
         Index("ix_jobs_state_id", "state", "id"),
     )
 
@@ -241,7 +249,7 @@ class Job(Base):
     key_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(64))
     manifest_digest: Mapped[str] = mapped_column(String(80))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[JobState] = mapped_column(StateColumn(JobState), default=JobState.PENDING)
     max_cost_micro_usd: Mapped[int] = mapped_column(BigInteger)
     hold_transfer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("transfers.id"))
     # The scheduler's record of the last decision about this job (shared by its request class).
@@ -296,7 +304,7 @@ class Allocation(Base):
 
     __tablename__ = "allocations"
     __table_args__ = (
-        CheckConstraint(_in("state", ALLOCATION_STATES), name="state"),
+        CheckConstraint(_in("state", tuple(AllocationState)), name="state"),
         CheckConstraint("gpus >= 1", name="gpus_positive"),
         Index("ix_allocations_state_node", "state", "node_id"),
     )
@@ -310,7 +318,9 @@ class Allocation(Base):
     hold_transfer_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("transfers.id"))
     rtt_ms: Mapped[float | None] = mapped_column(Float)
     score: Mapped[float] = mapped_column(Float)
-    state: Mapped[str] = mapped_column(String(16), default="reserved")
+    state: Mapped[AllocationState] = mapped_column(
+        StateColumn(AllocationState), default=AllocationState.RESERVED
+    )
     driver_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -319,6 +329,8 @@ class Allocation(Base):
     output_tail: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(String(500))
     cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
+    # Where the provider's usage receipt claimed more than the market saw, and what was paid.
+    dispute: Mapped[str | None] = mapped_column(String(500))
 
 
 class Receipt(Base):

@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ import ray.exceptions
 
 from depin.errors import ExecutionError
 from depin.receipts import ReceiptSigner, sign_acceptance, sign_usage
-from scheduler.work import Launch, Outcome
+from depin.runtime.work import Launch, Outcome
 
 RESOURCE_PREFIX = "depin_node:"
 OUTPUT_TAIL_BYTES = 4096
@@ -63,43 +64,59 @@ def _tail_reader(stream: Any, tail: deque[bytes]) -> None:
             tail.popleft()
 
 
+# What a job's environment holds: built from nothing, so it never sees the driver's
+# DEPIN_HOME, database URL or keys. ``python`` resolves to the worker's interpreter.
+JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
+JOB_LANG = "C.UTF-8"
+
+
+def job_environment(home: str, ids: Mapping[str, str]) -> dict[str, str]:
+    """PATH, LANG, HOME (the job's own working directory) and the job's ``DEPIN_*`` ids."""
+    path = os.pathsep.join([os.path.dirname(sys.executable), JOB_PATH])
+    return {"PATH": path, "LANG": JOB_LANG, "HOME": home, **ids}
+
+
 def run_command(
-    command: Sequence[str], env: Mapping[str, str], time_limit_s: int
+    command: Sequence[str], ids: Mapping[str, str], time_limit_s: int
 ) -> dict[str, Any]:
     """Run ``command`` to completion or its time limit; keep the tail of its output.
 
-    This is the body of the Ray task; it also runs in-process in tests.
+    It runs in a fresh working directory (its HOME too, removed afterwards) with
+    an environment built from nothing (``job_environment``). This is the body
+    of the Ray task; it also runs in-process in tests.
     """
     started = datetime.now(UTC)
     argv = _interpreter(command)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env},
-            start_new_session=True,  # its own process group, so a timeout kills its children too
-        )
-    except OSError as exc:
-        return {
-            "started_at": started,
-            "ended_at": datetime.now(UTC),
-            "exit_code": 127,
-            "output_tail": "",
-            "error": f"cannot start {argv[0]!r}: {exc.strerror}",
-        }
-    tail: deque[bytes] = deque()
-    reader = threading.Thread(target=_tail_reader, args=(proc.stdout, tail), daemon=True)
-    reader.start()
-    error = None
-    try:
-        exit_code = proc.wait(timeout=time_limit_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        exit_code = proc.wait()
-        error = f"killed at its time limit of {time_limit_s} s"
-    reader.join(timeout=5)
+    with tempfile.TemporaryDirectory(prefix="depin-job-") as workdir:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=workdir,
+                env=job_environment(workdir, ids),
+                start_new_session=True,  # its own process group: a timeout kills its children
+            )
+        except OSError as exc:
+            return {
+                "started_at": started,
+                "ended_at": datetime.now(UTC),
+                "exit_code": 127,
+                "output_tail": "",
+                "error": f"cannot start {argv[0]!r}: {exc.strerror}",
+            }
+        tail: deque[bytes] = deque()
+        reader = threading.Thread(target=_tail_reader, args=(proc.stdout, tail), daemon=True)
+        reader.start()
+        error = None
+        try:
+            exit_code = proc.wait(timeout=time_limit_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            exit_code = proc.wait()
+            error = f"killed at its time limit of {time_limit_s} s"
+        reader.join(timeout=5)
     output = b"".join(tail)[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace")
     return {
         "started_at": started,
@@ -111,7 +128,7 @@ def run_command(
 
 
 def run_with_receipts(
-    command: Sequence[str], env: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
+    command: Sequence[str], ids: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
 ) -> dict[str, Any]:
     """Run an allocation on this node, signing its acceptance first and its usage after.
 
@@ -122,7 +139,7 @@ def run_with_receipts(
     acceptance = None
     if private is not None and signer is not None:
         acceptance = sign_acceptance(private, signer.facts, at=datetime.now(UTC)).to_json()
-    result = run_command(command, env, time_limit_s)
+    result = run_command(command, ids, time_limit_s)
     result["acceptance_json"], result["usage_json"] = acceptance, None
     if private is not None and signer is not None:
         usage = sign_usage(
@@ -138,9 +155,9 @@ def run_with_receipts(
 
 @ray.remote(num_cpus=0, max_retries=0)
 def _run_allocation(
-    command: Sequence[str], env: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
+    command: Sequence[str], ids: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
 ) -> dict[str, Any]:
-    return run_with_receipts(command, env, time_limit_s, signer)
+    return run_with_receipts(command, ids, time_limit_s, signer)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -215,7 +232,7 @@ class RayExecutor:
         return len(self._running)
 
     def launch(self, launch: Launch) -> None:
-        env = {
+        ids = {
             "DEPIN_JOB_ID": str(launch.job_id),
             "DEPIN_ALLOCATION_ID": str(launch.allocation_id),
             "DEPIN_NODE_ID": str(launch.node_id),
@@ -224,7 +241,7 @@ class RayExecutor:
         ref = _run_allocation.options(
             resources={node_resource(launch.node_id): launch.gpus},
             name=f"depin-job-{launch.job_id}-alloc-{launch.allocation_id}",
-        ).remote(launch.command, env, launch.time_limit_s, launch.receipts)
+        ).remote(launch.command, ids, launch.time_limit_s, launch.receipts)
         self._running[ref] = launch
 
     def abandon(self) -> list[Launch]:

@@ -7,7 +7,7 @@ import traceback
 
 import ray.exceptions
 
-from scheduler.executor import OUTPUT_TAIL_BYTES, error_line, run_command
+from depin.runtime.executor import OUTPUT_TAIL_BYTES, error_line, run_command
 
 
 def test_a_command_runs_with_the_allocation_environment() -> None:

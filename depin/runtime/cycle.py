@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from depin.gcpause import gc_paused
-from depin.market import Marketplace
-from depin.reserve import CycleCommit, PendingWork
+from depin.runtime.work import CycleCommit, PendingWork
 from scheduler.offers import Snapshot
-from scheduler.plan import plan
+from scheduler.plan import Plan, plan
+
+
+class Committer(Protocol):
+    """Where a planned batch is reserved (the market)."""
+
+    def commit_plan(
+        self, work: PendingWork, result: Plan, *, driver_id: str | None
+    ) -> CycleCommit: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +31,7 @@ class Scheduled:
 
 
 def schedule(
-    market: Marketplace, work: PendingWork, snap: Snapshot, *, mode: str, driver_id: str | None
+    market: Committer, work: PendingWork, snap: Snapshot, *, mode: str, driver_id: str | None
 ) -> Scheduled:
     """Plan the pending work on the snapshot and reserve the plan in one transaction.
 

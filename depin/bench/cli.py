@@ -1,0 +1,154 @@
+"""``depin bench``: every performance target has a command here (``--json`` for machines).
+
+Each figure is measured in the same run as its baseline; the modules beside
+this one do the measuring, this one only parses options and prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from rich.table import Table
+
+from depin.render import console
+from depin.render import emit as _emit
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+
+
+@click.group()
+def bench() -> None:
+    """Measure: every performance target has a command here (--json for machines)."""
+
+
+@bench.command("scheduler")
+@click.option("--nodes", type=click.IntRange(10, 1_000_000), default=10_000, show_default=True)
+@click.option("--jobs", type=click.IntRange(1, 200_000), default=20_000, show_default=True)
+@click.option(
+    "--big-nodes",
+    type=click.IntRange(10, 1_000_000),
+    default=100_000,
+    show_default=True,
+    help="Fleet size for the second single-job latency figure.",
+)
+@click.option("--classad-jobs", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--db", "database_url", help="Database for the batch figure (default: a fresh SQLite file)."
+)
+@json_option
+def bench_scheduler(as_json: bool, **options: Any) -> None:
+    """Decision latency, batch placements/s with the ledger commit, quality, ClassAds."""
+    from depin.bench.scheduler import run
+
+    say = None if as_json else (lambda msg: click.echo(f"... {msg}", err=True))
+    data = run(progress=say, **options)
+    _emit(as_json, data, lambda: _print_scheduler_bench(data))
+
+
+def _print_scheduler_bench(data: dict[str, Any]) -> None:
+    table = Table(
+        "nodes",
+        "classes",
+        "cells",
+        "decisions",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        title="single-job decisions",
+    )
+    for r in data["single_job"]:
+        table.add_row(
+            *(
+                str(r[k])
+                for k in ("nodes", "classes", "cells", "decisions", "p50_ms", "p99_ms", "max_ms")
+            )
+        )
+    console.print(table)
+    b = data["batch"]
+    console.print(
+        f"batch: {b['placed']} of {b['jobs']} jobs placed on {b['nodes']} nodes "
+        f"({b['mode']}, {b['database']}): "
+        f"read {b['read_s']} s, plan {b['plan_s']} s, commit {b['commit_s']} s -> "
+        f"[bold]{b['placements_per_s']}[/bold] placements/s with the commit "
+        f"({b['placements_per_s_with_read']}/s with the read); ledger ok: {b['ledger_ok']}"
+    )
+    for key in ("quality", "quality_single_gpu"):
+        q = data[key]
+        which = "single-GPU jobs" if q["single_gpu"] else "the same batch"
+        title = f"quality, cost-only objective ({which})"
+        table = Table("strategy", "placed", "vs exact", "USD/h", "cost gap %", "s", title=title)
+        for name, r in q["strategies"].items():
+            table.add_row(
+                name,
+                str(r["placed"]),
+                f"{r['placed_vs_exact']:+d}",
+                f"{r['cost_usd_per_hour']:.2f}",
+                f"{r['cost_gap_pct']:+.2f}",
+                f"{r['seconds']:.2f}",
+            )
+        console.print(table)
+    c = data["classads"]
+    if "skipped" in c:
+        console.print(f"classads: skipped: {c['skipped']}")
+    else:
+        console.print(
+            f"feasibility, {c['jobs']} jobs x {c['nodes']} nodes: "
+            f"depin {c['depin_pairs_per_s']:,} pairs/s, "
+            f"ClassAds {c['classad_pairs_per_s']:,} pairs/s -> [bold]{c['speedup']}x[/bold] "
+            f"(same feasible sets: {c['same_feasible_sets']})"
+        )
+
+
+@bench.command("manifest")
+@click.option("--envelopes", type=click.IntRange(10, 1_000_000), default=5000, show_default=True)
+@click.option(
+    "--db", "database_url", help="Database for the nonce check (default: a fresh SQLite file)."
+)
+@json_option
+def bench_manifest(as_json: bool, envelopes: int, database_url: str | None) -> None:
+    """Envelopes verified per second (signature, claims, nonce) against raw Ed25519."""
+    from depin.bench.manifest import run
+
+    data = run(envelopes=envelopes, database_url=database_url)
+    _emit(
+        as_json,
+        data,
+        lambda: console.print(
+            f"{data['envelopes']} envelopes ({data['payload_bytes_mean']} B payloads, nonces in "
+            f"{data['database']}): [bold]{data['envelopes_per_s']:,}/s[/bold] verified in full, "
+            f"{data['raw_ed25519_per_s']:,}/s raw Ed25519 -> {data['ratio']:.0%} of raw"
+        ),
+    )
+
+
+@bench.command("ledger")
+@click.option(
+    "--allocations", type=click.IntRange(100, 1_000_000), default=20_000, show_default=True
+)
+@click.option(
+    "--cycle",
+    type=click.IntRange(1, 100_000),
+    default=5_000,
+    show_default=True,
+    help="Allocations committed per transaction.",
+)
+@click.option("--db", "database_url", help="Database (default: a fresh SQLite file).")
+@json_option
+def bench_ledger(as_json: bool, allocations: int, cycle: int, database_url: str | None) -> None:
+    """Allocations committed per second, a cycle per transaction, against one per transaction."""
+    from depin.bench.ledger import run
+
+    data = run(allocations=allocations, cycle=cycle, database_url=database_url)
+    _emit(
+        as_json,
+        data,
+        lambda: console.print(
+            f"{data['allocations']:,} allocations on {data['database']}, "
+            f"{data['cycle']:,} per transaction: "
+            f"[bold]{data['allocations_per_s']:,}/s[/bold] committed; one per transaction "
+            f"{data['one_per_transaction_per_s']:,}/s ({data['speedup']}x); "
+            f"ledger ok: {data['ledger_ok']}"
+        ),
+    )

@@ -1,0 +1,61 @@
+"""Every bound the market keeps, in one place: retries, timeouts, sizes.
+
+After TigerBeetle: put a limit on everything, and say it once.
+
+Retries, from the outside in. A state-changing SDK call is tried at most
+``CLIENT_ATTEMPTS`` times on a transient database error (each retry under the
+same idempotency key, so it acts once). Each try claims its idempotency key
+at most ``IDEMPOTENCY_ATTEMPTS`` times (a twin may hold it). Each claim is one
+transaction, which PostgreSQL may abort as a serialization failure or a
+deadlock and which is then run again, ``TRANSACTION_ATTEMPTS`` times at most.
+So one SDK call runs at most ``MAX_TRANSACTIONS_PER_CALL`` (72) transactions
+and sleeps at most ``MAX_BACKOFF_PER_CALL_S`` (6.69 s) between them.
+"""
+
+from __future__ import annotations
+
+# -- retries -------------------------------------------------------------------------------
+CLIENT_ATTEMPTS = 3
+CLIENT_BACKOFF_S = 0.1  # before retry n: n x this
+IDEMPOTENCY_ATTEMPTS = 3  # no sleep: the next attempt reads the twin's result
+TRANSACTION_ATTEMPTS = 8
+TRANSACTION_BACKOFF_S = 0.005  # before retry n: this x 2**n, at most the cap
+TRANSACTION_BACKOFF_CAP_S = 0.2
+
+
+def transaction_backoff_s(attempt: int) -> float:
+    """The sleep after failed transaction attempt ``attempt`` (1-based)."""
+    return min(TRANSACTION_BACKOFF_CAP_S, TRANSACTION_BACKOFF_S * 2**attempt)
+
+
+MAX_TRANSACTIONS_PER_CALL = CLIENT_ATTEMPTS * IDEMPOTENCY_ATTEMPTS * TRANSACTION_ATTEMPTS
+MAX_BACKOFF_PER_CALL_S = sum(CLIENT_BACKOFF_S * n for n in range(1, CLIENT_ATTEMPTS)) + (
+    CLIENT_ATTEMPTS
+    * IDEMPOTENCY_ATTEMPTS
+    * sum(transaction_backoff_s(n) for n in range(1, TRANSACTION_ATTEMPTS))
+)
+
+# -- drivers (processes that launch work) --------------------------------------------------
+# A driver that has not heartbeated for this long is dead: its reserved and running
+# allocations are requeued by the next reconciliation.
+DRIVER_TIMEOUT_S = 30
+HEARTBEAT_INTERVAL_S = 5.0  # well inside DRIVER_TIMEOUT_S, for as long as a driver lives
+RECONCILE_INTERVAL_S = 10.0  # a long-lived scheduler reconciles this often
+
+# -- money held ----------------------------------------------------------------------------
+# Holds time out, as TigerBeetle's pending transfers do, and reconciliation voids them: a
+# job's submission hold after a week unscheduled, an allocation's an hour past its limit.
+PENDING_HOLD_TIMEOUT_S = 7 * 24 * 3600
+ALLOCATION_GRACE_S = 3600
+
+# -- what a provider may bill --------------------------------------------------------------
+# A usage receipt is paid only for the part of it that lies within what the market itself
+# saw (from the claim to the moment the outcome arrived), widened by this much each side
+# for clocks that disagree.
+RECEIPT_CLOCK_SKEW_S = 5
+
+# -- sizes ---------------------------------------------------------------------------------
+MAX_BATCH_JOBS = 20_000  # jobs one scheduling cycle plans at most
+MAX_CLAIM_LAUNCHES = 1000  # allocations one driver claims to launch per cycle
+OUTPUT_TAIL_CHARS = 4000  # of a job's output, kept on its allocation
+ERROR_CHARS = 500  # an allocation's error line, as the column holds it

@@ -1,0 +1,227 @@
+"""The driver: it repeats one scheduling cycle, launches on Ray and settles what ended.
+
+    pending_work -> plan -> commit_plan (reserve) -> claim_reserved -> launch on Ray
+                                                      poll Ray -> finish (settle)
+
+Ray tasks die with the process that submitted them, so a driver is long-lived:
+``depin scheduler run`` for the whole market, or ``depin job submit --wait``
+for its own job while no scheduler is running. For as long as it lives it
+heartbeats (its work is requeued by whoever sees it silent), and ``run``
+reconciles the market on a timer: dead peers' work, expired holds, silent nodes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+from depin.errors import DepinError
+from depin.limits import HEARTBEAT_INTERVAL_S, RECONCILE_INTERVAL_S
+from depin.runtime.cycle import schedule
+from depin.runtime.executor import RayExecutor
+from depin.runtime.work import CycleCommit, Launch, Outcome, PendingWork
+from scheduler import Plan
+from scheduler.offers import Snapshot
+
+POLL_INTERVAL_S = 0.25
+
+
+class CycleMarket(Protocol):
+    """The market operations a driver calls, and nothing else."""
+
+    def pending_work(
+        self, job_ids: Sequence[int] | None = None, *, nodes_version: int | None = None
+    ) -> PendingWork: ...
+
+    def commit_plan(
+        self, work: PendingWork, result: Plan, *, driver_id: str | None
+    ) -> CycleCommit: ...
+
+    def claim_reserved(self, driver_id: str) -> list[Launch]: ...
+
+    def finish(self, outcome: Outcome) -> None: ...
+
+    def register_driver(self, kind: str) -> str: ...
+
+    def driver_heartbeat(self, driver_id: str) -> None: ...
+
+    def retire_driver(self, driver_id: str) -> None: ...
+
+    def reconcile(self) -> list[int]: ...
+
+
+@dataclass(slots=True)
+class CycleReport:
+    """What one cycle (or one settling pass) did."""
+
+    pending: int = 0
+    commit: CycleCommit = field(default_factory=CycleCommit)
+    launched: list[int] = field(default_factory=list)
+    finished: list[Outcome] = field(default_factory=list)
+    requeued: list[int] = field(default_factory=list)  # by reconciliation: given up on
+    errors: list[str] = field(default_factory=list)  # outcomes that could not be settled
+
+
+Listener = Callable[[CycleReport], None]
+
+
+class Driver:
+    """Plans, reserves, launches and settles; ``job_ids`` limits it to those jobs."""
+
+    def __init__(
+        self,
+        market: CycleMarket,
+        executor: RayExecutor | None = None,
+        *,
+        ray_address: str | None = None,
+        kind: str = "scheduler",
+        job_ids: Sequence[int] | None = None,
+        launch: bool = True,
+        mode: str = "auto",
+        heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
+        reconcile_interval_s: float = RECONCILE_INTERVAL_S,
+    ) -> None:
+        self.market = market
+        self.executor = executor or RayExecutor(ray_address)
+        self.kind = kind
+        self.job_ids = None if job_ids is None else list(job_ids)
+        self.launch = launch
+        self.mode = mode
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.reconcile_interval_s = reconcile_interval_s
+        self.driver_id = market.register_driver(kind)
+        self._last_heartbeat = time.monotonic()
+        self._last_reconcile: float | None = None
+        # The fleet as a snapshot kept across cycles: rebuilt when nodes change, else only
+        # its free GPUs are refreshed from the database.
+        self._snapshot: Snapshot | None = None
+        self._nodes_version: int | None = None
+        self._prices: dict[int, int] = {}
+
+    # -- one step --------------------------------------------------------------------------
+    def cycle(self, *, wait_s: float = 0.0) -> CycleReport:
+        """Plan and reserve pending jobs, launch what was reserved, settle what ended."""
+        self.heartbeat()
+        report = CycleReport()
+        snap, work = self._refresh()
+        report.pending = len(work.job_ids)
+        node_gpus = dict(zip(snap.node_id.tolist(), snap.gpus_total.tolist(), strict=True))
+        self.executor.restart_if_idle(node_gpus)
+        if work.job_ids:
+            # Nodes Ray cannot reach yet are busy, not gone: jobs wait for them.
+            reachable = self.executor.reachable(list(node_gpus))
+            snap.block([n for n in node_gpus if n not in reachable])
+            work = replace(work, price_micro=self._prices)
+            # Reserved for this driver to launch, or (with launch off) for any launcher.
+            owner = self.driver_id if self.launch else None
+            report.commit = schedule(
+                self.market, work, snap, mode=self.mode, driver_id=owner
+            ).commit
+        if self.launch:
+            launches = self.market.claim_reserved(self.driver_id)
+            if launches:
+                self.executor.start(node_gpus)
+            for item in launches:
+                self.executor.launch(item)
+                report.launched.append(item.allocation_id)
+        self._settle(report, wait_s)
+        return report
+
+    def settle(self, *, wait_s: float = 0.0) -> CycleReport:
+        """Only settle what ended (waiting up to ``wait_s`` for the first), heartbeating."""
+        self.heartbeat()
+        report = CycleReport()
+        self._settle(report, wait_s)
+        return report
+
+    def _settle(self, report: CycleReport, wait_s: float) -> None:
+        for outcome in self.executor.poll(timeout_s=wait_s):
+            # One outcome the market refuses must not stop the others, nor the loop.
+            try:
+                self.market.finish(outcome)
+            except DepinError as exc:
+                report.errors.append(f"allocation {outcome.allocation_id}: {exc}")
+                continue
+            report.finished.append(outcome)
+
+    def reconcile_if_due(self) -> list[int]:
+        """Reconcile the market when the interval has passed (and on the first call)."""
+        now = time.monotonic()
+        if self._last_reconcile is not None and (
+            now - self._last_reconcile < self.reconcile_interval_s
+        ):
+            return []
+        self._last_reconcile = now
+        return self.market.reconcile()
+
+    def heartbeat(self) -> None:
+        """Tell the market this driver is alive, at most once per interval."""
+        if time.monotonic() - self._last_heartbeat >= self.heartbeat_interval_s:
+            self.market.driver_heartbeat(self.driver_id)
+            self._last_heartbeat = time.monotonic()
+
+    # -- loops -----------------------------------------------------------------------------
+    def run_once(self, on_report: Listener | None = None) -> None:
+        """One cycle, then settle what it launched until all of it has ended."""
+        report = self.cycle()
+        report.requeued = self.reconcile_if_due()
+        _tell(on_report, report)
+        while self.executor.running:
+            _tell(on_report, self.settle(wait_s=POLL_INTERVAL_S))
+
+    def run(
+        self,
+        *,
+        until: Callable[[], bool] | None = None,
+        timeout_s: float | None = None,
+        on_report: Listener | None = None,
+    ) -> None:
+        """Cycle until ``until()`` is true (checked between cycles), the timeout passes, or
+        for ever; reconciling the market every ``reconcile_interval_s``."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while until is None or not until():
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            requeued = self.reconcile_if_due()
+            report = self.cycle(wait_s=POLL_INTERVAL_S if self.executor.running else 0.0)
+            report.requeued = requeued
+            _tell(on_report, report)
+            if not self.executor.running and not report.launched and not report.finished:
+                time.sleep(POLL_INTERVAL_S)
+
+    def stop(self) -> None:
+        """Give up: allocations still running are lost and their jobs requeued."""
+        now = datetime.now(UTC)
+        for launch in self.executor.abandon():
+            self.market.finish(
+                Outcome(launch.allocation_id, now, now, None, "", f"{self.kind} stopped", lost=True)
+            )
+        self.market.retire_driver(self.driver_id)
+        self.executor.shutdown()
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _refresh(self) -> tuple[Snapshot, PendingWork]:
+        """This cycle's pending jobs, and the cached snapshot brought up to date."""
+        known = self._nodes_version if self._snapshot is not None else None
+        work = self.market.pending_work(self.job_ids, nodes_version=known)
+        if work.offers is not None or self._snapshot is None:
+            assert work.offers is not None
+            self._snapshot = Snapshot(work.offers)
+            self._nodes_version, self._prices = work.nodes_version, work.price_micro
+        else:
+            assert work.free is not None
+            self._snapshot.set_free(*work.free)
+        return self._snapshot, work
+
+
+def _tell(listener: Listener | None, report: CycleReport) -> None:
+    if listener is not None:
+        listener(report)

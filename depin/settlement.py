@@ -1,0 +1,391 @@
+"""Settlement: from a reservation to money paid, and what happens when work is lost.
+
+    claim         reserved -> running; the launches a driver starts
+    finish        an outcome arrives: pay what the provider's receipt attests (bounded
+                  by what the market saw), return the rest, free the GPUs, end the job
+                  when its last allocation has ended
+    requeue       an allocation lost with its node or driver: refund it, queue the job again
+    expire_holds  holds past their timeout: a job never scheduled is cancelled, an
+                  allocation never settled is lost
+    reconcile     the periodic pass: dead drivers' work and expired holds
+
+Every function works inside the caller's transaction, after ``Ledger.lock``.
+A provider's receipt and a node's outcome are a stranger's word: a receipt
+that does not verify, or claims what the market did not see, is not paid
+for, and nothing in either can stop the loop that settles them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from depin import receipts
+from depin.db.models import Allocation, Driver, Job, JobManifest, Receipt, utcnow
+from depin.ledger import Hold, Ledger
+from depin.lifecycle import end_job
+from depin.limits import (
+    ERROR_CHARS,
+    OUTPUT_TAIL_CHARS,
+    PENDING_HOLD_TIMEOUT_S,
+    RECEIPT_CLOCK_SKEW_S,
+)
+from depin.money import usage_cost_micro
+from depin.receipts import AllocationFacts, ReceiptSigner, Usage
+from depin.runtime.work import Launch, Outcome
+from depin.spec import JobSpec
+from depin.states import ALLOCATION_ACTIVE, AllocationState, JobState
+from providers import registry
+
+_EXIT_CODE_RANGE = range(-255, 256)  # what a process can exit with, signals included
+
+
+def allocation_facts(alloc: Allocation, job: Job, market_id: str) -> AllocationFacts:
+    """What both of an allocation's receipts must agree with."""
+    return AllocationFacts(
+        allocation_id=alloc.id,
+        job_id=job.id,
+        node_id=alloc.node_id,
+        gpus=alloc.gpus,
+        price_micro_usd_per_gpu_hour=alloc.price_micro_usd_per_gpu_hour,
+        manifest_digest=job.manifest_digest,
+        market=market_id,
+    )
+
+
+def key_finder(keys: dict[str, Ed25519PublicKey]) -> Callable[[str], list[Ed25519PublicKey]]:
+    return lambda key_id: [keys[key_id]] if key_id in keys else []
+
+
+def specs_of(s: Session, job_ids: list[int]) -> dict[int, JobSpec]:
+    """The manifests of ``job_ids``, in one query; every job has one."""
+    rows = s.execute(
+        select(JobManifest.job_id, JobManifest.spec_json).where(JobManifest.job_id.in_(job_ids))
+    ).all()
+    specs = {job_id: JobSpec.model_validate_json(text) for job_id, text in rows}
+    missing = set(job_ids) - specs.keys()
+    assert not missing, f"jobs without a manifest: {sorted(missing)}"
+    return specs
+
+
+# -- claim ---------------------------------------------------------------------------------
+
+
+def claim(
+    s: Session, *, driver_id: str, market_id: str, keys_dir: Path, limit: int, now: datetime
+) -> list[Launch]:
+    """Mark reserved allocations running and return what to launch.
+
+    A driver launches what it reserved itself and what was reserved for any
+    launcher (``scheduler run --no-launch``, ``job place``). The claim's time
+    is the start of what the market will pay for.
+    """
+    rows = s.execute(
+        select(Allocation, Job)
+        .join(Job, Job.id == Allocation.job_id)
+        .where(
+            Allocation.state == AllocationState.RESERVED,
+            (Allocation.driver_id == driver_id) | Allocation.driver_id.is_(None),
+        )
+        .order_by(Allocation.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    specs = specs_of(s, [job.id for _, job in rows])
+    keys = registry.provider_keys(s, [alloc.node_id for alloc, _ in rows], active_only=True)
+    launches = []
+    for alloc, job in rows:
+        alloc.state, alloc.started_at, alloc.driver_id = AllocationState.RUNNING, now, driver_id
+        job.state, job.updated_at = JobState.RUNNING, now
+        signer = ReceiptSigner(
+            allocation_facts(alloc, job, market_id),
+            tuple(keys.get(alloc.node_id, {})),
+            str(keys_dir),
+        )
+        launches.append(
+            Launch(
+                alloc.id,
+                job.id,
+                job.name,
+                alloc.node_id,
+                alloc.gpus,
+                specs[job.id].command,
+                alloc.time_limit_s,
+                signer,
+            )
+        )
+    return launches
+
+
+# -- finish --------------------------------------------------------------------------------
+
+
+def finish(s: Session, outcome: Outcome, *, market_id: str, now: datetime) -> None:
+    """Settle an allocation that ended: pay the used part, return the rest, free the GPUs.
+
+    A lost allocation (its node or worker died) pays nothing; a single-replica
+    job is queued again. Finishing twice is a no-op: only a running allocation ends.
+    """
+    ledger = Ledger(s)
+    ledger.lock()
+    alloc = s.get(Allocation, outcome.allocation_id, populate_existing=True)
+    if alloc is None or alloc.state != AllocationState.RUNNING:
+        return
+    job = s.get(Job, alloc.job_id, populate_existing=True)
+    assert job is not None
+    spec = specs_of(s, [job.id])[job.id]
+    if outcome.lost and spec.replicas == 1:
+        requeue(s, ledger, alloc, job, _text(outcome.error) or "node lost", spec)
+        return
+    _settle(s, ledger, alloc, job, outcome, market_id, now)
+    _end_if_done(s, ledger, job, spec)
+
+
+def _settle(
+    s: Session,
+    ledger: Ledger,
+    alloc: Allocation,
+    job: Job,
+    outcome: Outcome,
+    market_id: str,
+    now: datetime,
+) -> None:
+    """Pay what the usage receipt attests within what the market saw; free the GPUs.
+
+    A missing or invalid receipt ends the allocation unpaid and returns the
+    whole hold; the hold bounds any bill.
+    """
+    hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
+    claimed_at = alloc.started_at or now
+    started, ended, used = claimed_at, now, 0
+    error = _text(outcome.error)
+    exit_code = outcome.exit_code if _is_exit_code(outcome.exit_code) else None
+    if not outcome.lost:
+        facts = allocation_facts(alloc, job, market_id)
+        keys = registry.provider_keys(s, [alloc.node_id], active_only=True).get(alloc.node_id, {})
+        try:
+            usage = receipts.verify_usage(outcome.usage_json, facts, key_finder(keys))
+        except receipts.ReceiptError as exc:
+            error = f"{error + '; ' if error else ''}provider not paid: {exc}"
+        else:
+            started, ended = billable(usage, claimed_at, now)
+            price, gpus = alloc.price_micro_usd_per_gpu_hour, alloc.gpus
+            cost = usage_cost_micro(price, gpus, billed_ms(started, ended))
+            used = min(hold.amount_micro_usd, cost)
+            alloc.dispute = _dispute(usage, claimed_at, now, started, ended)
+            _store_receipts(s, alloc.id, outcome, usage.key_id, facts, keys)
+    _pay(s, ledger, hold, used, alloc, job)
+    registry.release_capacity(s, alloc.node_id, alloc.gpus)
+    if outcome.lost:
+        alloc.state = AllocationState.LOST
+    elif exit_code == 0 and outcome.exit_code is not None:
+        alloc.state = AllocationState.SUCCEEDED
+    else:
+        alloc.state = AllocationState.FAILED
+    alloc.started_at, alloc.ended_at = started, ended
+    alloc.exit_code, alloc.error = exit_code, None if error is None else error[:ERROR_CHARS]
+    alloc.output_tail = _text(outcome.output_tail)[-OUTPUT_TAIL_CHARS:]
+    alloc.cost_micro_usd = used
+
+
+def billable(usage: Usage, claimed_at: datetime, seen_at: datetime) -> tuple[datetime, datetime]:
+    """The part of a receipt's run the market will pay for: what lies within the claim to
+    the outcome's arrival, widened by the clock-skew allowance (empty: start == end)."""
+    skew = timedelta(seconds=RECEIPT_CLOCK_SKEW_S)
+    start = max(usage.started_at, claimed_at - skew)
+    end = max(start, min(usage.ended_at, seen_at + skew))
+    return start, end
+
+
+def _dispute(
+    usage: Usage, claimed_at: datetime, seen_at: datetime, start: datetime, end: datetime
+) -> str | None:
+    if (start, end) == (usage.started_at, usage.ended_at):
+        return None
+    return (
+        f"usage receipt claims {billed_ms(usage.started_at, usage.ended_at) / 1000:.3f} s "
+        f"({usage.started_at.isoformat()} to {usage.ended_at.isoformat()}); the market saw "
+        f"{claimed_at.isoformat()} to {seen_at.isoformat()} (±{RECEIPT_CLOCK_SKEW_S} s): "
+        f"paid the overlap, {billed_ms(start, end) / 1000:.3f} s"
+    )[:ERROR_CHARS]
+
+
+def billed_ms(start: datetime, end: datetime) -> int:
+    """Whole milliseconds from ``start`` to ``end`` (none if it runs backwards)."""
+    return max(0, (end - start) // timedelta(milliseconds=1))
+
+
+def _pay(s: Session, ledger: Ledger, hold: Hold, used: int, alloc: Allocation, job: Job) -> None:
+    """Post the used part of the hold and pay it to the provider; or return all of it."""
+    if not used:
+        ledger.void(hold, memo=f"job {job.id}: allocation {alloc.id} used nothing")
+        return
+    ledger.post(hold, used, memo=f"job {job.id}: allocation {alloc.id} on node {alloc.node_id}")
+    node = registry.get_node(s, alloc.node_id)
+    ledger.transfer(
+        hold.credit_account_id,
+        node.provider_id,
+        used,
+        "payout",
+        job_id=job.id,
+        allocation_id=alloc.id,
+        memo=f"job {job.id} on node {node.id}",
+    )
+
+
+def _is_exit_code(value: object) -> bool:
+    return type(value) is int and value in _EXIT_CODE_RANGE
+
+
+def _text(value: object) -> str:
+    """A node's free text as a string ('' for none or for anything that is not text)."""
+    return value if isinstance(value, str) else ""
+
+
+def _store_receipts(
+    s: Session,
+    allocation_id: int,
+    outcome: Outcome,
+    usage_key: str,
+    facts: AllocationFacts,
+    keys: dict[str, Ed25519PublicKey],
+) -> None:
+    """Keep the verified usage receipt, and the acceptance when it verifies too."""
+    s.add(
+        Receipt(
+            allocation_id=allocation_id,
+            kind="usage",
+            key_id=usage_key,
+            envelope_json=outcome.usage_json,
+        )
+    )
+    try:
+        claims = receipts.verify(outcome.acceptance_json, "acceptance", facts, key_finder(keys))
+    except receipts.ReceiptError:
+        return
+    s.add(
+        Receipt(
+            allocation_id=allocation_id,
+            kind="acceptance",
+            key_id=claims["key_id"],
+            envelope_json=outcome.acceptance_json,
+        )
+    )
+
+
+def _end_if_done(s: Session, ledger: Ledger, job: Job, spec: JobSpec) -> None:
+    """A job ends when its last allocation does: succeeded only if every replica did."""
+    s.flush()
+    rows = s.execute(
+        select(Allocation.state, Allocation.error)
+        .where(Allocation.job_id == job.id)
+        .order_by(Allocation.id)  # the last attempt decides a single-replica job
+    ).all()
+    states = [AllocationState(state) for state, _ in rows]
+    if any(state.active for state in states):
+        return
+    reasons: list[str] = []
+    if spec.replicas == 1:
+        final = JobState.SUCCEEDED if states[-1] is AllocationState.SUCCEEDED else JobState.FAILED
+    else:
+        every = all(state is AllocationState.SUCCEEDED for state in states)
+        final = JobState.SUCCEEDED if every else JobState.FAILED
+        lost = next((e for state, e in rows if state == AllocationState.LOST), None)
+        if final is JobState.FAILED and lost is not None:
+            reasons = [f"a replica was lost ({lost}); replicas are all or none"]
+    end_job(ledger, job, final, reasons)
+
+
+# -- lost work -----------------------------------------------------------------------------
+
+
+def requeue(
+    s: Session,
+    ledger: Ledger,
+    alloc: Allocation,
+    job: Job,
+    reason: str,
+    spec: JobSpec | None = None,
+) -> None:
+    """An allocation lost with its node or driver: free it, refund it, queue the job again.
+
+    Only a single-replica job is queued again. Replicas are all or none, so a
+    multi-replica job that loses one fails once its last replica has ended;
+    each lost replica's own hold is voided, none is opened.
+    """
+    hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
+    ledger.void(hold, memo=f"job {job.id}: allocation {alloc.id} lost ({reason})"[:200])
+    registry.release_capacity(s, alloc.node_id, alloc.gpus)
+    now = utcnow()
+    alloc.state, alloc.ended_at, alloc.error = AllocationState.LOST, now, reason[:ERROR_CHARS]
+    spec = spec or specs_of(s, [job.id])[job.id]
+    if spec.replicas > 1:
+        _end_if_done(s, ledger, job, spec)
+        return
+    if ledger.balance(job.account_id).available < job.max_cost_micro_usd:
+        why = f"{reason}; not requeued: the balance no longer covers the hold"
+        end_job(ledger, job, JobState.FAILED, [why])
+        return
+    job.hold_transfer_id = ledger.transfer(
+        job.account_id,
+        hold.credit_account_id,
+        job.max_cost_micro_usd,
+        "hold",
+        pending=True,
+        job_id=job.id,
+        memo=f"job {job.id}: requeued after {reason}"[:200],
+        timeout_at=now + timedelta(seconds=PENDING_HOLD_TIMEOUT_S),
+    )
+    job.state, job.updated_at, job.plan_record_id = JobState.PENDING, now, None
+
+
+def expire_holds(s: Session, ledger: Ledger, now: datetime) -> list[int]:
+    """Void holds past their timeout; returns the allocations that were given up on.
+
+    A job's submission hold times out when it was never scheduled: the job is
+    cancelled and refunded. An allocation's hold times out when its work ran
+    an hour past its time limit without being settled: it is treated as lost.
+    """
+    lost = []
+    for hold in ledger.expired_holds(now):
+        alloc = s.get(Allocation, hold.allocation_id) if hold.allocation_id else None
+        job = s.get(Job, hold.job_id) if hold.job_id else None
+        if alloc is not None and job is not None and alloc.state in ALLOCATION_ACTIVE:
+            requeue(s, ledger, alloc, job, "hold timed out")
+            lost.append(alloc.id)
+        elif job is not None and job.state == JobState.PENDING and job.hold_transfer_id == hold.id:
+            why = "not scheduled before its hold timed out; hold returned"
+            end_job(ledger, job, JobState.CANCELLED, [why], refund=hold)
+        else:
+            ledger.void(hold, memo=f"hold #{hold.id} timed out")
+    return lost
+
+
+def reconcile(s: Session, *, now: datetime, driver_cutoff: datetime) -> list[int]:
+    """Requeue the work of drivers silent since ``driver_cutoff`` and void expired holds;
+    returns the allocations given up on."""
+    ledger = Ledger(s)
+    ledger.lock()
+    live = select(Driver.id).where(Driver.heartbeat_at >= driver_cutoff)
+    orphans = (
+        s.execute(
+            select(Allocation).where(
+                Allocation.state.in_(ALLOCATION_ACTIVE),
+                Allocation.driver_id.is_not(None),
+                Allocation.driver_id.not_in(live),
+            )
+        )
+        .scalars()
+        .all()
+    )
+    for alloc in orphans:
+        job = s.get(Job, alloc.job_id)
+        assert job is not None
+        requeue(s, ledger, alloc, job, f"driver {alloc.driver_id} stopped")
+    s.execute(Driver.__table__.delete().where(Driver.heartbeat_at < driver_cutoff))
+    return [a.id for a in orphans] + expire_holds(s, ledger, now)
