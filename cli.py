@@ -11,12 +11,10 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
 
@@ -504,7 +502,7 @@ def manifest_sign(
     if isinstance(spec, Envelope):
         raise InputError(f"{file} is already a signed envelope")
     envelope = _client(ctx).sign(spec, key=key, account=account, audience=audience, ttl_s=ttl_s)
-    with _writing(out) as stream:
+    with render.writing(out) as stream:
         stream.write(envelope.to_json())
     click.echo(f"signed {file} -> {out} ({envelope.digest})", err=True)
 
@@ -634,27 +632,6 @@ def ledger_show(ctx: click.Context, account: str | None, limit: int, as_json: bo
     emit(as_json, data, lambda: render.ledger(console, balances, entries))
 
 
-@contextmanager
-def _writing(path: Path | None) -> Iterator[TextIO]:
-    """``path`` open for writing (stdout when None), written whole or not at all: the output
-    goes to a file beside it that replaces it only when the command succeeds, so a failed
-    export leaves an earlier one as it was. A failure to write (no such directory, a full
-    disk) is one line naming the file."""
-    if path is None:
-        yield sys.stdout
-        return
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        try:
-            with partial.open("w", encoding="utf-8") as stream:
-                yield stream
-            os.replace(partial, path)
-        finally:
-            partial.unlink(missing_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
 @ledger.command("export")
 @click.option(
     "-o",
@@ -667,7 +644,7 @@ def _writing(path: Path | None) -> Iterator[TextIO]:
 def ledger_export(ctx: click.Context, out: Path | None) -> None:
     """Write every ledger entry as JSON lines, with its hash chain, for an outside audit."""
     count = 0
-    with _writing(out) as stream:
+    with render.writing(out) as stream:
         for entry in _client(ctx).export_ledger():
             stream.write(json.dumps(entry, sort_keys=True) + "\n")
             count += 1

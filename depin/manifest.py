@@ -50,11 +50,13 @@ MAX_TTL_S = 24 * 3600
 CLOCK_SKEW_S = 60
 NONCE_BYTES = 16  # 128 bits
 MAX_ENVELOPE_BYTES = 1 << 20
+MAX_SIGNATURES = 8
 
 
 _CLAIM_KEYS = frozenset({"issuer", "audience", "nonce", "issued_at", "expires_at", "job"})
 _NAME_RE = re.compile(NAME_PATTERN)
 _NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+_KEYID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 
 class Claims:
@@ -143,6 +145,10 @@ class Envelope:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ManifestError(f"envelope is not valid JSON: {exc}") from exc
+        except (RecursionError, ValueError) as exc:  # nested too deep; an integer too long
+            raise ManifestError(
+                "envelope is not valid JSON: nested or sized beyond reason"
+            ) from exc
         return cls.from_dict(data)
 
     @classmethod
@@ -154,12 +160,16 @@ class Envelope:
         sigs = data["signatures"]
         if not isinstance(sigs, list) or not sigs:
             raise ManifestError("envelope has no signatures")
+        if len(sigs) > MAX_SIGNATURES:
+            raise ManifestError(f"envelope has more than {MAX_SIGNATURES} signatures")
+        if not all(isinstance(s, dict) and _KEYID_RE.match(str(s.get("keyid"))) for s in sigs):
+            raise ManifestError("envelope signature keyid must be 1-128 letters, digits or ._:-")
         if not isinstance(data["payloadType"], str):
             raise ManifestError("envelope payloadType must be a string")
         try:
             payload = base64.b64decode(data["payload"], validate=True)
             signatures = tuple(
-                Signature(str(s["keyid"]), base64.b64decode(s["sig"], validate=True)) for s in sigs
+                Signature(s["keyid"], base64.b64decode(s["sig"], validate=True)) for s in sigs
             )
         except (binascii.Error, TypeError, KeyError, ValueError) as exc:
             raise ManifestError("envelope payload or signature is not valid base64") from exc

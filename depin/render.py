@@ -7,14 +7,18 @@ Every function takes the data a command already has (views, dicts as
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from depin.errors import InputError
 from depin.ledger import Balance
 from depin.money import format_usd
 from depin.views import EntryView, ExplainView, JobView, KeyView, NodeView
@@ -277,3 +281,24 @@ def ledger(console: Console, balances: list[Balance], entries: list[EntryView]) 
             e.memo,
         )
     console.print(table)
+
+
+@contextmanager
+def writing(path: Path | None) -> Iterator[TextIO]:
+    """``path`` open for writing (stdout when None), written whole or not at all: the output
+    goes to a file beside it that replaces it only when the command succeeds, so a failed
+    export leaves an earlier one as it was. A failure to write (no such directory, a full
+    disk) is one line naming the file."""
+    if path is None:
+        yield sys.stdout
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        try:
+            with partial.open("w", encoding="utf-8") as stream:
+                yield stream
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -188,7 +188,7 @@ def _settle(
     else:
         alloc.state = AllocationState.FAILED
     alloc.started_at, alloc.ended_at = started, ended
-    alloc.exit_code, alloc.error = exit_code, None if error is None else error[:ERROR_CHARS]
+    alloc.exit_code, alloc.error = exit_code, _text(error)[:ERROR_CHARS] or None
     alloc.output_tail = _text(outcome.output_tail)[-OUTPUT_TAIL_CHARS:]
     alloc.cost_micro_usd = used
 
@@ -243,8 +243,11 @@ def _is_exit_code(value: object) -> bool:
 
 
 def _text(value: object) -> str:
-    """A node's free text as a string ('' for none or for anything that is not text)."""
-    return value if isinstance(value, str) else ""
+    """A node's free text as a string any database stores: '' for none or for anything that is
+    not text; lone surrogates and NUL (which PostgreSQL's text refuses) replaced."""
+    if not isinstance(value, str):
+        return ""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
 def _store_receipts(

@@ -83,6 +83,12 @@ def world(client: Client) -> World:
     return build_world(client)
 
 
+@pytest.fixture
+def sqlite_world(sqlite_client: Client) -> World:
+    """The same world on SQLite alone (what tests on the shared Ray instance use)."""
+    return build_world(sqlite_client)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray instance for the whole test session (it takes 10-20 s to start)."""

@@ -9,8 +9,9 @@ from typing import Any
 
 from depin.client import Client
 from depin.manifest import Envelope
-from depin.runtime.work import Launch, Outcome
+from depin.runtime.work import CycleCommit, Launch, Outcome
 from depin.spec import JobSpec, NodeSpec
+from scheduler import plan
 
 BERLIN = (52.52, 13.405)
 FRANKFURT = (50.11, 8.68)
@@ -61,6 +62,13 @@ class World:
     def available(self) -> int:
         return self.client.account(self.developer).balance.available
 
+    def cycle(self) -> CycleCommit:
+        """One scheduling cycle's plan and reservation, launched by nobody yet."""
+        market = self.client.market
+        work = market.pending_work()
+        result = plan(work.specs, work.offers, keys=work.job_ids)
+        return market.commit_plan(work, result, driver_id="test-driver")
+
 
 def build_world(client: Client, *, deposit_usd: str = "100") -> World:
     client.new_key("acme")
@@ -108,12 +116,18 @@ def build_world(client: Client, *, deposit_usd: str = "100") -> World:
 
 
 def ended(
-    launch: Launch, seconds: float, exit_code: int | None = 0, output: str = "ok\n"
+    launch: Launch,
+    seconds: float,
+    exit_code: int | None = 0,
+    output: str = "ok\n",
+    *,
+    start: datetime | None = None,
 ) -> Outcome:
-    """How a node reports a finished allocation: the outcome and its provider's signed receipts."""
+    """How a node reports a finished allocation: the outcome and its provider's signed receipts,
+    which claim a run of ``seconds`` from ``start`` (default: now)."""
     from depin.receipts import sign_acceptance, sign_usage
 
-    start = datetime.now(UTC)
+    start = start or datetime.now(UTC)
     end = start + timedelta(seconds=seconds)
     signer = launch.receipts
     assert signer is not None

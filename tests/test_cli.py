@@ -149,8 +149,22 @@ def test_manifest_sign_then_verify_then_submit(market: Path, tmp_path: Path) -> 
     ok("manifest", "sign", str(write(tmp_path, JOB_YAML)), "--key", "ada", "-o", str(envelope))
     info = as_json("manifest", "verify", str(envelope))
     assert info["signer"] == "ada" and info["digest"].startswith("sha256:")  # type: ignore[index]
+    assert info["issuer_verified"] is True  # type: ignore[index]
     assert info["job"]["name"] == "chat-llama3-8b"  # type: ignore[index]
     assert ok("job", "submit", str(envelope)).strip() == "1"
+
+
+def test_manifest_verify_refuses_a_signer_who_claims_another_account(
+    market: Path, tmp_path: Path
+) -> None:
+    ok("keys", "new", "mallory")
+    ok("account", "create", "mallory", "--key", "mallory")
+    envelope = tmp_path / "forged.dsse.json"
+    job_yaml = str(write(tmp_path, JOB_YAML))
+    ok("manifest", "sign", job_yaml, "--key", "mallory", "--as", "ada", "-o", str(envelope))
+    refused(market, ["manifest", "verify", str(envelope)], "is registered to 'mallory'")
+    offline = ok("manifest", "verify", str(envelope), "--offline")
+    assert "signer: ada (UNVERIFIED" in offline
 
 
 def test_ledger_show_lists_balances_and_entries(market: Path, tmp_path: Path) -> None:

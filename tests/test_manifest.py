@@ -106,6 +106,9 @@ def test_the_clock_skew_allowance_is_sixty_seconds() -> None:
     now = datetime.now(UTC)
     claims = manifest.parse_claims(signed(ttl_s=60, now=now - timedelta(seconds=100)))
     manifest.check_claims(claims, audience=AUDIENCE, now=now)  # expired 40 s ago: within skew
+    late = manifest.parse_claims(signed(ttl_s=60, now=now - timedelta(seconds=121)))
+    with pytest.raises(ExpiredEnvelopeError):  # expired 61 s ago: past the allowance
+        manifest.check_claims(late, audience=AUDIENCE, now=now)
 
 
 @pytest.mark.parametrize(
@@ -116,6 +119,13 @@ def test_the_clock_skew_allowance_is_sixty_seconds() -> None:
         '{"payload": "x"}',
         '{"payload": "!!", "payloadType": "t", "signatures": [{"keyid": "k", "sig": "AA=="}]}',
         '{"payload": "", "payloadType": "t", "signatures": []}',
+        "[" * 100_000 + "]" * 100_000,
+        '{"payload": "", "payloadType": "t", "signatures": [{"keyid": "a\\nb", "sig": "AA=="}]}',
+        '{"payload": "", "payloadType": "t", "signatures": [{"keyid": {"k": 1}, "sig": "AA=="}]}',
+        '{"payload": "", "payloadType": "t", "signatures": ['
+        + ",".join(['{"keyid": "k", "sig": "AA=="}'] * 9)
+        + "]}",
+        '{"payload": "", "payloadType": "t", "signatures": [7]}',
     ],
 )
 def test_malformed_envelopes_are_clear_errors(text: str) -> None:

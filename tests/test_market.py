@@ -20,8 +20,7 @@ from depin.errors import (
     UnschedulableError,
 )
 from depin.manifest import Envelope
-from depin.money import usage_cost_micro
-from depin.runtime.work import Outcome
+from depin.runtime.work import CycleCommit, Outcome
 from scheduler import plan
 from tests.factories import BERLIN, World, ended, finish, job
 
@@ -137,11 +136,8 @@ def test_unschedulable_reasons_name_the_constraint(world: World) -> None:
     assert "rtt <= 15 ms: rejected 4 of 4 nodes" in str(err.value)
 
 
-def cycle(world: World):  # type: ignore[no-untyped-def]
-    market = world.client.market
-    work = market.pending_work()
-    result = plan(work.specs, work.offers, keys=work.job_ids)
-    return market.commit_plan(work, result, driver_id="test-driver")
+def cycle(world: World) -> CycleCommit:
+    return world.cycle()
 
 
 def test_a_reservation_takes_capacity_and_shrinks_the_hold(world: World) -> None:
@@ -172,7 +168,7 @@ def test_settlement_pays_the_provider_for_the_time_used_and_returns_the_rest(wor
     launch = market.claim_reserved("test-driver")[0]
     finish(market, ended(launch, 90))
     view = world.client.job(job_id)
-    expected = usage_cost_micro(400_000, 1, 90_000)
+    expected = 10_000  # $0.40 per GPU-hour x 1 GPU x 90 s = $0.01
     assert view.state == "succeeded" and view.allocation.cost_micro_usd == expected  # type: ignore[union-attr]
     assert world.client.account("acme").balance.credits_posted == expected
     assert world.client.account("dev").balance.debits_pending == 0
@@ -189,9 +185,8 @@ def test_finishing_twice_settles_once(world: World) -> None:
     outcome = ended(launch, 10, exit_code=1, output="boom")
     finish(market, outcome)
     finish(market, outcome)
-    assert world.client.account("acme").balance.credits_posted == usage_cost_micro(
-        400_000, 1, 10_000
-    )
+    # $0.40 per GPU-hour x 10 s = $0.0011111..., rounded up to a whole micro-dollar
+    assert world.client.account("acme").balance.credits_posted == 1_112
     assert world.client.verify_ledger().ok
 
 

@@ -19,11 +19,6 @@ from tests.factories import World, build_world, job
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture
-def sqlite_world(sqlite_client: Client) -> World:
-    return build_world(sqlite_client)
-
-
 def test_a_job_runs_on_its_node_through_ray_and_settles(
     ray_session: None, sqlite_world: World
 ) -> None:

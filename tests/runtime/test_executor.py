@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
+from pathlib import Path
 
+import pytest
 import ray.exceptions
 
 from depin.runtime.executor import OUTPUT_TAIL_BYTES, error_line, run_command
@@ -67,3 +70,25 @@ def test_other_ray_errors_are_reported_by_their_first_line() -> None:
     assert error_line(ray.exceptions.WorkerCrashedError()).startswith(
         "The worker died unexpectedly"
     )
+
+
+def test_a_job_sees_an_environment_built_from_nothing_in_a_fresh_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # What the driver's own environment holds must not reach the job.
+    monkeypatch.setenv("DEPIN_HOME", str(tmp_path / "secret-home"))
+    monkeypatch.setenv("DEPIN_DATABASE_URL", "postgresql+psycopg://root:pw@db/market")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
+    monkeypatch.chdir(tmp_path)
+    script = (
+        "import json, os; print(json.dumps({'env': dict(os.environ), 'cwd': os.getcwd(), "
+        "'files': os.listdir('.')}))"
+    )
+    ids = {"DEPIN_JOB_ID": "7", "DEPIN_ALLOCATION_ID": "9", "DEPIN_NODE_ID": "3", "DEPIN_GPUS": "1"}
+    result = run_command(["python", "-c", script], ids, 30)
+    seen = json.loads(result["output_tail"])
+    assert sorted(seen["env"]) == sorted(["PATH", "LANG", "HOME", *ids])
+    assert {k: seen["env"][k] for k in ids} == ids
+    assert seen["env"]["HOME"] == seen["cwd"] and seen["files"] == []
+    assert Path(seen["cwd"]).resolve() != tmp_path.resolve()
+    assert not Path(seen["cwd"]).exists()  # removed once the job ended

@@ -1,0 +1,78 @@
+"""The driver: it heartbeats for as long as it lives and reconciles the market on a timer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from depin.db.models import Driver as DriverRow
+from depin.db.models import Job, Transfer
+from depin.runtime.loop import CycleReport, Driver
+from depin.states import JobState
+from tests.factories import World, job
+
+
+def _heartbeat_at(world: World, driver_id: str) -> datetime:
+    with world.client.market.sessions() as s:  # type: ignore[attr-defined]
+        return s.execute(
+            select(DriverRow.heartbeat_at).where(DriverRow.id == driver_id)
+        ).scalar_one()
+
+
+def _expire_hold(world: World, job_id: int) -> None:
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with world.client.market.sessions.begin() as s:  # type: ignore[attr-defined]
+        hold_id = s.execute(select(Job.hold_transfer_id).where(Job.id == job_id)).scalar_one()
+        s.execute(update(Transfer).where(Transfer.id == hold_id).values(timeout_at=past))
+
+
+def test_a_long_lived_driver_reconciles_on_a_timer(world: World) -> None:
+    # A driver that schedules nothing itself (no job ids), so only reconciliation acts.
+    driver = Driver(world.client.market, kind="test", job_ids=[], reconcile_interval_s=0.1)
+    try:
+        driver.reconcile_if_due()  # the pass a driver makes when it starts
+        job_id = world.submit(job())
+        _expire_hold(world, job_id)  # its hold times out while the driver runs
+        driver.run(until=lambda: world.client.job(job_id).state == JobState.CANCELLED, timeout_s=10)
+        view = world.client.job(job_id)
+        assert view.state == JobState.CANCELLED
+        assert "hold timed out" in view.reasons[0]
+        assert world.available() == 100_000_000
+    finally:
+        driver.stop()
+
+
+def test_reconciliation_waits_for_its_interval(world: World) -> None:
+    driver = Driver(world.client.market, kind="test", job_ids=[], reconcile_interval_s=3600)
+    try:
+        driver.reconcile_if_due()
+        job_id = world.submit(job())
+        _expire_hold(world, job_id)
+        driver.run(until=lambda: False, timeout_s=0.5)
+        assert world.client.job(job_id).state == JobState.PENDING
+    finally:
+        driver.stop()
+
+
+@pytest.mark.ray
+def test_run_once_heartbeats_while_it_waits_for_its_jobs(
+    ray_session: None, sqlite_world: World
+) -> None:
+    world = sqlite_world
+    command = ["python", "-c", "import time; time.sleep(2)"]
+    job_id = world.submit(job(command=command, resources={"gpus": 1, "gpu_models": ["L4"]}))
+    driver = Driver(world.client.market, kind="scheduler", heartbeat_interval_s=0.2)
+    beats: list[datetime] = []
+
+    def seen(report: CycleReport) -> None:
+        beats.append(_heartbeat_at(world, driver.driver_id))
+
+    try:
+        driver.run_once(on_report=seen)
+    finally:
+        driver.stop()
+    assert world.client.job(job_id).state == JobState.SUCCEEDED
+    # Alive the whole time it waited: a peer never takes its running job for dead.
+    assert beats[-1] - beats[0] >= timedelta(seconds=1)
