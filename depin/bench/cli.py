@@ -76,8 +76,8 @@ def _print_scheduler_bench(data: dict[str, Any]) -> None:
     )
     for key in ("quality", "quality_single_gpu"):
         q = data[key]
-        which = "single-GPU jobs" if q["single_gpu"] else "the same batch"
-        title = f"quality, cost-only objective ({which})"
+        kind = "single-GPU jobs" if q["single_gpu"] else "jobs"
+        title = f"quality, cost-only objective ({q['jobs']:,} {kind} on {q['nodes']:,} nodes)"
         table = Table("strategy", "placed", "vs exact", "USD/h", "cost gap %", "s", title=title)
         for name, r in q["strategies"].items():
             table.add_row(
