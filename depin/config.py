@@ -66,6 +66,7 @@ class Settings:
         try:
             self.home.mkdir(parents=True, exist_ok=True)
             self.keys_dir.mkdir(mode=0o700, exist_ok=True)
+            self.keys_dir.chmod(0o700)  # mkdir's mode does not reach a directory that existed
         except OSError as exc:
             raise ConfigError(f"cannot create DEPIN_HOME {self.home}: {exc.strerror}") from exc
 
