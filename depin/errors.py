@@ -27,7 +27,16 @@ mapped at the boundary with ``raise ... from``.
     ├── CapacityError
     ├── LedgerError
     ├── ExecutionError
-    └── DatabaseError
+    ├── DatabaseError
+    ├── AuthError
+    │   ├── UnauthenticatedError
+    │   └── ForbiddenError
+    ├── RateLimitedError
+    ├── RequestTooLargeError
+    └── RemoteError
+
+Over HTTP each class is one RFC 9457 problem type (``depin.api.problems``), and
+the SDK raises the same class again from it.
 """
 
 from __future__ import annotations
@@ -129,3 +138,31 @@ class ExecutionError(DepinError):
 
 class DatabaseError(DepinError):
     """The database cannot be reached or its schema is not usable."""
+
+
+class AuthError(DepinError):
+    """A request to the market's API was not authenticated, or not allowed."""
+
+
+class UnauthenticatedError(AuthError):
+    """A request lacks a valid signature by a registered, usable key (or replays one)."""
+
+
+class ForbiddenError(AuthError):
+    """The signer is known but may not do this (not its job, not its node, not the operator)."""
+
+
+class RateLimitedError(DepinError):
+    """Too many requests from one key or address; retry after the given time."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLargeError(DepinError):
+    """A request body is larger than the market accepts."""
+
+
+class RemoteError(DepinError):
+    """The market's API could not be reached, or answered outside its contract."""

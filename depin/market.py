@@ -17,7 +17,6 @@ A method either does everything it says or, on any error, nothing at all.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -29,18 +28,16 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from depin import audit, reserve, settlement, views
+from depin import accounts, audit, nonces, reserve, settlement, views
 from depin.config import Settings
 from depin.db.engine import make_engine, read_session, run_transaction, session_factory
 from depin.db.migrate import ensure_schema
-from depin.db.models import Account, AccountKey, Driver, IdempotencyKey, Setting, utcnow
-from depin.errors import ConflictError, InputError, NotFoundError
+from depin.db.models import Account, Driver, IdempotencyKey, Setting, utcnow
+from depin.errors import ConflictError, InputError, NotFoundError, UnauthenticatedError
 from depin.gcpause import gc_paused
 from depin.idempotency import KeyTaken, check_key, once
 from depin.keys import key_id as compute_key_id
-from depin.keys import public_key_b64
 from depin.ledger import (
-    WORLD_ACCOUNT,
     Balance,
     Ledger,
     VerifyReport,
@@ -51,10 +48,11 @@ from depin.ledger import (
 from depin.ledger import verify as verify_chain
 from depin.limits import DRIVER_TIMEOUT_S, IDEMPOTENCY_ATTEMPTS, MAX_BATCH_JOBS, MAX_CLAIM_LAUNCHES
 from depin.manifest import Envelope
+from depin.nonces import SeenNonce
 from depin.runtime.work import CycleCommit, Launch, Outcome, PendingWork
-from depin.spec import NAME_PATTERN, JobSpec, NodeSpec
+from depin.spec import JobSpec, NodeSpec
 from depin.states import JobState
-from depin.submission import Verifier, admit_envelopes, load_keys, prune_nonces, queue, request_of
+from depin.submission import Verifier, admit_envelopes, load_keys, queue, request_of
 from depin.views import AccountView, EntryView, ExplainView, JobView, KeyView, NodeView
 from providers import registry
 from scheduler import Offer, Plan, Snapshot
@@ -62,8 +60,6 @@ from scheduler.request import Request
 from scheduler.search import Hit, search
 
 T = TypeVar("T")
-_NAME_RE = re.compile(NAME_PATTERN)
-_ACCOUNT_KINDS = ("developer", "provider")
 
 
 class Marketplace:
@@ -85,15 +81,32 @@ class Marketplace:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _tx(self, work: Callable[[Session], T]) -> T:
-        return run_transaction(self.sessions, work)
+    def _tx(self, work: Callable[[Session], T], nonce: SeenNonce | None = None) -> T:
+        """``work`` in one transaction; a signed request's ``nonce`` is recorded in it first,
+        so a replay is refused and a refused request spends no nonce."""
+        if nonce is None:
+            return run_transaction(self.sessions, work)
+
+        def spend_then(s: Session) -> T:
+            if not nonces.record(s, [nonce]):
+                raise UnauthenticatedError(
+                    "this signed request was already used (a replay): sign it again"
+                )
+            return work(s)
+
+        return run_transaction(self.sessions, spend_then)
 
     def _read(self, work: Callable[[Session], T]) -> T:
         with read_session(self.sessions) as session:
             return work(session)
 
     def _once(
-        self, key: str | None, operation: str, request: Any, work: Callable[[Session], Any]
+        self,
+        key: str | None,
+        operation: str,
+        request: Any,
+        work: Callable[[Session], Any],
+        nonce: SeenNonce | None = None,
     ) -> Any:
         """One transaction that runs ``work`` once per idempotency key (see ``depin.idempotency``).
 
@@ -105,7 +118,7 @@ class Marketplace:
 
         for _ in range(IDEMPOTENCY_ATTEMPTS):
             try:
-                return self._tx(tx)
+                return self._tx(tx, nonce)
             except KeyTaken:
                 continue  # a twin claimed the key first: the next attempt reads its result
         raise ConflictError(f"idempotency key {key!r} is busy: retry the request")
@@ -118,31 +131,20 @@ class Marketplace:
         *,
         kind: str = "developer",
         idempotency_key: str | None = None,
+        nonce: SeenNonce | None = None,
     ) -> AccountView:
         """Open a developer (or provider) account that ``public_key`` may sign for."""
-        if kind not in _ACCOUNT_KINDS:
-            raise InputError(f"account kind must be developer or provider (got {kind!r})")
-        if not _NAME_RE.match(name):
-            raise InputError(
-                f"bad account name {name!r}: use lowercase letters, digits, '.', '_' or '-'"
-            )
+        accounts.check_new_account(name, kind)
         kid = compute_key_id(public_key)
-
-        def work(s: Session) -> int:
-            if s.execute(select(Account.id).where(Account.name == name)).first():
-                raise ConflictError(f"account {name!r} already exists")
-            if s.execute(select(AccountKey.id).where(AccountKey.key_id == kid)).first():
-                raise ConflictError(f"key {kid} is already registered to another account")
-            acct = Account(name=name, kind=kind, must_not_overdraw=True)
-            s.add(acct)
-            s.flush()
-            s.add(AccountKey(account_id=acct.id, key_id=kid, public_key=public_key_b64(public_key)))
-            s.flush()
-            return acct.id
-
         request = {"name": name, "kind": kind, "key_id": kid}
         try:
-            self._once(idempotency_key, "create_account", request, work)
+            self._once(
+                idempotency_key,
+                "create_account",
+                request,
+                lambda s: accounts.create(s, name, kind, public_key),
+                nonce,
+            )
         except IntegrityError as exc:
             raise ConflictError(f"account {name!r} or key {kid} already exists") from exc
         return self.account(name)
@@ -151,32 +153,32 @@ class Marketplace:
         return self._read(lambda s: views.account_view(s, name))
 
     def deposit(
-        self, name: str, amount_micro_usd: int, *, idempotency_key: str | None = None
+        self,
+        name: str,
+        amount_micro_usd: int,
+        *,
+        idempotency_key: str | None = None,
+        nonce: SeenNonce | None = None,
     ) -> Balance:
         """Pay money into an account from outside the market."""
         if amount_micro_usd <= 0:
             raise InputError("deposit amount must be above 0 USD")
-
-        def work(s: Session) -> int:
-            ledger = Ledger(s)
-            ledger.lock()
-            acct = ledger.account(name)
-            if acct.kind not in _ACCOUNT_KINDS:
-                raise InputError(f"cannot deposit into system account {name!r}")
-            world = ledger.account(WORLD_ACCOUNT)
-            return ledger.transfer(
-                world.id, acct.id, amount_micro_usd, "deposit", memo=f"deposit to {name}"
-            )
-
         request = {"account": name, "micro_usd": amount_micro_usd}
-        self._once(idempotency_key, "deposit", request, work)
+        work = lambda s: accounts.deposit(s, name, amount_micro_usd)  # noqa: E731
+        self._once(idempotency_key, "deposit", request, work, nonce)
         return self.account(name).balance
 
-    def balances(self, account: str | None = None) -> list[Balance]:
+    def balances(
+        self, account: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[Balance]:
+        """Every account's balance by name (after ``after``, a page's cursor), or one's."""
         found = self._read(lambda s: balances(s, account=account))
         if account is not None and not found:
             raise NotFoundError(f"no account named {account!r}")
-        return found
+        page = sorted(found, key=lambda b: b.account)
+        if after is not None:
+            page = [b for b in page if b.account > after]
+        return page if limit is None else page[:limit]
 
     def registered_keys(self, key_ids: Sequence[str]) -> list[KeyView]:
         """Which of ``key_ids`` are registered, to whom, in what state: one read."""
@@ -186,12 +188,6 @@ class Marketplace:
         """Every key registered to ``account``, oldest first."""
         return self._read(lambda s: views.key_views(s, account=account))
 
-    def add_key(
-        self, account: str, public_key: Ed25519PublicKey, *, not_after: datetime | None = None
-    ) -> KeyView:
-        """Register another key for an account (rotation); the old ones stay until revoked."""
-        return self.rotate_key(account, public_key, not_after=not_after)[0]
-
     def rotate_key(
         self,
         account: str,
@@ -199,69 +195,47 @@ class Marketplace:
         *,
         not_after: datetime | None = None,
         revoke_old: bool = False,
+        nonce: SeenNonce | None = None,
     ) -> tuple[KeyView, list[KeyView]]:
         """Register a new key and, with ``revoke_old``, revoke the account's other active keys,
         in one transaction; returns the new key and those revoked."""
-        kid = compute_key_id(public_key)
-
-        def work(s: Session) -> tuple[KeyView, list[KeyView]]:
-            Ledger(s).lock()  # ordered against submissions, as revoke_key is
-            acct = Ledger(s).account(account)
-            if acct.kind not in _ACCOUNT_KINDS:
-                raise InputError(f"system account {account!r} has no keys")
-            if s.execute(select(AccountKey.id).where(AccountKey.key_id == kid)).first():
-                raise ConflictError(f"key {kid} is already registered")
-            revoked = []
-            if revoke_old:
-                for old in s.execute(
-                    select(AccountKey)
-                    .where(AccountKey.account_id == acct.id, AccountKey.state == "active")
-                    .order_by(AccountKey.id)
-                ).scalars():
-                    old.state, old.revoked_at = "revoked", utcnow()
-                    revoked.append(old)
-            key = AccountKey(
-                account_id=acct.id,
-                key_id=kid,
-                public_key=public_key_b64(public_key),
-                not_after=not_after,
-            )
-            s.add(key)
-            s.flush()
-            return KeyView.of(key, acct), [KeyView.of(k, acct) for k in revoked]
-
+        work = lambda s: accounts.rotate(  # noqa: E731
+            s, account, public_key, not_after=not_after, revoke_old=revoke_old
+        )
         try:
-            return self._tx(work)
+            return self._tx(work, nonce)
         except IntegrityError as exc:
-            raise ConflictError(f"key {kid} is already registered") from exc
+            raise ConflictError(f"key {compute_key_id(public_key)} is already registered") from exc
 
-    def revoke_key(self, key_id: str) -> KeyView:
+    def revoke_key(self, key_id: str, *, nonce: SeenNonce | None = None) -> KeyView:
         """Revoke a key: from now on nothing it signs is accepted."""
+        return self._tx(lambda s: accounts.revoke(s, key_id), nonce)
 
-        def work(s: Session) -> KeyView:
-            # Submissions re-read their keys under the ledger's lock before they write: taking
-            # it here too orders a revocation wholly before or after any submission.
-            Ledger(s).lock()
-            row = s.execute(
-                select(AccountKey, Account)
-                .join(Account, Account.id == AccountKey.account_id)
-                .where(AccountKey.key_id == key_id)
-                .with_for_update()
-            ).first()
-            if row is None:
-                raise NotFoundError(
-                    f"no registered key {key_id!r}: see `depin keys list --account NAME`"
-                )
-            key, acct = row
-            if key.state != "revoked":
-                key.state, key.revoked_at = "revoked", utcnow()
-            s.flush()
-            return KeyView.of(key, acct)
+    def signer(self, key_id: str) -> accounts.Signer | None:
+        """Who signs with ``key_id`` (a signed request's check): an account's key, the
+        operator's, or nobody."""
+        return self._read(lambda s: accounts.signer(s, key_id))
 
-        return self._tx(work)
+    def operator_key(self) -> tuple[str, str] | None:
+        """The operator's (key id, base64 public key): the key that signs deposits."""
+        return self._read(accounts.operator_key)
+
+    def set_operator_key(self, public_key: Ed25519PublicKey) -> bool:
+        """Make ``public_key`` the operator's unless the market has one already."""
+        return self._tx(lambda s: accounts.set_operator_key(s, public_key))
+
+    def record_nonce(self, nonce: SeenNonce) -> None:
+        """Spend a signed read's nonce (a mutation spends its own in its transaction)."""
+        self._tx(lambda s: None, nonce)
 
     # -- nodes ---------------------------------------------------------------------------------
-    def add_node(self, spec: NodeSpec, *, idempotency_key: str | None = None) -> NodeView:
+    def add_node(
+        self,
+        spec: NodeSpec,
+        *,
+        idempotency_key: str | None = None,
+        nonce: SeenNonce | None = None,
+    ) -> NodeView:
         def work(s: Session) -> int:
             provider = Ledger(s).account(spec.provider)
             if provider.kind != "provider":
@@ -271,10 +245,11 @@ class Marketplace:
                 )
             return registry.add_node(s, provider.id, spec).id
 
-        node_id = self._once(idempotency_key, "add_node", spec.model_dump(mode="json"), work)
+        request = spec.model_dump(mode="json")
+        node_id = self._once(idempotency_key, "add_node", request, work, nonce)
         return self._read(lambda s: views.node_view(s, node_id))
 
-    def add_nodes(self, specs: Sequence[NodeSpec]) -> list[int]:
+    def add_nodes(self, specs: Sequence[NodeSpec], *, nonce: SeenNonce | None = None) -> list[int]:
         """Register a fleet in one transaction, all or none; returns the node ids."""
 
         def work(s: Session) -> list[int]:
@@ -294,10 +269,11 @@ class Marketplace:
                 )
             return registry.add_nodes(s, found, list(specs))
 
-        return self._tx(work) if specs else []
+        return self._tx(work, nonce) if specs else []
 
-    def nodes(self) -> list[NodeView]:
-        return self._read(views.node_views)
+    def nodes(self, *, after_id: int = 0, limit: int | None = None) -> list[NodeView]:
+        """Registered nodes in id order (after ``after_id``, a page's cursor)."""
+        return self._read(lambda s: views.node_views(s, after_id=after_id, limit=limit))
 
     def heartbeat(self, node_id: int) -> None:
         self._tx(lambda s: registry.heartbeat(s, node_id))
@@ -314,14 +290,20 @@ class Marketplace:
 
     # -- submission ----------------------------------------------------------------------------
     def submit(
-        self, envelope: Envelope, *, now: datetime | None = None, idempotency_key: str | None = None
+        self,
+        envelope: Envelope,
+        *,
+        now: datetime | None = None,
+        idempotency_key: str | None = None,
+        nonce: SeenNonce | None = None,
     ) -> JobView:
         """Verify a signed manifest, hold its maximum cost in escrow and queue the job.
 
         Verification happens before anything in the payload is parsed; nothing is
         written unless every check passes.
         """
-        return self.job(self.submit_many([envelope], now=now, idempotency_key=idempotency_key)[0])
+        ids = self.submit_many([envelope], now=now, idempotency_key=idempotency_key, nonce=nonce)
+        return self.job(ids[0])
 
     def submit_many(
         self,
@@ -329,6 +311,7 @@ class Marketplace:
         *,
         now: datetime | None = None,
         idempotency_key: str | None = None,
+        nonce: SeenNonce | None = None,
     ) -> list[int]:
         """Submit a batch of envelopes in one transaction, all or none; returns the job ids."""
         if not envelopes:
@@ -341,7 +324,7 @@ class Marketplace:
                 keys = self._read(lambda s: load_keys(s, key_ids))
                 verifier = Verifier(keys, audience=self.market_id, now=now)
                 request = [verifier.signed_request(e) for e in envelopes]
-                return self._once(idempotency_key, "submit", request, lambda s: None)
+                return self._once(idempotency_key, "submit", request, lambda s: None, nonce)
 
         def read(s: Session) -> tuple[Any, list[Offer], dict[int, int]]:
             offers, prices = registry.offers_and_prices(s, full=True)
@@ -352,13 +335,25 @@ class Marketplace:
             envelopes, keys, Snapshot(offers), prices, audience=self.market_id, now=now
         )
         request = [request_of(a.claims) for a in admitted]
-        return self._once(idempotency_key, "submit", request, lambda s: queue(s, admitted, now=now))
+        return self._once(
+            idempotency_key, "submit", request, lambda s: queue(s, admitted, now=now), nonce
+        )
 
     # -- jobs ----------------------------------------------------------------------------------
     def jobs(
-        self, *, account: str | None = None, state: JobState | None = None, limit: int = 100
+        self,
+        *,
+        account: str | None = None,
+        state: JobState | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
     ) -> list[JobView]:
-        return self._read(lambda s: views.job_views(s, account=account, state=state, limit=limit))
+        """Jobs newest first (older than ``before_id``, a page's cursor)."""
+        return self._read(
+            lambda s: views.job_views(
+                s, account=account, state=state, limit=limit, before_id=before_id
+            )
+        )
 
     def job(self, job_id: int) -> JobView:
         return self._read(lambda s: views.job_view(s, job_id))
@@ -374,6 +369,7 @@ class Marketplace:
         *,
         driver_id: str | None = None,
         idempotency_key: str | None = None,
+        nonce: SeenNonce | None = None,
     ) -> list[int]:
         """Reserve a pending job on a node of the caller's choosing (see ``reserve.place``)."""
         request = {"job": job_id, "node": node_id}
@@ -382,7 +378,13 @@ class Marketplace:
             "place",
             request,
             lambda s: reserve.place(s, job_id, node_id, driver_id=driver_id),
+            nonce,
         )
+
+    def cancel(self, job_id: int, *, nonce: SeenNonce | None = None) -> JobView:
+        """Cancel a job: at once unless it runs, else once its drivers have stopped it."""
+        self._tx(lambda s: settlement.cancel(s, job_id, now=utcnow()), nonce)
+        return self.job(job_id)
 
     # -- scheduling: one cycle is pending_work -> plan -> commit_plan --------------------------
     def pending_work(
@@ -424,6 +426,10 @@ class Marketplace:
         seen_at = now or utcnow()
         self._tx(lambda s: settlement.finish(s, outcome, market_id=self.market_id, now=seen_at))
 
+    def cancellations(self, driver_id: str) -> list[int]:
+        """Running allocations of ``driver_id`` whose owners cancelled their jobs: stop them."""
+        return self._read(lambda s: settlement.cancellations(s, driver_id))
+
     # -- drivers (processes that launch work) --------------------------------------------------
     def register_driver(self, kind: str) -> str:
         driver_id = f"{kind}-{uuid.uuid4().hex[:12]}"
@@ -456,15 +462,20 @@ class Marketplace:
         def work(s: Session) -> list[int]:
             lost = settlement.reconcile(s, now=at, driver_cutoff=cutoff)
             registry.mark_silent_nodes_offline(s, now=at)
-            prune_nonces(s, at)
+            nonces.prune(s, at)
             return lost
 
         return self._tx(work)
 
     # -- ledger --------------------------------------------------------------------------------
-    def ledger_entries(self, *, account: str | None = None, limit: int = 100) -> list[EntryView]:
-        """The newest ``limit`` entries (of ``account``, or all), oldest of them first."""
-        return self._read(lambda s: views.entry_views(s, account=account, limit=limit))
+    def ledger_entries(
+        self, *, account: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[EntryView]:
+        """The newest ``limit`` entries (of ``account``, or all; older than ``before_id``, a
+        page's cursor), oldest of them first."""
+        return self._read(
+            lambda s: views.entry_views(s, account=account, limit=limit, before_id=before_id)
+        )
 
     def export_ledger(self) -> Iterator[dict[str, Any]]:
         """Every ledger entry with the exact values its hash covers (``depin ledger export``)."""

@@ -7,6 +7,7 @@
     requeue       an allocation lost with its node or driver: refund it, queue the job again
     expire_holds  holds past their timeout: a job never scheduled is cancelled, an
                   allocation never settled is lost
+    cancel        the owner ends a job: at once unless it runs, else once its drivers stop it
     reconcile     the periodic pass: dead drivers' work and expired holds
 
 Every function works inside the caller's transaction, after ``Ledger.lock``.
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from depin import receipts
 from depin.db.models import Allocation, Driver, Job, JobManifest, Receipt, utcnow
+from depin.errors import ConflictError, NotFoundError
 from depin.ledger import Hold, Ledger
 from depin.lifecycle import end_job
 from depin.limits import (
@@ -43,6 +45,7 @@ from depin.states import ALLOCATION_ACTIVE, AllocationState, JobState
 from providers import registry
 
 _EXIT_CODE_RANGE = range(-255, 256)  # what a process can exit with, signals included
+CANCELLED_BY_OWNER = "cancelled by its owner"
 
 
 def allocation_facts(alloc: Allocation, job: Job, market_id: str) -> AllocationFacts:
@@ -139,7 +142,7 @@ def finish(s: Session, outcome: Outcome, *, market_id: str, now: datetime) -> No
     job = s.get(Job, alloc.job_id, populate_existing=True)
     assert job is not None
     spec = specs_of(s, [job.id])[job.id]
-    if outcome.lost and spec.replicas == 1:
+    if outcome.lost and spec.replicas == 1 and job.cancel_requested_at is None:
         requeue(s, ledger, alloc, job, _text(outcome.error) or "node lost", spec)
         return
     _settle(s, ledger, alloc, job, outcome, market_id, now)
@@ -183,6 +186,8 @@ def _settle(
     registry.release_capacity(s, alloc.node_id, alloc.gpus)
     if outcome.lost:
         alloc.state = AllocationState.LOST
+    elif job.cancel_requested_at is not None:
+        alloc.state = AllocationState.CANCELLED
     elif exit_code == 0 and outcome.exit_code is not None:
         alloc.state = AllocationState.SUCCEEDED
     else:
@@ -293,6 +298,9 @@ def _end_if_done(s: Session, ledger: Ledger, job: Job, spec: JobSpec) -> None:
     if any(state.active for state in states):
         return
     reasons: list[str] = []
+    if job.cancel_requested_at is not None:
+        end_job(ledger, job, JobState.CANCELLED, [CANCELLED_BY_OWNER])
+        return
     if spec.replicas == 1:
         final = JobState.SUCCEEDED if states[-1] is AllocationState.SUCCEEDED else JobState.FAILED
     else:
@@ -302,6 +310,63 @@ def _end_if_done(s: Session, ledger: Ledger, job: Job, spec: JobSpec) -> None:
         if final is JobState.FAILED and lost is not None:
             reasons = [f"a replica was lost ({lost}); replicas are all or none"]
     end_job(ledger, job, final, reasons)
+
+
+# -- cancelling ----------------------------------------------------------------------------
+
+
+def cancel(s: Session, job_id: int, *, now: datetime) -> None:
+    """End a job its owner no longer wants: refund what it holds, free what it reserved.
+
+    A pending or only reserved job ends cancelled at once. Work already running
+    is the node's to stop: the job is marked, its drivers stop it (paying for
+    the time it ran), and it ends cancelled when its last allocation does.
+    """
+    ledger = Ledger(s)
+    ledger.lock()
+    job = s.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
+    if JobState(job.state).terminal:
+        raise ConflictError(f"job {job_id} has already ended ({job.state})")
+    if job.state == JobState.PENDING:
+        hold = ledger.pending_transfer(job.hold_transfer_id or 0)
+        end_job(ledger, job, JobState.CANCELLED, [CANCELLED_BY_OWNER], refund=hold)
+        return
+    active = s.execute(
+        select(Allocation).where(
+            Allocation.job_id == job.id, Allocation.state.in_(ALLOCATION_ACTIVE)
+        )
+    ).scalars()
+    running = 0
+    for alloc in active:
+        if alloc.state == AllocationState.RUNNING:
+            running += 1
+            continue
+        ledger.void(
+            ledger.pending_transfer(alloc.hold_transfer_id or 0),
+            memo=f"job {job.id}: allocation {alloc.id} {CANCELLED_BY_OWNER}",
+        )
+        registry.release_capacity(s, alloc.node_id, alloc.gpus)
+        alloc.state, alloc.ended_at = AllocationState.CANCELLED, now
+    job.cancel_requested_at = job.cancel_requested_at or now
+    if not running:
+        end_job(ledger, job, JobState.CANCELLED, [CANCELLED_BY_OWNER])
+
+
+def cancellations(s: Session, driver_id: str) -> list[int]:
+    """The running allocations of ``driver_id`` whose jobs their owners cancelled."""
+    return list(
+        s.execute(
+            select(Allocation.id)
+            .join(Job, Job.id == Allocation.job_id)
+            .where(
+                Allocation.driver_id == driver_id,
+                Allocation.state == AllocationState.RUNNING,
+                Job.cancel_requested_at.is_not(None),
+            )
+        ).scalars()
+    )
 
 
 # -- lost work -----------------------------------------------------------------------------
@@ -327,7 +392,7 @@ def requeue(
     now = utcnow()
     alloc.state, alloc.ended_at, alloc.error = AllocationState.LOST, now, reason[:ERROR_CHARS]
     spec = spec or specs_of(s, [job.id])[job.id]
-    if spec.replicas > 1:
+    if spec.replicas > 1 or job.cancel_requested_at is not None:
         _end_if_done(s, ledger, job, spec)
         return
     if ledger.balance(job.account_id).available < job.max_cost_micro_usd:

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from depin import nonces
 from depin.db.engine import reserve_ids
-from depin.db.models import Account, AccountKey, Job, JobManifest, Nonce, utcnow
+from depin.db.models import Account, AccountKey, Job, JobManifest, utcnow
 from depin.errors import (
     DepinError,
     InsufficientFundsError,
@@ -177,23 +177,6 @@ class Verifier:
                         raise type(exc)(f"envelope {index + 1} of {len(envelopes)}: {exc}") from exc
                     raise
         return out
-
-
-def seen_nonces(s: Session, nonces: Sequence[str]) -> set[str]:
-    """Which of ``nonces`` were used before: one query with the batch as a single parameter."""
-    if not nonces:
-        return set()
-    conn = s.connection()
-    if conn.dialect.name == "postgresql":
-        rows = conn.exec_driver_sql(
-            "SELECT nonce FROM nonces WHERE nonce = ANY(%s)", (list(nonces),)
-        )
-    else:
-        rows = conn.exec_driver_sql(
-            "SELECT nonce FROM nonces WHERE nonce IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(nonces)),),
-        )
-    return {r[0] for r in rows}
 
 
 def request_of(claims: Claims) -> str:
@@ -379,31 +362,16 @@ def _short_of(balance: Balance, amount: int, admitted: Sequence[Admitted]) -> st
 
 def _record_nonces(s: Session, admitted: Sequence[Admitted]) -> None:
     """Remember each nonce until its envelope can no longer be valid; a replay is refused."""
-    nonces = [a.claims.nonce for a in admitted]
-    if len(set(nonces)) != len(nonces):
+    claimed = [a.claims.nonce for a in admitted]
+    if len(set(claimed)) != len(claimed):
         raise ReplayError("the batch holds the same envelope twice: sign each manifest once")
-    seen = seen_nonces(s, nonces)
-    if seen:
-        raise ReplayError(f"envelope nonce {min(seen)} was already used: sign the manifest again")
+    used = nonces.seen(s, claimed)
+    if used:
+        raise ReplayError(f"envelope nonce {min(used)} was already used: sign the manifest again")
     skew = timedelta(seconds=CLOCK_SKEW_S)
     rows = [
-        {
-            "nonce": a.claims.nonce,
-            "account_id": a.account_id,
-            "expires_at": a.claims.expires_at + skew,
-        }
-        for a in admitted
+        nonces.SeenNonce(a.claims.nonce, a.account_id, a.claims.expires_at + skew) for a in admitted
     ]
-    try:
-        with s.begin_nested():
-            # The primary key refuses a replay that raced the check above.
-            s.connection().execute(Nonce.__table__.insert(), rows)
-    except IntegrityError as exc:
-        raise ReplayError(
-            "an envelope's nonce was used concurrently: sign the manifest again"
-        ) from exc
-
-
-def prune_nonces(s: Session, now: datetime) -> int:
-    """Forget nonces whose envelopes expired (plus skew): replaying those is refused anyway."""
-    return s.execute(Nonce.__table__.delete().where(Nonce.expires_at < now)).rowcount
+    # The primary key refuses a replay that raced the check above.
+    if not nonces.record(s, rows):
+        raise ReplayError("an envelope's nonce was used concurrently: sign the manifest again")

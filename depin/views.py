@@ -18,10 +18,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from depin.db.models import Account, AccountKey, Allocation, Job, JobManifest, Node, PlanRecord
+from depin.db.models import (
+    Account,
+    AccountKey,
+    Allocation,
+    Job,
+    JobManifest,
+    Node,
+    PlanRecord,
+    Transfer,
+)
 from depin.errors import NotFoundError
 from depin.ledger import Balance, Ledger
-from depin.ledger import entries as ledger_entries
 from depin.money import micro_to_usd
 from depin.spec import JobSpec
 from depin.states import AllocationState, JobState
@@ -303,11 +311,16 @@ def key_views(
     return [KeyView.of(k, a) for k, a in s.execute(stmt.order_by(AccountKey.id))]
 
 
-def node_views(s: Session) -> list[NodeView]:
-    names = dict(
-        s.execute(select(Account.id, Account.name).where(Account.kind == "provider")).all()
+def node_views(s: Session, *, after_id: int = 0, limit: int | None = None) -> list[NodeView]:
+    """Nodes in id order, from after ``after_id`` (a page's cursor)."""
+    stmt = (
+        select(Node, Account.name)
+        .join(Account, Account.id == Node.provider_id)
+        .where(Node.id > after_id)
+        .order_by(Node.id)
+        .limit(limit)
     )
-    return [NodeView.of(n, names.get(n.provider_id, "?")) for n in registry.list_nodes(s)]
+    return [NodeView.of(n, name) for n, name in s.execute(stmt)]
 
 
 def node_view(s: Session, node_id: int) -> NodeView:
@@ -322,8 +335,10 @@ def job_views(
     state: JobState | None = None,
     job_id: int | None = None,
     limit: int = 100,
+    before_id: int | None = None,
 ) -> list[JobView]:
-    """Jobs, newest first, with their allocations and the scheduler's reasons."""
+    """Jobs, newest first (older than ``before_id``, a page's cursor), with their
+    allocations and the scheduler's reasons."""
     stmt = (
         select(Job, Account.name, JobManifest.spec_json)
         .join(Account, Account.id == Job.account_id)
@@ -335,6 +350,8 @@ def job_views(
         stmt = stmt.where(Job.state == state)
     if job_id is not None:
         stmt = stmt.where(Job.id == job_id)
+    if before_id is not None:
+        stmt = stmt.where(Job.id < before_id)
     rows = s.execute(stmt.order_by(Job.id.desc()).limit(limit)).all()
     allocs = _allocations_by_job(s, [job.id for job, _, _ in rows])
     reasons = _plan_reasons(s, [job for job, _, _ in rows])
@@ -374,14 +391,22 @@ def explain_view(s: Session, job_id: int) -> ExplainView:
     )
 
 
-def entry_views(s: Session, *, account: str | None = None, limit: int = 100) -> list[EntryView]:
-    """The newest ``limit`` entries (of ``account``, or all), oldest of them first."""
+def entry_views(
+    s: Session, *, account: str | None = None, limit: int = 100, before_id: int | None = None
+) -> list[EntryView]:
+    """The newest ``limit`` entries (of ``account``, or all; older than ``before_id``, a
+    page's cursor), oldest of them first."""
     names = dict(s.execute(select(Account.id, Account.name)).all())
-    account_id = None
+    stmt = select(Transfer).order_by(Transfer.id.desc()).limit(limit)
     if account is not None:
         account_id = next((i for i, n in names.items() if n == account), None)
         if account_id is None:
             raise NotFoundError(f"no account named {account!r}")
+        stmt = stmt.where(
+            (Transfer.debit_account_id == account_id) | (Transfer.credit_account_id == account_id)
+        )
+    if before_id is not None:
+        stmt = stmt.where(Transfer.id < before_id)
     return [
         EntryView(
             id=t.id,
@@ -397,7 +422,7 @@ def entry_views(s: Session, *, account: str | None = None, limit: int = 100) -> 
             created_at=t.created_at.isoformat(),
             hash=t.hash,
         )
-        for t in ledger_entries(s, account_id=account_id, limit=limit, newest=True)
+        for t in reversed(s.execute(stmt).scalars().all())
     ]
 
 

@@ -26,7 +26,8 @@ from depin.bench.workload import synthetic_jobs
 from depin.config import Settings
 from depin.gcpause import gc_paused
 from depin.market import Marketplace
-from depin.submission import Verifier, load_keys, seen_nonces
+from depin.nonces import seen as seen_nonces
+from depin.submission import Verifier, load_keys
 
 ROUNDS = 5
 CHUNK = 1000

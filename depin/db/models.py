@@ -255,6 +255,8 @@ class Job(Base):
     # The scheduler's record of the last decision about this job (shared by its request class).
     plan_record_id: Mapped[int | None] = mapped_column(ForeignKey("plan_records.id"))
     reasons_json: Mapped[str | None] = mapped_column(Text)  # reasons of the job's own (failures)
+    # Its owner asked to cancel it while it ran: its drivers stop it, then it ends cancelled.
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

@@ -1,4 +1,5 @@
-"""an allocation records where a provider's usage receipt and the market disagreed
+"""an allocation records where a provider's usage receipt and the market disagreed; a job
+records when its owner asked to cancel it
 
 Revision ID: 0004
 Revises: 0003
@@ -21,8 +22,14 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("allocations") as batch:
         batch.add_column(sa.Column("dispute", sa.String(length=500), nullable=True))
+    with op.batch_alter_table("jobs") as batch:
+        batch.add_column(
+            sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("cancel_requested_at")
     with op.batch_alter_table("allocations") as batch:
         batch.drop_column("dispute")

@@ -1,0 +1,132 @@
+"""The HTTP contract between ``depin serve`` and the SDK: paths, headers and models.
+
+One definition of each: the server's routes and the clients' requests both
+use these, and responses are the SDK's own read models (``depin.views``, the
+ledger's ``Balance`` and ``VerifyReport``, the scheduler's search ``Hit``),
+which pydantic validates on either side. A job is submitted as its DSSE
+envelope, exactly as signed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from depin.views import KeyView
+
+T = TypeVar("T")
+
+API_PREFIX = "/v1"
+IDEMPOTENCY_HEADER = "Idempotency-Key"  # draft-ietf-httpapi-idempotency-key-header
+MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413)
+MAX_PAGE = 1000  # items in one page of a list
+MAX_LOOKUP_KEYS = 200  # key ids in one lookup
+
+# Paths, relative to the API's base URL.
+MARKET = f"{API_PREFIX}/market"
+SCHEDULER = f"{API_PREFIX}/scheduler"
+ACCOUNTS = f"{API_PREFIX}/accounts"
+ACCOUNT = f"{API_PREFIX}/accounts/{{name}}"
+DEPOSITS = f"{API_PREFIX}/accounts/{{name}}/deposits"
+ACCOUNT_KEYS = f"{API_PREFIX}/accounts/{{name}}/keys"
+KEYS = f"{API_PREFIX}/keys"
+KEY_REVOCATION = f"{API_PREFIX}/keys/{{key_id}}/revocation"
+BALANCES = f"{API_PREFIX}/balances"
+NODES = f"{API_PREFIX}/nodes"
+NODE_BATCH = f"{API_PREFIX}/nodes/batch"
+OFFERS = f"{API_PREFIX}/offers/search"
+JOBS = f"{API_PREFIX}/jobs"
+JOB_BATCH = f"{API_PREFIX}/jobs/batch"
+JOB = f"{API_PREFIX}/jobs/{{job_id}}"
+JOB_EXPLAIN = f"{API_PREFIX}/jobs/{{job_id}}/explain"
+JOB_PLACEMENT = f"{API_PREFIX}/jobs/{{job_id}}/placement"
+JOB_CANCEL = f"{API_PREFIX}/jobs/{{job_id}}/cancel"
+ENTRIES = f"{API_PREFIX}/ledger/entries"
+LEDGER_VERIFY = f"{API_PREFIX}/ledger/verify"
+LEDGER_EXPORT = f"{API_PREFIX}/ledger/export"
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are errors, as in manifests."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MarketInfo(Body):
+    market_id: str
+    version: str
+    operator_key_id: str | None = Field(description="The key that signs deposits")
+    operator_public_key: str | None
+
+
+class NewAccount(Body):
+    """Open an account; the request must be signed by ``public_key`` itself."""
+
+    name: str = Field(max_length=64)
+    kind: Literal["developer", "provider"] = "developer"
+    public_key: str = Field(max_length=128, description="base64 of the raw Ed25519 key")
+
+
+class Deposit(Body):
+    micro_usd: int = Field(gt=0, le=10**15)
+
+
+class NewKey(Body):
+    """Register another key for an account; with ``revoke_old`` its other keys go."""
+
+    public_key: str = Field(max_length=128)
+    not_after: datetime | None = None
+    revoke_old: bool = False
+
+
+class Rotated(Body):
+    key: KeyView
+    revoked: list[KeyView]
+
+
+class Search(Body):
+    """What ``depin offers`` asks: a JobSpec's worth of constraints, a sort and a limit."""
+
+    request: dict[str, Any]
+    sort: Literal["price", "latency", "score"] = "price"
+    limit: int = Field(default=20, ge=1, le=MAX_PAGE)
+
+
+class Placement(Body):
+    node_id: int = Field(ge=1, le=2**63 - 1)
+
+
+class Envelopes(Body):
+    envelopes: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class JobIds(Body):
+    job_ids: list[int]
+
+
+class NodeIds(Body):
+    node_ids: list[int]
+
+
+class Running(Body):
+    scheduler_running: bool
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; ask again with ``cursor=next_cursor`` until it is null."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+def adapter(kind: Any) -> TypeAdapter[Any]:
+    """A (cached) validator for ``kind``: how a client reads a response body."""
+    found = _ADAPTERS.get(kind)
+    if found is None:
+        found = _ADAPTERS[kind] = TypeAdapter(kind)
+    return found
+
+
+_ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
