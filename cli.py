@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from depin.api.cli import serve
 
 from depin import render
 from depin.bench.cli import bench
@@ -25,7 +26,7 @@ from depin.errors import DepinError, InputError
 from depin.ledger import Balance
 from depin.manifest import DEFAULT_TTL_S, MAX_TTL_S, Envelope
 from depin.render import console, emit
-from depin.spec import NETWORKS, TIERS, JobSpec, describe_validation_error
+from depin.spec import NETWORKS, TIERS, search_request
 from depin.states import JobState
 from depin.views import AccountView
 from providers.catalog import CATALOG
@@ -45,7 +46,7 @@ class DepinGroup(click.Group):
 def _client(ctx: click.Context) -> Client:
     root = ctx.find_root()
     if "client" not in root.meta:
-        root.meta["client"] = Client()
+        root.meta["client"] = Client(url=root.params.get("api"))
         root.call_on_close(root.meta["client"].close)
     return root.meta["client"]
 
@@ -71,16 +72,19 @@ def _usd(value: str) -> Decimal:
 
 @click.group(cls=DepinGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="depin")
-def cli() -> None:
+@click.option("--api", envvar="DEPIN_API_URL", help="A market served over HTTP (`depin serve`).")
+def cli(api: str | None) -> None:
     """depin: an open marketplace and scheduler for edge GPUs.
 
     State lives in DEPIN_HOME (a SQLite file and keys) unless DEPIN_DATABASE_URL
     points at PostgreSQL; jobs run on a local Ray instance unless DEPIN_RAY_ADDRESS
-    names a cluster.
+    names a cluster. With --api (or DEPIN_API_URL) every command but serve, db,
+    bench and demo talks to that market instead; keys stay in DEPIN_HOME.
     """
 
 
 cli.add_command(bench)
+cli.add_command(serve)
 
 
 # -- init, db, gpus ----------------------------------------------------------------------------
@@ -88,16 +92,9 @@ cli.add_command(bench)
 @json_option
 @click.pass_context
 def init(ctx: click.Context, as_json: bool) -> None:
-    """Create DEPIN_HOME and the database (migrated to the latest schema)."""
-    from depin.config import redact_url
-
-    client = _client(ctx)
-    client.settings.ensure_home()
-    data = {
-        "home": str(client.settings.home),
-        "database": redact_url(client.settings.database_url),
-        "market_id": client.market_id,
-    }
+    """Create DEPIN_HOME and the database (migrated), and the operator's key that signs
+    deposits; against an API, only DEPIN_HOME, and print the market's id."""
+    data = _client(ctx).init()
     emit(as_json, data, lambda: [click.echo(f"{k}: {v}") for k, v in data.items()])
 
 
@@ -315,6 +312,17 @@ def node_list(ctx: click.Context, as_json: bool) -> None:
     emit(as_json, [v.to_dict() for v in views], lambda: render.nodes(console, views))
 
 
+@node.command("allocations")
+@click.argument("node_id", type=_ID)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@json_option
+@click.pass_context
+def node_allocations(ctx: click.Context, node_id: int, limit: int, as_json: bool) -> None:
+    """The allocations on a node, newest first (its provider's view)."""
+    views = _client(ctx).allocations(node_id, limit=limit)
+    emit(as_json, [v.to_dict() for v in views], lambda: render.allocations(console, views))
+
+
 @cli.command()
 @click.option("--gpu", "gpu_models", multiple=True, help="GPU model (repeat for several).")
 @click.option(
@@ -341,7 +349,8 @@ def node_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def offers(ctx: click.Context, as_json: bool, sort: str, limit: int, **query: Any) -> None:
     """Search free capacity, like `vastai search offers`."""
-    hits = _client(ctx).search(_search_request(query), sort=sort, limit=limit)
+    request = search_request(**(query | {"near": _latlon(query["near"])}))
+    hits = _client(ctx).search(request, sort=sort, limit=limit)
     rows = [render.hit_dict(h) for h in hits]
 
     def say() -> None:
@@ -352,34 +361,16 @@ def offers(ctx: click.Context, as_json: bool, sort: str, limit: int, **query: An
     emit(as_json, rows, say)
 
 
-def _search_request(query: dict[str, Any]) -> JobSpec:
-    """The search flags as the JobSpec the scheduler would see."""
-    from pydantic import ValidationError
-
-    placement: dict[str, Any] = {"tiers": list(query["tiers"]), "regions": list(query["regions"])}
-    if query["near"] is not None:
-        try:
-            lat, lon = (float(x) for x in query["near"].split(","))
-        except ValueError:
-            raise click.BadParameter(
-                "expected LAT,LON, e.g. 52.52,13.40", param_hint="--near"
-            ) from None
-        placement["near"] = [{"lat": lat, "lon": lon}]
-    if query["max_latency_ms"] is not None:
-        placement["max_latency_ms"] = query["max_latency_ms"]
-    resources: dict[str, Any] = {
-        "gpus": query["gpus"],
-        "accelerator": query["accelerator"],
-        "gpu_models": list(query["gpu_models"]),
-    }
-    if query["min_vram_gib"] is not None:
-        resources["vram_gib"] = query["min_vram_gib"]
-    pricing = {} if query["max_price"] is None else {"max_usd_per_gpu_hour": query["max_price"]}
-    fields = {"name": "search", "command": ["-"], "resources": resources}
+def _latlon(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
     try:
-        return JobSpec.model_validate(fields | {"placement": placement, "pricing": pricing})
-    except ValidationError as exc:
-        raise InputError(f"offers: {describe_validation_error(exc)}") from None
+        lat, lon = (float(x) for x in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            "expected LAT,LON, e.g. 52.52,13.40", param_hint="--near"
+        ) from None
+    return lat, lon
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -458,6 +449,16 @@ def job_status(ctx: click.Context, job_id: int, as_json: bool) -> None:
     """Show one job: state, placement, cost and the tail of its output."""
     view = _client(ctx).job(job_id)
     emit(as_json, view.to_dict(), lambda: render.job(console, view))
+
+
+@job.command("cancel")
+@click.argument("job_id", type=_ID)
+@json_option
+@click.pass_context
+def job_cancel(ctx: click.Context, job_id: int, as_json: bool) -> None:
+    """Cancel a job: at once unless it runs, else once its node has stopped it (paid so far)."""
+    view = _client(ctx).cancel(job_id)
+    emit(as_json, view.to_dict(), lambda: click.echo(f"job {view.id}: {view.state}"))
 
 
 @job.command("explain")

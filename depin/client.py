@@ -2,13 +2,15 @@
 
     from depin import Client, load_job
     client = Client()                       # DEPIN_HOME, DEPIN_DATABASE_URL, DEPIN_RAY_ADDRESS
+    client = Client(url="http://coordinator:8420")   # or DEPIN_API_URL: the market over HTTP
     job = client.submit_file("job.yaml", account="alice")
     job = client.wait(job.id)               # drives a scheduler cycle while no scheduler runs
 
 Keys live on the client's machine (``DEPIN_HOME/keys``); the market only ever
 sees public keys and signed envelopes. By default the market is the embedded
-one (an in-process ``Marketplace`` over ``DEPIN_DATABASE_URL``); pass
-``market=`` for another implementation of the protocol.
+one (an in-process ``Marketplace`` over ``DEPIN_DATABASE_URL``); with ``url``
+(or ``DEPIN_API_URL``) it is a ``depin serve`` over HTTP, with the same
+methods, results and errors; ``market=`` takes any other implementation.
 """
 
 from __future__ import annotations
@@ -52,7 +54,15 @@ from depin.spec import (
 )
 from depin.states import JobState
 from depin.submission import KeyRecord, check_key_usable
-from depin.views import AccountView, EntryView, ExplainView, JobView, KeyView, NodeView
+from depin.views import (
+    AccountView,
+    AllocationView,
+    EntryView,
+    ExplainView,
+    JobView,
+    KeyView,
+    NodeView,
+)
 from scheduler.search import Hit
 
 if TYPE_CHECKING:
@@ -60,6 +70,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 WAIT_POLL_S = 0.5
+OPERATOR_KEY = "operator"  # the coordinator's local key that signs deposits
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +94,36 @@ class Client:
         ray_address: str | None = None,
         settings: Settings | None = None,
         market: Market | None = None,
+        url: str | None = None,
+        account: str | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env(
-            home=home, database_url=database_url, ray_address=ray_address
-        )
+            home=home, database_url=database_url, ray_address=ray_address, api_url=url,
+            account=account,
+        )  # fmt: skip
         self._market = market
+
+    @property
+    def remote(self) -> bool:
+        """True when the market is a ``depin serve`` reached over HTTP."""
+        return (self._market is None and self.settings.api_url is not None) or (
+            self._market is not None and not _is_local(self._market)
+        )
 
     @property
     def market(self) -> Market:
         """The market, opened (and, when embedded, migrated) on first use."""
         if self._market is None:
-            from depin.market import Marketplace
+            if self.settings.api_url is not None:
+                from depin.api.remote import HttpMarket
 
-            self._market = Marketplace(self.settings)
+                self._market = HttpMarket(
+                    self.settings.api_url, self.settings.keys_dir, account=self.settings.account
+                )
+            else:
+                from depin.market import Marketplace
+
+                self._market = Marketplace(self.settings)
         return self._market
 
     @property
@@ -112,6 +140,35 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def init(self) -> dict[str, str]:
+        """Create DEPIN_HOME (and its keys) and learn the market's id. On the coordinator (an
+        embedded market) this also makes the operator's key, which signs deposits."""
+        from depin.config import redact_url
+
+        self.settings.ensure_home()
+        where = {"api": self.settings.api_url} if self.remote else {
+            "database": redact_url(self.settings.database_url)
+        }  # fmt: skip
+        if not self.remote:
+            self._ensure_operator_key()
+        return {"home": str(self.settings.home), **where, "market_id": self.market_id}
+
+    def _ensure_operator_key(self) -> None:
+        """The local key ``operator`` becomes the market's operator key, if it has none yet."""
+        from depin.market import Marketplace
+
+        market = self.market
+        assert isinstance(market, Marketplace)
+        if market.operator_key() is not None:
+            return
+        names = {k.name for k in self.local_keys()}
+        info = (
+            keystore.generate(OPERATOR_KEY, self.settings.keys_dir)
+            if OPERATOR_KEY not in names
+            else None
+        )
+        market.set_operator_key(self.public_key(OPERATOR_KEY if info is None else info.name))
 
     # -- keys (local files) --------------------------------------------------------------------
     def new_key(self, name: str) -> KeyInfo:
@@ -407,6 +464,14 @@ class Client:
     def explain(self, job_id: int) -> ExplainView:
         return self.market.explain(job_id)
 
+    def cancel(self, job_id: int) -> JobView:
+        """Cancel a job: at once unless it runs, else once its node has stopped it."""
+        return self.market.cancel(job_id)
+
+    def allocations(self, node_id: int, *, limit: int = 100) -> list[AllocationView]:
+        """The allocations on a node, newest first: what its provider may read."""
+        return self.market.allocations(node_id, limit=limit)
+
     # -- running work --------------------------------------------------------------------------
     def driver(
         self, *, kind: str = "scheduler", job_ids: Sequence[int] | None = None, launch: bool = True
@@ -415,11 +480,10 @@ class Client:
 
         Only a market this process holds can be driven: a remote one runs its own.
         """
-        from depin.market import Marketplace
         from depin.runtime.loop import Driver  # Ray is imported only by callers that run work
 
         market = self.market
-        if not isinstance(market, Marketplace):
+        if not _is_local(market):
             raise ConfigError(
                 "this market schedules its own jobs: a scheduler runs beside its database"
             )
@@ -434,10 +498,8 @@ class Client:
         watches; otherwise it drives scheduling and Ray itself for this job, as long as
         it waits.
         """
-        from depin.market import Marketplace
-
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        if not isinstance(self.market, Marketplace) or self.market.scheduler_running():
+        if not _is_local(self.market) or self.market.scheduler_running():
             while not (view := self.job(job_id)).terminal:
                 if deadline is not None and time.monotonic() > deadline:
                     return view
@@ -464,6 +526,8 @@ class Client:
         from depin.db.engine import make_engine
         from depin.db.migrate import current_revision, upgrade
 
+        if self.settings.api_url is not None:
+            raise ConfigError("the database of a market served over HTTP is upgraded where it runs")
         if self.settings.is_sqlite:
             self.settings.ensure_home()
         engine = make_engine(self.settings.database_url)
@@ -472,6 +536,13 @@ class Client:
             return current_revision(engine) or "base"
         finally:
             engine.dispose()
+
+
+def _is_local(market: object) -> bool:
+    """The embedded market (this process holds its database), which a driver can run."""
+    from depin.market import Marketplace
+
+    return isinstance(market, Marketplace)
 
 
 def load_submission(path: str | Path) -> JobSpec | Envelope:

@@ -3,7 +3,9 @@
 With no settings, depin uses ``DEPIN_HOME`` (the user data directory) for a
 SQLite file and keys, and starts a local Ray instance when a job must run.
 ``DEPIN_DATABASE_URL`` points at PostgreSQL; ``DEPIN_RAY_ADDRESS`` at an
-existing Ray cluster.
+existing Ray cluster; ``DEPIN_API_URL`` at a market served over HTTP
+(``depin serve``), which then replaces the database for everything but the
+server itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from depin.errors import ConfigError
 ENV_HOME = "DEPIN_HOME"
 ENV_DATABASE_URL = "DEPIN_DATABASE_URL"
 ENV_RAY_ADDRESS = "DEPIN_RAY_ADDRESS"
+ENV_API_URL = "DEPIN_API_URL"
+ENV_ACCOUNT = "DEPIN_ACCOUNT"
 DATABASE_FILE_NAME = "depin.db"
 KEYS_DIR_NAME = "keys"
 
@@ -30,6 +34,8 @@ class Settings:
     home: Path
     database_url: str
     ray_address: str | None
+    api_url: str | None = None  # a market over HTTP (``depin serve``) instead of the database
+    account: str | None = None  # who asks, where several local accounts could
 
     @property
     def keys_dir(self) -> Path:
@@ -46,6 +52,8 @@ class Settings:
         home: str | os.PathLike[str] | None = None,
         database_url: str | None = None,
         ray_address: str | None = None,
+        api_url: str | None = None,
+        account: str | None = None,
     ) -> Settings:
         """Explicit arguments win over the environment, which wins over defaults."""
         home_path = Path(home or os.environ.get(ENV_HOME) or platformdirs.user_data_dir("depin"))
@@ -59,7 +67,11 @@ class Settings:
                 "postgresql+psycopg://USER@HOST:PORT/DB"
             )
         address = ray_address or os.environ.get(ENV_RAY_ADDRESS) or None
-        return cls(home=home_path, database_url=url, ray_address=address)
+        api = api_url or os.environ.get(ENV_API_URL) or None
+        if api is not None and not api.startswith(("http://", "https://")):
+            raise ConfigError(f"the market's API URL must start with http:// or https:// ({api!r})")
+        who = account or os.environ.get(ENV_ACCOUNT) or None
+        return cls(home_path, url, address, api, who)
 
     def ensure_home(self) -> None:
         """Create DEPIN_HOME and its keys directory (0700: they hold private keys)."""

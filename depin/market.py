@@ -16,24 +16,26 @@ A method either does everything it says or, on any error, nothing at all.
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from depin import accounts, audit, nonces, reserve, settlement, views
+from depin import accounts, audit, drivers, nonces, reserve, settlement, views
 from depin.config import Settings
 from depin.db.engine import make_engine, read_session, run_transaction, session_factory
 from depin.db.migrate import ensure_schema
-from depin.db.models import Account, Driver, IdempotencyKey, Setting, utcnow
-from depin.errors import ConflictError, InputError, NotFoundError, UnauthenticatedError
+from depin.db.models import Account, IdempotencyKey, Setting, utcnow
+from depin.errors import (
+    ConflictError,
+    ForbiddenError,
+    InputError,
+    UnauthenticatedError,
+)
 from depin.gcpause import gc_paused
 from depin.idempotency import KeyTaken, check_key, once
 from depin.keys import key_id as compute_key_id
@@ -41,7 +43,6 @@ from depin.ledger import (
     Balance,
     Ledger,
     VerifyReport,
-    balances,
     entry_record,
     iter_entries,
 )
@@ -53,7 +54,6 @@ from depin.runtime.work import CycleCommit, Launch, Outcome, PendingWork
 from depin.spec import JobSpec, NodeSpec
 from depin.states import JobState
 from depin.submission import Verifier, admit_envelopes, load_keys, queue, request_of
-from depin.views import AccountView, EntryView, ExplainView, JobView, KeyView, NodeView
 from providers import registry
 from scheduler import Offer, Plan, Snapshot
 from scheduler.request import Request
@@ -72,11 +72,7 @@ class Marketplace:
         self.engine = make_engine(self.settings.database_url)
         ensure_schema(self.engine)
         self.sessions = session_factory(self.engine)
-        self.market_id: str = self._read(
-            lambda s: s.execute(
-                select(Setting.value).where(Setting.key == "market_id")
-            ).scalar_one()
-        )
+        self.market_id: str = self._read(lambda s: s.get_one(Setting, "market_id").value)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -132,7 +128,7 @@ class Marketplace:
         kind: str = "developer",
         idempotency_key: str | None = None,
         nonce: SeenNonce | None = None,
-    ) -> AccountView:
+    ) -> views.AccountView:
         """Open a developer (or provider) account that ``public_key`` may sign for."""
         accounts.check_new_account(name, kind)
         kid = compute_key_id(public_key)
@@ -149,7 +145,7 @@ class Marketplace:
             raise ConflictError(f"account {name!r} or key {kid} already exists") from exc
         return self.account(name)
 
-    def account(self, name: str) -> AccountView:
+    def account(self, name: str) -> views.AccountView:
         return self._read(lambda s: views.account_view(s, name))
 
     def deposit(
@@ -172,19 +168,13 @@ class Marketplace:
         self, account: str | None = None, *, after: str | None = None, limit: int | None = None
     ) -> list[Balance]:
         """Every account's balance by name (after ``after``, a page's cursor), or one's."""
-        found = self._read(lambda s: balances(s, account=account))
-        if account is not None and not found:
-            raise NotFoundError(f"no account named {account!r}")
-        page = sorted(found, key=lambda b: b.account)
-        if after is not None:
-            page = [b for b in page if b.account > after]
-        return page if limit is None else page[:limit]
+        return self._read(lambda s: views.balance_page(s, account, after=after, limit=limit))
 
-    def registered_keys(self, key_ids: Sequence[str]) -> list[KeyView]:
+    def registered_keys(self, key_ids: Sequence[str]) -> list[views.KeyView]:
         """Which of ``key_ids`` are registered, to whom, in what state: one read."""
         return self._read(lambda s: views.key_views(s, key_ids=key_ids))
 
-    def keys_of(self, account: str) -> list[KeyView]:
+    def keys_of(self, account: str) -> list[views.KeyView]:
         """Every key registered to ``account``, oldest first."""
         return self._read(lambda s: views.key_views(s, account=account))
 
@@ -196,7 +186,7 @@ class Marketplace:
         not_after: datetime | None = None,
         revoke_old: bool = False,
         nonce: SeenNonce | None = None,
-    ) -> tuple[KeyView, list[KeyView]]:
+    ) -> tuple[views.KeyView, list[views.KeyView]]:
         """Register a new key and, with ``revoke_old``, revoke the account's other active keys,
         in one transaction; returns the new key and those revoked."""
         work = lambda s: accounts.rotate(  # noqa: E731
@@ -207,7 +197,7 @@ class Marketplace:
         except IntegrityError as exc:
             raise ConflictError(f"key {compute_key_id(public_key)} is already registered") from exc
 
-    def revoke_key(self, key_id: str, *, nonce: SeenNonce | None = None) -> KeyView:
+    def revoke_key(self, key_id: str, *, nonce: SeenNonce | None = None) -> views.KeyView:
         """Revoke a key: from now on nothing it signs is accepted."""
         return self._tx(lambda s: accounts.revoke(s, key_id), nonce)
 
@@ -235,7 +225,7 @@ class Marketplace:
         *,
         idempotency_key: str | None = None,
         nonce: SeenNonce | None = None,
-    ) -> NodeView:
+    ) -> views.NodeView:
         def work(s: Session) -> int:
             provider = Ledger(s).account(spec.provider)
             if provider.kind != "provider":
@@ -271,9 +261,12 @@ class Marketplace:
 
         return self._tx(work, nonce) if specs else []
 
-    def nodes(self, *, after_id: int = 0, limit: int | None = None) -> list[NodeView]:
+    def nodes(self, *, after_id: int = 0, limit: int | None = None) -> list[views.NodeView]:
         """Registered nodes in id order (after ``after_id``, a page's cursor)."""
         return self._read(lambda s: views.node_views(s, after_id=after_id, limit=limit))
+
+    def node(self, node_id: int) -> views.NodeView:
+        return self._read(lambda s: views.node_view(s, node_id))
 
     def heartbeat(self, node_id: int) -> None:
         self._tx(lambda s: registry.heartbeat(s, node_id))
@@ -296,13 +289,16 @@ class Marketplace:
         now: datetime | None = None,
         idempotency_key: str | None = None,
         nonce: SeenNonce | None = None,
-    ) -> JobView:
+        issuer: str | None = None,
+    ) -> views.JobView:
         """Verify a signed manifest, hold its maximum cost in escrow and queue the job.
 
         Verification happens before anything in the payload is parsed; nothing is
         written unless every check passes.
         """
-        ids = self.submit_many([envelope], now=now, idempotency_key=idempotency_key, nonce=nonce)
+        ids = self.submit_many(
+            [envelope], now=now, idempotency_key=idempotency_key, nonce=nonce, issuer=issuer
+        )
         return self.job(ids[0])
 
     def submit_many(
@@ -312,8 +308,12 @@ class Marketplace:
         now: datetime | None = None,
         idempotency_key: str | None = None,
         nonce: SeenNonce | None = None,
+        issuer: str | None = None,
     ) -> list[int]:
-        """Submit a batch of envelopes in one transaction, all or none; returns the job ids."""
+        """Submit a batch of envelopes in one transaction, all or none; returns the job ids.
+
+        With ``issuer`` (who signed the request), each envelope must be that account's.
+        """
         if not envelopes:
             return []
         now = now or utcnow()
@@ -334,6 +334,9 @@ class Marketplace:
         admitted = admit_envelopes(
             envelopes, keys, Snapshot(offers), prices, audience=self.market_id, now=now
         )
+        wrong = [a.claims.issuer for a in admitted if issuer not in (None, a.claims.issuer)]
+        if wrong:
+            raise ForbiddenError(f"you sign as {issuer!r}; the envelope is {wrong[0]!r}'s")
         request = [request_of(a.claims) for a in admitted]
         return self._once(
             idempotency_key, "submit", request, lambda s: queue(s, admitted, now=now), nonce
@@ -347,7 +350,7 @@ class Marketplace:
         state: JobState | None = None,
         limit: int = 100,
         before_id: int | None = None,
-    ) -> list[JobView]:
+    ) -> list[views.JobView]:
         """Jobs newest first (older than ``before_id``, a page's cursor)."""
         return self._read(
             lambda s: views.job_views(
@@ -355,10 +358,18 @@ class Marketplace:
             )
         )
 
-    def job(self, job_id: int) -> JobView:
+    def job(self, job_id: int) -> views.JobView:
         return self._read(lambda s: views.job_view(s, job_id))
 
-    def explain(self, job_id: int) -> ExplainView:
+    def allocations(
+        self, node_id: int, *, limit: int = 100, before_id: int | None = None
+    ) -> list[views.AllocationView]:
+        """The allocations on a node, newest first: what its provider reads."""
+        return self._read(
+            lambda s: views.allocation_views(s, node_id, limit=limit, before_id=before_id)
+        )
+
+    def explain(self, job_id: int) -> views.ExplainView:
         """Why the job went where it went, or why it is not running: the plan's record."""
         return self._read(lambda s: views.explain_view(s, job_id))
 
@@ -381,7 +392,7 @@ class Marketplace:
             nonce,
         )
 
-    def cancel(self, job_id: int, *, nonce: SeenNonce | None = None) -> JobView:
+    def cancel(self, job_id: int, *, nonce: SeenNonce | None = None) -> views.JobView:
         """Cancel a job: at once unless it runs, else once its drivers have stopped it."""
         self._tx(lambda s: settlement.cancel(s, job_id, now=utcnow()), nonce)
         return self.job(job_id)
@@ -432,26 +443,17 @@ class Marketplace:
 
     # -- drivers (processes that launch work) --------------------------------------------------
     def register_driver(self, kind: str) -> str:
-        driver_id = f"{kind}-{uuid.uuid4().hex[:12]}"
-        host, pid = socket.gethostname()[:128], os.getpid()
-        self._tx(lambda s: s.add(Driver(id=driver_id, kind=kind, host=host, pid=pid)))
-        return driver_id
+        return self._tx(lambda s: drivers.register(s, kind))
 
     def driver_heartbeat(self, driver_id: str) -> None:
-        self._tx(
-            lambda s: s.execute(
-                update(Driver).where(Driver.id == driver_id).values(heartbeat_at=utcnow())
-            )
-        )
+        self._tx(lambda s: drivers.heartbeat(s, driver_id))
 
     def retire_driver(self, driver_id: str) -> None:
-        self._tx(lambda s: s.execute(Driver.__table__.delete().where(Driver.id == driver_id)))
+        self._tx(lambda s: drivers.retire(s, driver_id))
 
     def scheduler_running(self) -> bool:
-        """True when a live ``depin scheduler run`` is heartbeating."""
-        cutoff = utcnow() - timedelta(seconds=DRIVER_TIMEOUT_S)
-        live = select(Driver.id).where(Driver.kind == "scheduler", Driver.heartbeat_at >= cutoff)
-        return self._read(lambda s: s.execute(live).first() is not None)
+        """True when a live ``depin scheduler run`` (or a server's loop) is heartbeating."""
+        return self._read(drivers.scheduler_alive)
 
     def reconcile(self, *, now: datetime | None = None) -> list[int]:
         """Requeue dead drivers' work, void expired holds, mark silent nodes offline and forget
@@ -470,7 +472,7 @@ class Marketplace:
     # -- ledger --------------------------------------------------------------------------------
     def ledger_entries(
         self, *, account: str | None = None, limit: int = 100, before_id: int | None = None
-    ) -> list[EntryView]:
+    ) -> list[views.EntryView]:
         """The newest ``limit`` entries (of ``account``, or all; older than ``before_id``, a
         page's cursor), oldest of them first."""
         return self._read(

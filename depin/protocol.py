@@ -17,7 +17,15 @@ from depin.ledger import Balance, VerifyReport
 from depin.manifest import Envelope
 from depin.spec import JobSpec, NodeSpec
 from depin.states import JobState
-from depin.views import AccountView, EntryView, ExplainView, JobView, KeyView, NodeView
+from depin.views import (
+    AccountView,
+    AllocationView,
+    EntryView,
+    ExplainView,
+    JobView,
+    KeyView,
+    NodeView,
+)
 from scheduler.search import Hit
 
 
@@ -98,6 +106,10 @@ class Market(Protocol):
     def place(
         self, job_id: int, node_id: int, *, idempotency_key: str | None = None
     ) -> list[int]: ...
+
+    def cancel(self, job_id: int) -> JobView: ...
+
+    def allocations(self, node_id: int, *, limit: int = 100) -> list[AllocationView]: ...
 
     def scheduler_running(self) -> bool: ...
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from depin.errors import InputError
 from depin.ledger import Balance
 from depin.money import format_usd
-from depin.views import EntryView, ExplainView, JobView, KeyView, NodeView
+from depin.views import AllocationView, EntryView, ExplainView, JobView, KeyView, NodeView
 from scheduler.search import Hit
 
 console = Console(width=None if sys.stdout.isatty() else 160, highlight=False)
@@ -171,6 +171,23 @@ def offers(console: Console, rows: list[dict[str, Any]]) -> None:
             r["tier"],
             r["region"],
             r["network"],
+        )
+    console.print(table)
+
+
+def allocations(console: Console, views: list[AllocationView]) -> None:
+    table = Table("id", "job", "gpus", "$/GPU-h", "state", "started", "ended", "cost", "exit")
+    for a in views:
+        table.add_row(
+            str(a.id),
+            str(a.job_id),
+            str(a.gpus),
+            f"{a.price_usd_per_gpu_hour:.2f}",
+            a.state,
+            a.started_at or "-",
+            a.ended_at or "-",
+            format_usd(a.cost_micro_usd) if a.cost_micro_usd is not None else "-",
+            str(a.exit_code) if a.exit_code is not None else "-",
         )
     console.print(table)
 

@@ -7,6 +7,7 @@ name the key; values out of range are errors that name the field and range.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from depin.errors import ManifestError, UnknownGpuModelError
+from depin.errors import InputError, ManifestError, UnknownGpuModelError
 from providers.catalog import AcceleratorKind, canonical_name, lookup
 
 Tier = Literal["device", "edge", "regional"]
@@ -176,6 +177,40 @@ class NodeSpec(_Strict):
     def effective_vram_gib(self) -> float:
         """Per-GPU memory: as given, else the catalog's figure."""
         return self.vram_gib if self.vram_gib is not None else lookup(self.gpu_model).memory_gib
+
+
+def search_request(
+    *,
+    gpu_models: Sequence[str] = (),
+    gpus: int = 1,
+    min_vram_gib: float | None = None,
+    accelerator: str = "gpu",
+    near: tuple[float, float] | None = None,
+    max_latency_ms: float | None = None,
+    max_price: Decimal | None = None,
+    tiers: Sequence[str] = (),
+    regions: Sequence[str] = (),
+) -> JobSpec:
+    """What a search for free capacity (``depin offers``) asks, as the JobSpec the scheduler
+    would see: the same feasibility and the same score as a job."""
+    placement: dict[str, Any] = {"tiers": list(tiers), "regions": list(regions)}
+    if near is not None:
+        placement["near"] = [{"lat": near[0], "lon": near[1]}]
+    if max_latency_ms is not None:
+        placement["max_latency_ms"] = max_latency_ms
+    resources: dict[str, Any] = {
+        "gpus": gpus,
+        "accelerator": accelerator,
+        "gpu_models": list(gpu_models),
+    }
+    if min_vram_gib is not None:
+        resources["vram_gib"] = min_vram_gib
+    pricing = {} if max_price is None else {"max_usd_per_gpu_hour": max_price}
+    fields = {"name": "search", "command": ["-"], "resources": resources}
+    try:
+        return JobSpec.model_validate(fields | {"placement": placement, "pricing": pricing})
+    except ValidationError as exc:
+        raise InputError(f"offers: {describe_validation_error(exc)}") from None
 
 
 def describe_validation_error(exc: ValidationError, *, limit: int = 3) -> str:

@@ -166,6 +166,7 @@ class AllocationView:
     output_tail: str | None
     error: str | None
     dispute: str | None = None  # where the provider's receipt claimed more than was seen
+    job_id: int | None = None
 
     @property
     def price_usd_per_gpu_hour(self) -> float:
@@ -190,6 +191,7 @@ class AllocationView:
             output_tail=a.output_tail,
             error=a.error,
             dispute=a.dispute,
+            job_id=a.job_id,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,6 +299,21 @@ def account_view(s: Session, name: str) -> AccountView:
         select(AccountKey.key_id).where(AccountKey.account_id == acct.id).order_by(AccountKey.id)
     ).scalars()
     return AccountView(acct.id, acct.name, acct.kind, list(kids), Balance.of(acct))
+
+
+def balance_page(
+    s: Session, account: str | None, *, after: str | None = None, limit: int | None = None
+) -> list[Balance]:
+    """Balances by account name (after ``after``, a page's cursor), or ``account``'s alone."""
+    stmt = select(Account).order_by(Account.name).limit(limit)
+    if account is not None:
+        stmt = stmt.where(Account.name == account)
+    if after is not None:
+        stmt = stmt.where(Account.name > after)
+    found = [Balance.of(a) for a in s.execute(stmt).scalars()]
+    if account is not None and not found:
+        raise NotFoundError(f"no account named {account!r}")
+    return found
 
 
 def key_views(
@@ -424,6 +441,18 @@ def entry_views(
         )
         for t in reversed(s.execute(stmt).scalars().all())
     ]
+
+
+def allocation_views(
+    s: Session, node_id: int, *, limit: int = 100, before_id: int | None = None
+) -> list[AllocationView]:
+    """The allocations on one node, newest first (older than ``before_id``, a page's cursor)."""
+    registry.get_node(s, node_id)  # a node that does not exist is an error, not an empty list
+    stmt = select(Allocation).where(Allocation.node_id == node_id)
+    if before_id is not None:
+        stmt = stmt.where(Allocation.id < before_id)
+    rows = s.execute(stmt.order_by(Allocation.id.desc()).limit(limit)).scalars()
+    return [AllocationView.of(a) for a in rows]
 
 
 def _plan_reasons(s: Session, jobs: Sequence[Job]) -> dict[int | None, list[str]]:

@@ -26,12 +26,12 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from http_message_signatures import (
-    ED25519,
     HTTPMessageSigner,
     HTTPMessageVerifier,
     HTTPSignatureKeyResolver,
     InvalidSignature,
 )
+from http_message_signatures.algorithms import ED25519
 from http_message_signatures.exceptions import HTTPMessageSignaturesException
 
 from depin.errors import UnauthenticatedError

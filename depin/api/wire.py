@@ -36,6 +36,7 @@ KEY_REVOCATION = f"{API_PREFIX}/keys/{{key_id}}/revocation"
 BALANCES = f"{API_PREFIX}/balances"
 NODES = f"{API_PREFIX}/nodes"
 NODE_BATCH = f"{API_PREFIX}/nodes/batch"
+NODE_ALLOCATIONS = f"{API_PREFIX}/nodes/{{node_id}}/allocations"
 OFFERS = f"{API_PREFIX}/offers/search"
 JOBS = f"{API_PREFIX}/jobs"
 JOB_BATCH = f"{API_PREFIX}/jobs/batch"
@@ -108,6 +109,10 @@ class JobIds(Body):
 
 class NodeIds(Body):
     node_ids: list[int]
+
+
+class AllocationIds(Body):
+    allocation_ids: list[int]
 
 
 class Running(Body):

@@ -1,0 +1,180 @@
+"""``depin serve``: the market over HTTP (FastAPI), one route per market operation.
+
+    create_app(market)   the ASGI app: routes (``depin.api.routes``), problem+json for every
+                         error, a body limit, and (optionally) the scheduler loop as a
+                         lifespan task that stops cleanly with the server
+
+The market is the same ``Marketplace`` the CLI opens locally; the app adds who
+may ask (``depin.api.auth``) and the wire format (``depin.api.wire``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from depin import __version__
+from depin.api import problems, routes
+from depin.api.auth import Authenticator, RateLimiter
+from depin.api.wire import MAX_BODY_BYTES
+from depin.errors import DepinError, InputError, NotFoundError, RequestTooLargeError
+from depin.market import Marketplace
+
+log = logging.getLogger("depin.api")
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+
+
+def problem_response(
+    exc: DepinError, request: Request | None = None, *, status: int | None = None
+) -> JSONResponse:
+    """``exc`` as application/problem+json (``status`` where HTTP itself chose one)."""
+    body = problems.problem(exc, instance=None if request is None else request.url.path)
+    if status is not None:
+        body["status"] = status
+    headers = {}
+    if body["status"] == 429:
+        headers["Retry-After"] = str(max(1, round(body.get("retry_after_s", 1))))
+    return JSONResponse(
+        body, status_code=body["status"], media_type=problems.PROBLEM_JSON, headers=headers
+    )
+
+
+class BodyLimit:
+    """Refuse a request body larger than ``limit`` bytes (413) before reading it whole."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = RequestTooLargeError(f"the request body is larger than {self.limit} bytes")
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await problem_response(too_large)(scope, receive, send)
+                return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await problem_response(too_large)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    """A streamed body passed the limit."""
+
+
+class SchedulerTask:
+    """The scheduler loop in a thread of the server: started and stopped with the app."""
+
+    def __init__(self, market: Marketplace) -> None:
+        self.market = market
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="depin-scheduler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from depin.runtime.loop import Driver
+
+        driver = Driver(self.market, ray_address=self.market.settings.ray_address)
+        try:
+            driver.run(until=self._stop.is_set)
+        except Exception:  # the API keeps serving; the loop's error is in the log
+            log.exception("the scheduler loop stopped")
+        finally:
+            driver.stop()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+
+def create_app(
+    market: Marketplace, *, scheduler: bool = False, limiter: RateLimiter | None = None
+) -> FastAPI:
+    """The market's HTTP API; with ``scheduler`` the app also runs the scheduler loop."""
+    task = SchedulerTask(market) if scheduler else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if task is not None:
+            task.start()
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.stop()
+
+    app = FastAPI(
+        title="depin",
+        version=__version__,
+        description="An open marketplace for edge GPUs: signed jobs, placement by cost, "
+        "locality and latency, and a ledger that holds the money.",
+        lifespan=lifespan,
+    )
+    world_id = market.account("@world").id
+    app.state.market = market
+    app.state.auth = Authenticator(market.signer, world_id, limiter)
+    app.include_router(routes.router)
+    _handle_errors(app)
+    app.add_middleware(BodyLimit)  # type: ignore[arg-type]
+    return app
+
+
+def _handle_errors(app: FastAPI) -> None:
+    """Every error leaves as application/problem+json; bad input is never a 500."""
+
+    @app.exception_handler(DepinError)
+    async def depin_error(request: Request, exc: DepinError) -> JSONResponse:
+        return problem_response(exc, request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        # Not JSON at all is malformed (400); JSON that breaks the schema is invalid (422).
+        malformed = any(e.get("type") == "json_invalid" for e in errors)
+        error = InputError(_validation_line(errors))
+        return problem_response(error, request, status=400 if malformed else None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        cls = NotFoundError if exc.status_code == 404 else InputError
+        return problem_response(cls(str(exc.detail)), request, status=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return problem_response(DepinError("internal error: the market's log has the details"))
+
+
+def _validation_line(errors: Any) -> str:
+    """Pydantic's errors as one line: the first field and what is wrong with it."""
+    if not errors:
+        return "the request is not valid"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where or 'request'}: {first.get('msg', 'invalid')}{more}"

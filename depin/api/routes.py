@@ -1,0 +1,391 @@
+"""The API's routes: one per market operation, each saying who may call it.
+
+    public (unsigned)   market info, health, the node list, offers, key lookup, scheduler
+    self-service        open an account, signed by the key it registers
+    the account itself  its account, keys, balances, jobs, entries (the operator: any)
+    a provider          its nodes, and the allocations on them
+    the operator        deposits, the whole ledger's export
+
+A mutation spends its request's nonce in its own transaction (``nonce=``);
+a signed read spends it first, in one of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from depin import __version__
+from depin.api import wire
+from depin.api.auth import Caller
+from depin.db.migrate import current_revision, head_revision
+from depin.errors import ForbiddenError, InputError
+from depin.keys import public_key_from_b64
+from depin.ledger import Balance, VerifyReport
+from depin.manifest import Envelope
+from depin.market import Marketplace
+from depin.spec import JobSpec, NodeSpec
+from depin.states import JobState
+from depin.views import (
+    AccountView,
+    AllocationView,
+    EntryView,
+    ExplainView,
+    JobView,
+    KeyView,
+    NodeView,
+)
+from scheduler.search import Hit
+
+router = APIRouter()
+IdempotencyKey = Annotated[str | None, Header(alias=wire.IDEMPOTENCY_HEADER)]
+Limit = Annotated[int, Query(ge=1, le=wire.MAX_PAGE)]
+Cursor = Annotated[str | None, Query(max_length=128)]
+
+
+def _market(request: Request) -> Marketplace:
+    return request.app.state.market  # type: ignore[no-any-return]
+
+
+Market = Annotated[Marketplace, Depends(_market)]
+
+
+async def signed(request: Request) -> Caller:
+    """The verified signer of this request (401 without a valid signature)."""
+    body = await request.body()
+    auth = request.app.state.auth
+    headers = request.headers.items()
+    return await run_in_threadpool(auth.caller, request.method, str(request.url), headers, body)
+
+
+async def public(request: Request) -> None:
+    """An unsigned request: it draws from its address's rate limit."""
+    host = request.client.host if request.client else "unknown"
+    request.app.state.auth.anonymous(host)
+
+
+Signed = Annotated[Caller, Depends(signed)]
+Public = Depends(public)
+
+
+def _int_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    if not cursor.isdigit():
+        raise InputError(f"cursor {cursor!r} is not one this list gave")
+    return int(cursor)
+
+
+def _read_as(market: Marketplace, caller: Caller) -> None:
+    """A signed read spends its nonce before it is answered: a replay reads nothing."""
+    market.record_nonce(caller.nonce)
+
+
+# -- the market ----------------------------------------------------------------------------
+@router.get("/healthz", tags=["health"])
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["health"])
+def readyz(market: Market) -> dict[str, str]:
+    """The database answers and its schema is current."""
+    revision = current_revision(market.engine)
+    if revision != head_revision():
+        from depin.errors import DatabaseError
+
+        raise DatabaseError(f"the database is at revision {revision}, not {head_revision()}")
+    return {"status": "ready", "revision": revision or ""}
+
+
+@router.get(wire.MARKET, dependencies=[Public], tags=["market"])
+def market_info(market: Market) -> wire.MarketInfo:
+    operator = market.operator_key()
+    return wire.MarketInfo(
+        market_id=market.market_id,
+        version=__version__,
+        operator_key_id=None if operator is None else operator[0],
+        operator_public_key=None if operator is None else operator[1],
+    )
+
+
+@router.get(wire.SCHEDULER, dependencies=[Public], tags=["market"])
+def scheduler_running(market: Market) -> wire.Running:
+    return wire.Running(scheduler_running=market.scheduler_running())
+
+
+# -- accounts and keys ---------------------------------------------------------------------
+@router.post(wire.ACCOUNTS, status_code=201, tags=["accounts"])
+async def create_account(
+    request: Request, body: wire.NewAccount, idempotency_key: IdempotencyKey = None
+) -> AccountView:
+    """Open an account: the request is signed by the key it registers."""
+    public_key = public_key_from_b64(body.public_key)
+    raw = await request.body()
+    auth, market = request.app.state.auth, _market(request)
+    caller = await run_in_threadpool(
+        lambda: auth.caller(
+            request.method, str(request.url), request.headers.items(), raw, new_key=public_key
+        )
+    )
+    return await run_in_threadpool(
+        market.create_account,
+        body.name,
+        public_key,
+        kind=body.kind,
+        idempotency_key=idempotency_key,
+        nonce=caller.nonce,
+    )
+
+
+@router.get(wire.ACCOUNT, tags=["accounts"])
+def account(name: str, market: Market, caller: Signed) -> AccountView:
+    caller.must_be(name, f"account {name!r}")
+    _read_as(market, caller)
+    return market.account(name)
+
+
+@router.post(wire.DEPOSITS, tags=["accounts"])
+def deposit(
+    name: str,
+    body: wire.Deposit,
+    market: Market,
+    caller: Signed,
+    idempotency_key: IdempotencyKey = None,
+) -> Balance:
+    """Pay money in: only the market operator's key signs deposits (its payment rail)."""
+    caller.must_be_operator("sign deposits")
+    return market.deposit(name, body.micro_usd, idempotency_key=idempotency_key, nonce=caller.nonce)
+
+
+@router.get(wire.ACCOUNT_KEYS, tags=["accounts"])
+def account_keys(name: str, market: Market, caller: Signed) -> list[KeyView]:
+    caller.must_be(name, f"account {name!r}'s keys")
+    _read_as(market, caller)
+    return market.keys_of(name)
+
+
+@router.post(wire.ACCOUNT_KEYS, status_code=201, tags=["accounts"])
+def rotate_key(name: str, body: wire.NewKey, market: Market, caller: Signed) -> wire.Rotated:
+    caller.must_be(name, f"account {name!r}'s keys")
+    key, revoked = market.rotate_key(
+        name,
+        public_key_from_b64(body.public_key),
+        not_after=body.not_after,
+        revoke_old=body.revoke_old,
+        nonce=caller.nonce,
+    )
+    return wire.Rotated(key=key, revoked=revoked)
+
+
+@router.get(wire.KEYS, dependencies=[Public], tags=["accounts"])
+def lookup_keys(
+    market: Market, key_id: Annotated[list[str], Query(max_length=wire.MAX_LOOKUP_KEYS)]
+) -> list[KeyView]:
+    """Public: which of these key ids are registered, to which accounts, in what state."""
+    return market.registered_keys(key_id)
+
+
+@router.post(wire.KEY_REVOCATION, tags=["accounts"])
+def revoke_key(key_id: str, market: Market, caller: Signed) -> KeyView:
+    found = market.registered_keys([key_id])
+    if found:
+        caller.must_be(found[0].account, f"key {key_id}")
+    return market.revoke_key(key_id, nonce=caller.nonce)
+
+
+@router.get(wire.BALANCES, tags=["ledger"])
+def balances(
+    market: Market,
+    caller: Signed,
+    account: str | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> wire.Page[Balance]:
+    """One account's balance; the operator may page through all of them."""
+    if account is None and not caller.operator:
+        account = caller.account
+    if account is not None:
+        caller.must_be(account, f"account {account!r}'s balance")
+    _read_as(market, caller)
+    items = market.balances(account, after=cursor, limit=limit)
+    more = len(items) == limit and account is None
+    return wire.Page(items=items, next_cursor=items[-1].account if more else None)
+
+
+# -- nodes and offers ----------------------------------------------------------------------
+@router.get(wire.NODES, dependencies=[Public], tags=["nodes"])
+def nodes(market: Market, cursor: Cursor = None, limit: Limit = 100) -> wire.Page[NodeView]:
+    items = market.nodes(after_id=_int_cursor(cursor) or 0, limit=limit)
+    return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
+
+
+@router.post(wire.NODES, status_code=201, tags=["nodes"])
+def add_node(
+    spec: NodeSpec, market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
+) -> NodeView:
+    """A provider adds a node of its own."""
+    caller.must_be(spec.provider, f"a node of provider {spec.provider!r}")
+    return market.add_node(spec, idempotency_key=idempotency_key, nonce=caller.nonce)
+
+
+@router.post(wire.NODE_BATCH, status_code=201, tags=["nodes"])
+def add_nodes(specs: list[NodeSpec], market: Market, caller: Signed) -> wire.NodeIds:
+    for spec in specs:
+        caller.must_be(spec.provider, f"a node of provider {spec.provider!r}")
+    return wire.NodeIds(node_ids=market.add_nodes(specs, nonce=caller.nonce))
+
+
+@router.get(wire.NODE_ALLOCATIONS, tags=["nodes"])
+def node_allocations(
+    node_id: int, market: Market, caller: Signed, cursor: Cursor = None, limit: Limit = 100
+) -> wire.Page[AllocationView]:
+    """A provider reads the allocations on its nodes."""
+    caller.must_be(market.node(node_id).provider, f"node {node_id}")
+    _read_as(market, caller)
+    items = market.allocations(node_id, limit=limit, before_id=_int_cursor(cursor))
+    return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
+
+
+@router.post(wire.OFFERS, dependencies=[Public], tags=["nodes"])
+def offers(body: wire.Search, market: Market) -> list[Hit]:
+    """Free capacity that could take a request now, ranked (``depin offers``)."""
+    return market.search(JobSpec.model_validate(body.request), sort=body.sort, limit=body.limit)
+
+
+# -- jobs ----------------------------------------------------------------------------------
+@router.post(wire.JOBS, status_code=201, tags=["jobs"])
+def submit(
+    envelope: dict[str, Any], market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
+) -> JobView:
+    """Submit a signed manifest (its DSSE envelope, as signed) as the account that issued it."""
+    return market.submit(
+        Envelope.from_dict(envelope),
+        idempotency_key=idempotency_key,
+        nonce=caller.nonce,
+        issuer=None if caller.operator else caller.account,
+    )
+
+
+@router.post(wire.JOB_BATCH, status_code=201, tags=["jobs"])
+def submit_many(
+    body: wire.Envelopes, market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
+) -> wire.JobIds:
+    ids = market.submit_many(
+        [Envelope.from_dict(e) for e in body.envelopes],
+        idempotency_key=idempotency_key,
+        nonce=caller.nonce,
+        issuer=None if caller.operator else caller.account,
+    )
+    return wire.JobIds(job_ids=ids)
+
+
+@router.get(wire.JOBS, tags=["jobs"])
+def jobs(
+    market: Market,
+    caller: Signed,
+    account: str | None = None,
+    state: JobState | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> wire.Page[JobView]:
+    """An account's jobs, newest first; the operator may list everyone's."""
+    if account is None and not caller.operator:
+        account = caller.account
+    if account is not None:
+        caller.must_be(account, f"account {account!r}'s jobs")
+    _read_as(market, caller)
+    items = market.jobs(account=account, state=state, limit=limit, before_id=_int_cursor(cursor))
+    return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
+
+
+def _own_job(market: Marketplace, caller: Caller, job_id: int) -> JobView:
+    """The job, if the caller may see it: its owner, the operator, or a provider running it."""
+    view = market.job(job_id)
+    if caller.operator or caller.account == view.account:
+        return view
+    if caller.signer.account_kind == "provider" and any(
+        market.node(n).provider == caller.account for n in {a.node_id for a in view.allocations}
+    ):
+        return view
+    raise ForbiddenError(
+        f"job {job_id} belongs to {view.account!r}; you sign as {caller.account!r}"
+    )
+
+
+@router.get(wire.JOB, tags=["jobs"])
+def job(job_id: int, market: Market, caller: Signed) -> JobView:
+    view = _own_job(market, caller, job_id)
+    _read_as(market, caller)
+    return view
+
+
+@router.get(wire.JOB_EXPLAIN, tags=["jobs"])
+def explain(job_id: int, market: Market, caller: Signed) -> ExplainView:
+    caller.must_be(market.job(job_id).account, f"job {job_id}")
+    _read_as(market, caller)
+    return market.explain(job_id)
+
+
+@router.post(wire.JOB_PLACEMENT, status_code=201, tags=["jobs"])
+def place(
+    job_id: int,
+    body: wire.Placement,
+    market: Market,
+    caller: Signed,
+    idempotency_key: IdempotencyKey = None,
+) -> wire.AllocationIds:
+    caller.must_be(market.job(job_id).account, f"job {job_id}")
+    ids = market.place(job_id, body.node_id, idempotency_key=idempotency_key, nonce=caller.nonce)
+    return wire.AllocationIds(allocation_ids=ids)
+
+
+@router.post(wire.JOB_CANCEL, tags=["jobs"])
+def cancel(job_id: int, market: Market, caller: Signed) -> JobView:
+    caller.must_be(market.job(job_id).account, f"job {job_id}")
+    return market.cancel(job_id, nonce=caller.nonce)
+
+
+# -- the ledger ----------------------------------------------------------------------------
+@router.get(wire.ENTRIES, tags=["ledger"])
+def entries(
+    market: Market,
+    caller: Signed,
+    account: str | None = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> wire.Page[EntryView]:
+    """An account's entries, newest page first (each page oldest first); the operator's: all."""
+    if account is None and not caller.operator:
+        account = caller.account
+    if account is not None:
+        caller.must_be(account, f"account {account!r}'s entries")
+    _read_as(market, caller)
+    items = market.ledger_entries(account=account, limit=limit, before_id=_int_cursor(cursor))
+    return wire.Page(items=items, next_cursor=str(items[0].id) if len(items) == limit else None)
+
+
+@router.get(wire.LEDGER_VERIFY, tags=["ledger"])
+def verify(market: Market, caller: Signed) -> VerifyReport:
+    """The hash chain, every balance, receipts, holds and capacity: any account may ask."""
+    _read_as(market, caller)
+    return market.verify_ledger()
+
+
+@router.get(wire.LEDGER_EXPORT, tags=["ledger"])
+def export(market: Market, caller: Signed) -> StreamingResponse:
+    """Every entry as JSON lines with its hashes, streamed (the operator's, for an audit)."""
+    caller.must_be_operator("export the whole ledger")
+    _read_as(market, caller)
+
+    def lines() -> Iterator[bytes]:
+        for entry in market.export_ledger():
+            yield (json.dumps(entry, sort_keys=True) + "\n").encode()
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
