@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from depin.db.engine import db_time, executemany, reserve_ids
 from depin.db.models import Job, utcnow
+from depin.errors import LedgerError
 from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
 from depin.money import format_usd, time_covered_s, usage_cost_micro
 from depin.spec import JobSpec
@@ -262,7 +263,10 @@ def _bulk(
                 )
     # 4. Ledger entries first (allocations reference their holds), then the allocations.
     ids = ledger.append(entries)
-    assert ids[0] == hold_ids_start, "ledger ids moved while the head was locked"
+    if ids[0] != hold_ids_start:  # not an assert: python -O would strip it
+        raise LedgerError(
+            f"holds took ids from #{ids[0]}, not #{hold_ids_start} as allocations say"
+        )
     executemany(s, _INSERT_ALLOCATION, alloc_rows)
     return alloc_ids
 
