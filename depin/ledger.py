@@ -211,8 +211,8 @@ _SHAPES: dict[str, tuple[bool, bool]] = {
     "void": (False, True),
 }
 _OUTRIGHT = (False, False)
-_HOLDING_KINDS = sorted(kind for kind, (pending, _) in _SHAPES.items() if pending)
-_RESOLVING_KINDS = sorted(kind for kind, (_, resolves) in _SHAPES.items() if resolves)
+_HOLDING_KINDS = tuple(sorted(kind for kind, (pending, _) in _SHAPES.items() if pending))
+_RESOLVING_KINDS = tuple(sorted(kind for kind, (_, resolves) in _SHAPES.items() if resolves))
 
 
 def _check_entries(entries: Sequence[Entry], first_id: int) -> None:
@@ -244,11 +244,17 @@ def _misshapen(entry_id: int, e: Entry) -> str:
     if resolves and e.hold is None:
         return f"{what} names no hold to resolve"
     if not resolves and e.hold is not None:
-        kinds = ", ".join(_RESOLVING_KINDS)
-        return f"{what} resolves hold #{e.hold.id}: only {kinds} entries do"
+        return _not_a_resolution(entry_id, e.kind, e.hold.id)
     if pending:
         return f"{what} is not pending, as every {e.kind} is"
     return f"{what} is pending: only {', '.join(_HOLDING_KINDS)} entries are"
+
+
+def _not_a_resolution(entry_id: int, kind: str, hold_id: int) -> str:
+    return (
+        f"entry #{entry_id} ({kind}) resolves hold #{hold_id}: "
+        f"only {', '.join(_RESOLVING_KINDS)} entries do"
+    )
 
 
 def _moves(e: Entry) -> tuple[int, int]:
@@ -631,7 +637,9 @@ def iter_entries(session: Session) -> Iterator[Transfer]:
 
 
 def verify(session: Session) -> VerifyReport:
-    """Recompute the hash chain and every account's totals from the entries."""
+    """Recompute the hash chain and every account's totals from the entries, and check that
+    each resolution resolves an open hold between its accounts, is of a kind that resolves
+    (adjust, post, void) and, if a post, posts no more than was held."""
     report = VerifyReport()
     totals: dict[int, list[int]] = {}  # account id -> [dpend, dpost, cpend, cpost]
     pending_amounts: dict[int, tuple[int, int, int]] = {}  # hold id -> (amount, debit, credit)
@@ -681,6 +689,8 @@ def _apply(
     debit = totals.setdefault(t.debit_account_id, [0, 0, 0, 0])
     credit = totals.setdefault(t.credit_account_id, [0, 0, 0, 0])
     if t.pending_id is not None:  # a post, a void or an adjustment resolves an open hold
+        if t.kind not in _RESOLVING_KINDS:
+            problem(t.id, _not_a_resolution(t.id, t.kind, t.pending_id))
         held = pending_amounts.pop(t.pending_id, None)
         if held is None:
             problem(t.id, f"entry #{t.id} resolves #{t.pending_id}, which is not an open hold")
@@ -688,6 +698,11 @@ def _apply(
         amount, debit_id, credit_id = held
         if (debit_id, credit_id) != (t.debit_account_id, t.credit_account_id):
             problem(t.id, f"entry #{t.id} resolves hold #{t.pending_id} between other accounts")
+        if t.kind == "post" and t.amount_micro_usd > amount:
+            problem(
+                t.id,
+                f"entry #{t.id} posts {t.amount_micro_usd} of hold #{t.pending_id} for {amount}",
+            )
         debit[0] -= amount
         credit[2] -= amount
         if t.kind == "post":
