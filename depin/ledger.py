@@ -10,6 +10,8 @@ Transfers are immutable; each carries the hash of the one before it, so
 Rules every writer keeps:
 - a transaction that writes the ledger locks the chain head (``Ledger.lock``)
   before any other row, so writers never deadlock and the chain stays linear;
+- an entry's kind fits its pending flag and the hold it resolves, and an
+  amount is a non-negative int (``Ledger.append`` refuses the rest unwritten);
 - developer accounts never overdraw (checked here, enforced by a CHECK);
 - over all accounts, debits equal credits, pending and posted.
 
@@ -37,6 +39,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from depin.db.engine import db_time, executemany
 from depin.db.models import Account, LedgerHead, Transfer, utcnow
@@ -197,6 +200,61 @@ _INSERT_ENTRY = (
     "pending, pending_id, timeout_at, job_id, allocation_id, memo, created_at, prev_hash, hash) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+
+
+# Which kinds hold and which resolve a hold: (pending, names a hold). Any other kind (deposit,
+# payout ...) moves money outright, neither pending nor resolving a hold.
+_SHAPES: dict[str, tuple[bool, bool]] = {
+    "hold": (True, False),
+    "adjust": (True, True),
+    "post": (False, True),
+    "void": (False, True),
+}
+_OUTRIGHT = (False, False)
+_HOLDING_KINDS = tuple(sorted(kind for kind, (pending, _) in _SHAPES.items() if pending))
+_RESOLVING_KINDS = tuple(sorted(kind for kind, (_, resolves) in _SHAPES.items() if resolves))
+
+
+def _check_entries(entries: Sequence[Entry], first_id: int) -> None:
+    """Refuse, before anything is written, an entry that contradicts itself: a bug upstream
+    would otherwise be hashed into the chain for good. ``first_id`` names the entries."""
+    for position, e in enumerate(entries):
+        amount, hold = e.amount_micro_usd, e.hold
+        if type(amount) is not int or amount < 0:  # bool and float are not micro-USD
+            raise LedgerError(
+                f"entry #{first_id + position} ({e.kind}) has amount {amount!r}: "
+                "amounts are non-negative integer micro-USD"
+            )
+        if (e.pending, hold is not None) != _SHAPES.get(e.kind, _OUTRIGHT):
+            raise LedgerError(_misshapen(first_id + position, e))
+        if hold is not None and (
+            (e.kind == "post" and amount > hold.amount_micro_usd)
+            or (e.kind == "void" and amount != hold.amount_micro_usd)
+        ):
+            raise LedgerError(
+                f"entry #{first_id + position} {e.kind}s {amount} of hold #{hold.id} "
+                f"for {hold.amount_micro_usd}"
+            )
+
+
+def _misshapen(entry_id: int, e: Entry) -> str:
+    """Why an entry's pending flag or hold does not fit its kind (the first that does not)."""
+    pending, resolves = _SHAPES.get(e.kind, _OUTRIGHT)
+    what = f"entry #{entry_id} ({e.kind})"
+    if resolves and e.hold is None:
+        return f"{what} names no hold to resolve"
+    if not resolves and e.hold is not None:
+        return _not_a_resolution(entry_id, e.kind, e.hold.id)
+    if pending:
+        return f"{what} is not pending, as every {e.kind} is"
+    return f"{what} is pending: only {', '.join(_HOLDING_KINDS)} entries are"
+
+
+def _not_a_resolution(entry_id: int, kind: str, hold_id: int) -> str:
+    return (
+        f"entry #{entry_id} ({kind}) resolves hold #{hold_id}: "
+        f"only {', '.join(_RESOLVING_KINDS)} entries do"
+    )
 
 
 def _moves(e: Entry) -> tuple[int, int]:
@@ -385,13 +443,16 @@ class Ledger:
         """Append entries in order, chained by hash, and apply their totals; returns their ids.
 
         One INSERT for all entries and one UPDATE per account touched, so a
-        scheduling cycle commits its ledger work in a few statements. A hold
+        scheduling cycle commits its ledger work in a few statements. Entries
+        that contradict themselves are refused first (``LedgerError``); a hold
         resolved twice trips the UNIQUE constraint on ``pending_id``; an
         overdraft trips the accounts' CHECK.
         """
         if not entries:
             return []
         head = self.lock()
+        start = head.seq
+        _check_entries(entries, start + 1)
         now = utcnow()
         now_iso = _iso(now)
         stored_now = db_time(self.session, now)
@@ -431,7 +492,9 @@ class Ledger:
             acc = moved.get((debit, credit)) or moved.setdefault((debit, credit), [0, 0])
             acc[0] += pend
             acc[1] += post
-        executemany(self.session, _INSERT_ENTRY, rows)
+        self._advance(head, start, seq, prev)
+        if executemany(self.session, _INSERT_ENTRY, rows) != len(rows):
+            raise LedgerError(f"entries #{start + 1}-#{seq} were not all written")
         totals: dict[int, list[int]] = {}
         for (debit, credit), (pend, post) in moved.items():
             d = totals.setdefault(debit, [0, 0, 0, 0])
@@ -442,7 +505,6 @@ class Ledger:
             c[3] += post
         for account_id, delta in totals.items():
             self._add(account_id, **dict(zip(_TOTALS, delta, strict=True)))
-        head.seq, head.hash = seq, prev
         return [r[0] for r in rows]
 
     def expired_holds(self, now: datetime, *, limit: int = 1000) -> list[Hold]:
@@ -452,6 +514,29 @@ class Ledger:
         return [Hold.of(t) for t in rows]
 
     # -- internals -----------------------------------------------------------------------------
+    def _advance(self, head: LedgerHead, start: int, seq: int, digest: str) -> None:
+        """Move the chain head from ``start`` to ``seq``, only if the database still has it at
+        ``start``: the new entries took the ids after it, and a head that moved since it was
+        read (a second Ledger in the session, a cache gone stale) would overlap or gap them.
+
+        Written here, not left to the session's flush, so an expunged head still moves.
+        """
+        table = LedgerHead.__table__
+        moved = self.session.execute(
+            update(table)
+            .where(table.c.id == 1, table.c.seq == start, table.c.hash == head.hash)
+            .values(seq=seq, hash=digest)
+        )
+        if moved.rowcount != 1:
+            now_at = self.session.execute(select(table.c.seq)).scalar_one()
+            first = f"entry #{start + 1}" if seq == start + 1 else f"entries #{start + 1}-#{seq}"
+            raise LedgerError(
+                f"cannot append {first}: the chain head is at #{now_at}, not #{start} "
+                "as this ledger read it"
+            )
+        set_committed_value(head, "seq", seq)
+        set_committed_value(head, "hash", digest)
+
     def _check_open(self, hold: Hold) -> None:
         self.lock()
         resolved = self.session.execute(
@@ -552,7 +637,9 @@ def iter_entries(session: Session) -> Iterator[Transfer]:
 
 
 def verify(session: Session) -> VerifyReport:
-    """Recompute the hash chain and every account's totals from the entries."""
+    """Recompute the hash chain and every account's totals from the entries, and check that
+    each resolution resolves an open hold between its accounts, is of a kind that resolves
+    (adjust, post, void) and, if a post, posts no more than was held."""
     report = VerifyReport()
     totals: dict[int, list[int]] = {}  # account id -> [dpend, dpost, cpend, cpost]
     pending_amounts: dict[int, tuple[int, int, int]] = {}  # hold id -> (amount, debit, credit)
@@ -602,6 +689,8 @@ def _apply(
     debit = totals.setdefault(t.debit_account_id, [0, 0, 0, 0])
     credit = totals.setdefault(t.credit_account_id, [0, 0, 0, 0])
     if t.pending_id is not None:  # a post, a void or an adjustment resolves an open hold
+        if t.kind not in _RESOLVING_KINDS:
+            problem(t.id, _not_a_resolution(t.id, t.kind, t.pending_id))
         held = pending_amounts.pop(t.pending_id, None)
         if held is None:
             problem(t.id, f"entry #{t.id} resolves #{t.pending_id}, which is not an open hold")
@@ -609,6 +698,11 @@ def _apply(
         amount, debit_id, credit_id = held
         if (debit_id, credit_id) != (t.debit_account_id, t.credit_account_id):
             problem(t.id, f"entry #{t.id} resolves hold #{t.pending_id} between other accounts")
+        if t.kind == "post" and t.amount_micro_usd > amount:
+            problem(
+                t.id,
+                f"entry #{t.id} posts {t.amount_micro_usd} of hold #{t.pending_id} for {amount}",
+            )
         debit[0] -= amount
         credit[2] -= amount
         if t.kind == "post":

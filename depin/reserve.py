@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import orjson
@@ -25,7 +25,14 @@ from sqlalchemy.orm import Session
 
 from depin.db.engine import db_time, executemany, reserve_ids
 from depin.db.models import Job, JobManifest, utcnow
-from depin.errors import CapacityError, ConflictError, InputError, NotFoundError, UnschedulableError
+from depin.errors import (
+    CapacityError,
+    ConflictError,
+    InputError,
+    LedgerError,
+    NotFoundError,
+    UnschedulableError,
+)
 from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
 from depin.lifecycle import end_job
 from depin.limits import ALLOCATION_GRACE_S
@@ -69,6 +76,20 @@ _INSERT_ALLOCATION = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Cycle:
+    """What every reserve attempt of one cycle shares, read once before the first."""
+
+    session: Session
+    ledger: Ledger
+    escrow_id: int
+    jobs: dict[int, PendingJob]
+    work: PendingWork
+    result: Plan
+    records: dict[int, int]  # id(metric) -> plan record id
+    driver_id: str | None
+
+
 class _Conflict(Exception):
     """The bulk path met a claim that came up short; fall back to job by job."""
 
@@ -85,15 +106,14 @@ def reserve(
     for a in result.placements:
         by_job[int(a.job)].append(a)  # type: ignore[call-overload]
     records = _records(session, result)
+    cycle = _Cycle(session, ledger, escrow_id, jobs, work, result, records, driver_id)
     commit = CycleCommit()
 
     def attempt(placements: dict[int, list[Assignment]]) -> list[int] | None:
         """Reserve ``placements`` behind a savepoint; None (rolled back) on any conflict."""
         try:
             with ledger.savepoint():
-                return _bulk(
-                    session, ledger, escrow_id, jobs, placements, work, result, records, driver_id
-                )
+                return _bulk(cycle, placements)
         except _Conflict:
             return None
 
@@ -131,59 +151,85 @@ def _records(session: Session, result: Plan) -> dict[int, int]:
     return dict(zip(metrics, ids, strict=True))
 
 
-def _bulk(
-    s: Session,
-    ledger: Ledger,
-    escrow_id: int,
-    jobs: dict[int, PendingJob],
-    by_job: dict[int, list[Assignment]],
-    work: PendingWork,
-    result: Plan,
-    records: dict[int, int],
-    driver_id: str | None,
-) -> list[int]:
+def _bulk(c: _Cycle, by_job: dict[int, list[Assignment]]) -> list[int]:
+    """Claim the jobs, take the capacity, then write the holds and the allocations; raises
+    _Conflict as soon as a claim comes up short (the caller's savepoint undoes the rest)."""
     if not by_job:
         return []
     now = utcnow()
-    # 1. Claim the jobs, each only if still pending (the rowcount must cover every job).
-    stamp = db_time(s, now)
-    job_ids = list(by_job)
-    record_ids = [records[id(result.metrics[job_id])] for job_id in job_ids]
-    hold_ids = [jobs[job_id].hold_id for job_id in job_ids]
-    if _claim(s, stamp, job_ids, record_ids, hold_ids) != len(by_job):
+    stamp = db_time(c.session, now)
+    # The plan may be stale: jobs, then nodes, are claimed only as the plan saw them.
+    if not _claim(c, by_job, stamp) or not _take(c, by_job):
         raise _Conflict
-    # 2. Take capacity, one conditional update per node.
+    # Allocation ids and hold ids are known up front, so each row can name the other.
+    count = sum(len(p) for p in by_job.values())
+    alloc_ids = reserve_ids(c.session, "allocations", count)
+    first_hold_id = c.ledger.lock().seq + 1
+    alloc_rows, entries = _entries(c, by_job, alloc_ids, first_hold_id, now, stamp)
+    # Ledger entries first (allocations reference their holds), then the allocations.
+    ids = c.ledger.append(entries)
+    if ids[0] != first_hold_id:  # not an assert: python -O would strip it
+        raise LedgerError(f"holds took ids from #{ids[0]}, not #{first_hold_id} as allocations say")
+    executemany(c.session, _INSERT_ALLOCATION, alloc_rows)
+    return alloc_ids
+
+
+def _claim(c: _Cycle, by_job: dict[int, list[Assignment]], stamp: object) -> bool:
+    """Move the jobs from pending to scheduled, each citing its plan record, in one statement;
+    False if any was no longer pending under the hold the plan read."""
+    job_ids = list(by_job)
+    record_ids = [c.records[id(c.result.metrics[job_id])] for job_id in job_ids]
+    hold_ids = [c.jobs[job_id].hold_id for job_id in job_ids]
+    conn = c.session.connection()
+    if conn.dialect.name == "postgresql":
+        params = (stamp, job_ids, record_ids, hold_ids)
+        return conn.exec_driver_sql(_CLAIM_POSTGRES, params).rowcount == len(job_ids)
+    rows = _json(list(zip(job_ids, record_ids, hold_ids, strict=True)))
+    return conn.exec_driver_sql(_CLAIM_SQLITE, (stamp, rows)).rowcount == len(job_ids)
+
+
+def _take(c: _Cycle, by_job: dict[int, list[Assignment]]) -> bool:
+    """Book the placements' GPUs, one conditional update per node at the price the plan saw;
+    False if any node came up short."""
     taken: dict[int, int] = defaultdict(int)
     for placements in by_job.values():
         for a in placements:
             taken[a.node_id] += a.gpus
-    if not registry.take_capacity(s, [(n, g, work.price_micro[n]) for n, g in taken.items()]):
-        raise _Conflict
-    # 3. Allocations with ids known up front, so holds can name them.
-    count = sum(len(p) for p in by_job.values())
-    alloc_ids = reserve_ids(s, "allocations", count)
-    hold_ids_start = ledger.lock().seq + 1
-    alloc_rows, entries = [], []
+    price = c.work.price_micro
+    return registry.take_capacity(c.session, [(n, g, price[n]) for n, g in taken.items()])
+
+
+def _entries(
+    c: _Cycle,
+    by_job: dict[int, list[Assignment]],
+    alloc_ids: list[int],
+    first_hold_id: int,
+    now: datetime,
+    stamp: object,
+) -> tuple[list[tuple[object, ...]], list[Entry]]:
+    """The allocation rows and, in the same order, the ledger entries holding their price.
+
+    A job's submission hold is adjusted to its first replica's hold at the locked price;
+    each further replica holds its own share.
+    """
+    alloc_rows: list[tuple[object, ...]] = []
+    entries: list[Entry] = []
     price_text: dict[int, str] = {}  # a cycle's nodes share a handful of prices
     timeouts: dict[int, datetime] = {}  # ... and its holds a handful of time limits
-    i = 0
     for job_id, placements in by_job.items():
-        job = jobs[job_id]
-        # The submission hold is adjusted to the first replica's hold at the locked price;
-        # each further replica holds its own share.
-        old: Hold | None = Hold(job.hold_id, job.account_id, escrow_id, job.hold_micro, job_id)
+        job = c.jobs[job_id]
+        old: Hold | None = Hold(job.hold_id, job.account_id, c.escrow_id, job.hold_micro, job_id)
         # A replica's share of the submission hold is submission.max_cost_micro at the price
         # it was held for, so within the budget already: at the node's price only usage binds.
         share = job.hold_micro // len(placements)
         duration_ms = job.spec.max_duration_s * 1000
         for a in placements:
-            price = work.price_micro[a.node_id]
+            price = c.work.price_micro[a.node_id]
             if price not in price_text:
                 price_text[price] = format_usd(price)
             hold_micro = min(share, usage_cost_micro(price, a.gpus, duration_ms))
             limit = max(1, min(job.spec.max_duration_s, time_covered_s(hold_micro, price, a.gpus)))
-            alloc_id = alloc_ids[i]
-            i += 1
+            alloc_id = alloc_ids[len(alloc_rows)]
             alloc_rows.append(
                 (
                     alloc_id,
@@ -192,11 +238,11 @@ def _bulk(
                     a.gpus,
                     price,
                     limit,
-                    hold_ids_start + len(entries),
+                    first_hold_id + len(entries),
                     a.rtt_ms,
                     a.score,
                     "reserved",
-                    driver_id,
+                    c.driver_id,
                     stamp,
                 )
             )
@@ -211,7 +257,7 @@ def _bulk(
                     Entry(
                         "hold",
                         job.account_id,
-                        escrow_id,
+                        c.escrow_id,
                         hold_micro,
                         pending=True,
                         job_id=job_id,
@@ -220,27 +266,11 @@ def _bulk(
                         timeout_at=timeouts[limit],
                     )
                 )
-    # 4. Ledger entries first (allocations reference their holds), then the allocations.
-    ids = ledger.append(entries)
-    assert ids[0] == hold_ids_start, "ledger ids moved while the head was locked"
-    executemany(s, _INSERT_ALLOCATION, alloc_rows)
-    return alloc_ids
+    return alloc_rows, entries
 
 
 def _json(value: object) -> str:
     return orjson.dumps(value).decode()
-
-
-def _claim(
-    s: Session, stamp: object, job_ids: list[int], record_ids: list[int], hold_ids: list[int]
-) -> int:
-    """Move jobs from pending to scheduled, each citing its plan record; returns how many."""
-    conn = s.connection()
-    if conn.dialect.name == "postgresql":
-        params = (stamp, job_ids, record_ids, hold_ids)
-        return conn.exec_driver_sql(_CLAIM_POSTGRES, params).rowcount
-    rows = _json(list(zip(job_ids, record_ids, hold_ids, strict=True)))
-    return conn.exec_driver_sql(_CLAIM_SQLITE, (stamp, rows)).rowcount
 
 
 def _record_unplaced(

@@ -11,7 +11,7 @@ from depin.config import Settings
 from depin.db.engine import run_transaction
 from depin.db.models import Account
 from depin.errors import InsufficientFundsError, LedgerError
-from depin.ledger import ESCROW_ACCOUNT, WORLD_ACCOUNT, Ledger, verify
+from depin.ledger import ESCROW_ACCOUNT, WORLD_ACCOUNT, Entry, Ledger, verify
 from depin.market import Marketplace
 
 
@@ -210,3 +210,119 @@ def test_removing_the_last_entry_is_found(market: Marketplace) -> None:
     report = run_transaction(market.sessions, verify)
     assert not report.ok
     assert report.first_bad_position == 3
+
+
+# -- what append asserts before it writes ---------------------------------------------------
+
+
+def _deposit_and_hold(market: Marketplace) -> tuple[int, int, int]:
+    """A developer with 3 USD deposited and 1 USD of it held: (developer, escrow, hold)."""
+    dev = open_developer(market)
+    world, escrow = ids(market)
+    tx(market, lambda lg: lg.transfer(world, dev, 3_000_000, "deposit"))
+    hold = tx(market, lambda lg: lg.transfer(dev, escrow, 1_000_000, "hold", pending=True))
+    return dev, escrow, hold
+
+
+def entry_count(market: Marketplace) -> int:
+    report = run_transaction(market.sessions, verify)
+    assert report.ok, report.problems
+    return report.entries
+
+
+@pytest.mark.parametrize("amount", [-1, 2.5])
+def test_an_amount_that_is_not_a_non_negative_int_is_refused_before_writing(
+    market: Marketplace, amount: float
+) -> None:
+    dev = open_developer(market)
+    world, _ = ids(market)
+    with pytest.raises(LedgerError, match=r"^entry #1 \(deposit\) has amount "):
+        tx(market, lambda lg: lg.append([Entry("deposit", world, dev, amount)]))  # type: ignore[arg-type]
+    assert entry_count(market) == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "pending", "resolves"),
+    [
+        ("hold", False, False),
+        ("hold", True, True),
+        ("adjust", False, True),
+        ("adjust", True, False),
+        ("post", True, True),
+        ("post", False, False),
+        ("void", True, True),
+        ("void", False, False),
+        ("deposit", True, False),
+        ("payout", False, True),
+    ],
+)
+def test_an_entry_whose_pending_flag_or_hold_does_not_fit_its_kind_is_refused(
+    market: Marketplace, kind: str, pending: bool, resolves: bool
+) -> None:
+    dev, escrow, hold_id = _deposit_and_hold(market)
+
+    def work(lg: Ledger) -> list[int]:
+        hold = lg.pending_transfer(hold_id) if resolves else None
+        return lg.append([Entry(kind, dev, escrow, 1_000_000, pending, hold)])
+
+    with pytest.raises(LedgerError, match=rf"^entry #3 \({kind}\) "):
+        tx(market, work)
+    assert entry_count(market) == 2
+
+
+def test_appending_a_post_above_its_hold_is_refused(market: Marketplace) -> None:
+    _, _, hold_id = _deposit_and_hold(market)
+
+    def work(lg: Ledger) -> list[int]:
+        return lg.append([Ledger.resolution(lg.pending_transfer(hold_id), "post", 1_000_001)])
+
+    refused = rf"^entry #3 posts 1000001 of hold #{hold_id} for 1000000$"
+    with pytest.raises(LedgerError, match=refused):
+        tx(market, work)
+    assert entry_count(market) == 2
+
+
+def test_appending_a_void_of_less_than_its_whole_hold_is_refused(market: Marketplace) -> None:
+    _, _, hold_id = _deposit_and_hold(market)
+
+    def work(lg: Ledger) -> list[int]:
+        return lg.append([Ledger.resolution(lg.pending_transfer(hold_id), "void", 400_000)])
+
+    refused = rf"^entry #3 voids 400000 of hold #{hold_id} for 1000000$"
+    with pytest.raises(LedgerError, match=refused):
+        tx(market, work)
+    assert entry_count(market) == 2
+
+
+def test_appending_from_a_chain_head_that_moved_since_it_was_read_is_refused(
+    market: Marketplace,
+) -> None:
+    dev = open_developer(market)
+    world, _ = ids(market)
+
+    def work(s) -> int:  # type: ignore[no-untyped-def]
+        stale = Ledger(s)
+        stale.lock()
+        s.expunge_all()  # as verify does between pages: the next Ledger reads the head afresh
+        Ledger(s).transfer(world, dev, 1_000_000, "deposit")
+        return stale.transfer(world, dev, 2_000_000, "deposit")
+
+    with pytest.raises(LedgerError, match=r"^cannot append entry #1: the chain head is at #1"):
+        run_transaction(market.sessions, work)
+    assert entry_count(market) == 0
+
+
+def test_the_chain_head_advances_with_its_entries_even_if_the_session_forgets_it(
+    market: Marketplace,
+) -> None:
+    dev = open_developer(market)
+    world, _ = ids(market)
+
+    def work(s) -> None:  # type: ignore[no-untyped-def]
+        ledger = Ledger(s)
+        ledger.transfer(world, dev, 1_000_000, "deposit")
+        s.expunge_all()  # the head row, if only changed in the session, is forgotten here
+        ledger.transfer(world, dev, 2_000_000, "deposit")
+
+    run_transaction(market.sessions, work)
+    assert entry_count(market) == 2
