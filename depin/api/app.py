@@ -113,7 +113,11 @@ class SchedulerTask:
 
 
 def create_app(
-    market: Marketplace, *, scheduler: bool = False, limiter: RateLimiter | None = None
+    market: Marketplace,
+    *,
+    scheduler: bool = False,
+    limiter: RateLimiter | None = None,
+    address_limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """The market's HTTP API; with ``scheduler`` the app also runs the scheduler loop."""
     task = SchedulerTask(market) if scheduler else None
@@ -137,7 +141,7 @@ def create_app(
     )
     world_id = market.account("@world").id
     app.state.market = market
-    app.state.auth = Authenticator(market.signer, world_id, limiter)
+    app.state.auth = Authenticator(market.signer, world_id, limiter, address_limiter)
     app.include_router(routes.router)
     _handle_errors(app)
     app.add_middleware(BodyLimit)  # type: ignore[arg-type]

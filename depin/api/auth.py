@@ -25,8 +25,9 @@ from depin.errors import ForbiddenError, RateLimitedError, UnauthenticatedError
 from depin.manifest import CLOCK_SKEW_S
 from depin.nonces import SeenNonce, request_nonce
 
-RATE_PER_S = 100.0  # sustained requests per key (or per address when unsigned)
+RATE_PER_S = 100.0  # sustained requests per key
 BURST = 200  # requests a quiet caller may send at once
+ADDRESS_RATE_PER_S = 1000.0  # sustained unsigned requests per address (many users share a NAT)
 MAX_BUCKETS = 100_000  # callers remembered; the quietest are forgotten first
 
 
@@ -108,10 +109,14 @@ class Authenticator:
         find_signer: Callable[[str], Signer | None],
         world_account_id: int,
         limiter: RateLimiter | None = None,
+        address_limiter: RateLimiter | None = None,
     ) -> None:
         self.find_signer = find_signer
         self.world_account_id = world_account_id  # whose nonces a not yet registered key spends
         self.limiter = limiter or RateLimiter()
+        self.address_limiter = address_limiter or RateLimiter(
+            ADDRESS_RATE_PER_S, int(2 * ADDRESS_RATE_PER_S)
+        )
 
     def caller(
         self,
@@ -152,7 +157,7 @@ class Authenticator:
 
     def anonymous(self, address: str) -> None:
         """An unsigned request from ``address`` draws from that address's bucket."""
-        self.limiter.take(f"addr:{address}")
+        self.address_limiter.take(address)
 
 
 def _check_usable(signer: Signer, now: datetime) -> None:

@@ -6,18 +6,40 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import FastAPI
 
+from depin.api import auth
 from depin.api.app import create_app
 from depin.config import Settings
 from depin.market import Marketplace
 
+# Rate limits, sustained requests per second: per signing key, and per address for unsigned
+# requests (``depin bench api`` raises the latter: all its clients share one loopback).
+ENV_RATE_PER_KEY = "DEPIN_API_RATE_PER_KEY"
+ENV_RATE_PER_ADDRESS = "DEPIN_API_RATE_PER_ADDRESS"
+
+
+def _limiter(env: str, default: float) -> auth.RateLimiter:
+    rate = float(os.environ.get(env) or default)
+    return auth.RateLimiter(rate, max(1, int(2 * rate)))
+
+
+def _app(scheduler: bool) -> FastAPI:
+    return create_app(
+        Marketplace(Settings.from_env()),
+        scheduler=scheduler,
+        limiter=_limiter(ENV_RATE_PER_KEY, auth.RATE_PER_S),
+        address_limiter=_limiter(ENV_RATE_PER_ADDRESS, auth.ADDRESS_RATE_PER_S),
+    )
+
 
 def app() -> FastAPI:
     """The API alone: scheduling happens in another process."""
-    return create_app(Marketplace(Settings.from_env()))
+    return _app(scheduler=False)
 
 
 def app_with_scheduler() -> FastAPI:
     """The API, and the scheduler loop as a task of the same process."""
-    return create_app(Marketplace(Settings.from_env()), scheduler=True)
+    return _app(scheduler=True)

@@ -1,0 +1,239 @@
+"""``depin bench api``: a live ``depin serve`` driven through the real SDK over loopback.
+
+The server runs as its own process (its own DEPIN_HOME, SQLite by default or
+``--db``), with no scheduler, so what is measured is the API: signed
+submissions, a public read (offers) and a signed private read (a job's
+status), each for ``seconds`` by ``clients`` concurrent clients, each client
+its own account and key. The clients are the SDK (``depin.Client(url=...)``)
+in load processes of their own, so they compete with the server for this
+machine's cores as real clients on it would. Every request is counted with
+its latency; an error is either the client's doing (4xx other than 429) or not.
+
+Envelopes are signed before a phase starts (signing a manifest is the
+developer's work, not the market's); every HTTP request is signed as it is
+sent, with a fresh nonce.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from depin.client import Client
+from depin.config import redact_url
+from depin.errors import DepinError, RateLimitedError, RemoteError
+from depin.spec import JobSpec
+from providers.fleet import synthetic_nodes
+
+FLEET_NODES = 200
+READY_TIMEOUT_S = 60
+DEPOSIT_USD = 1_000_000
+PHASES = ("submit", "offers", "job_status")
+JOB = {
+    "name": "bench",
+    "command": ["true"],
+    "resources": {"gpus": 1},
+    "max_duration_s": 60,
+    "pricing": {"max_usd_per_gpu_hour": "5"},
+}
+Progress = Callable[[str], None]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``depin serve`` in a process group of its own, stopped with SIGTERM."""
+
+    def __init__(self, home: Path, database_url: str | None, workers: int) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}
+        env["DEPIN_HOME"] = str(home)
+        env["DEPIN_API_RATE_PER_ADDRESS"] = "1000000"  # every client shares one loopback
+        if database_url:
+            env["DEPIN_DATABASE_URL"] = database_url
+        command = [sys.executable, "-m", "cli", "serve", "--port", str(self.port)]
+        command += ["--no-scheduler", "--workers", str(workers)]
+        self.log = (home / "serve.log").open("wb")
+        self.proc = subprocess.Popen(
+            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RemoteError(f"depin serve exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RemoteError(f"depin serve was not ready within {READY_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def _setup(url: str, server_home: Path, client_home: Path, clients: int) -> list[str]:
+    """A provider with a fleet, and one funded developer account (and key) per client."""
+    client_home.mkdir(parents=True)
+    (client_home / "keys").mkdir(mode=0o700)
+    for name in ("operator.key", "operator.pub"):  # the operator signs deposits, as on its host
+        shutil.copy2(server_home / "keys" / name, client_home / "keys" / name)
+    with Client(url=url, home=client_home) as client:
+        client.new_key("bench-provider")
+        client.register_provider("bench-provider", key="bench-provider")
+        fleet = [
+            n.spec().model_copy(update={"provider": "bench-provider"})
+            for n in synthetic_nodes(FLEET_NODES, seed=7)
+        ]
+        client.add_nodes(fleet)
+        names = [f"bench-{i}" for i in range(clients)]
+        for name in names:
+            client.new_key(name)
+            client.create_account(name, key=name)
+            client.deposit(name, DEPOSIT_USD)
+    return names
+
+
+def _load(
+    url: str, home: str, accounts: list[str], phase: str, seconds: float, start_at: float
+) -> dict[str, Any]:
+    """One load process: a thread per account, each sending ``phase`` requests until time."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {"client": 0, "server": 0, "rate_limited": 0}
+    job_ids: list[int] = []
+    lock = threading.Lock()
+
+    def client_loop(account: str) -> None:
+        with Client(url=url, home=home, account=account) as client:
+            spec = JobSpec.model_validate(JOB)
+            key = client.signing_key_for(account)
+            ready: list[Any] = []
+            if phase == "submit":  # the developer's own work, done before the clock starts
+                ready = [client.sign(spec, key=key, account=account) for _ in range(4000)]
+            mine = client.jobs(account=account, limit=50) if phase == "job_status" else []
+            while time.time() < start_at:
+                time.sleep(0.001)
+            end, i = start_at + seconds, 0
+            while time.time() < end:
+                began = time.perf_counter()
+                try:
+                    if phase == "submit":
+                        job_ids.append(client.submit(ready[i % len(ready)]).id)
+                    elif phase == "offers":
+                        client.search(spec, limit=10)
+                    else:
+                        client.job(mine[i % len(mine)].id)
+                except RateLimitedError:
+                    with lock:
+                        errors["rate_limited"] += 1
+                    continue
+                except (RemoteError, DepinError) as exc:
+                    kind = "server" if isinstance(exc, RemoteError) else "client"
+                    with lock:
+                        errors[kind] += 1
+                    continue
+                finally:
+                    i += 1
+                with lock:
+                    latencies.append(time.perf_counter() - began)
+
+    threads = [threading.Thread(target=client_loop, args=(a,)) for a in accounts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"latencies": latencies, "errors": errors, "jobs": len(job_ids)}
+
+
+def _phase(
+    url: str, home: Path, accounts: list[str], phase: str, seconds: float, processes: int
+) -> dict[str, Any]:
+    start_at = time.time() + 3.0 + 0.05 * len(accounts)  # every client ready first
+    shares = [accounts[i::processes] for i in range(processes)]
+    with ProcessPoolExecutor(processes) as pool:
+        futures = [
+            pool.submit(_load, url, str(home), share, phase, seconds, start_at)
+            for share in shares
+            if share
+        ]
+        results = [f.result() for f in futures]
+    latencies = sorted(x for r in results for x in r["latencies"])
+    errors = {k: sum(r["errors"][k] for r in results) for k in ("client", "server", "rate_limited")}
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
+    return {
+        "requests": len(latencies),
+        "requests_per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": round(quantiles[49] * 1000, 2),
+        "p99_ms": round(quantiles[98] * 1000, 2),
+        "errors": errors,
+    }
+
+
+def run(
+    *,
+    clients: int = 50,
+    seconds: float = 20.0,
+    database_url: str | None = None,
+    workers: int = 1,
+    processes: int = 2,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Every phase's figures, and whether the ledger verified afterwards."""
+    say = progress or (lambda _msg: None)
+    root = Path(tempfile.mkdtemp(prefix="depin-bench-api-"))
+    server_home = root / "server"
+    server_home.mkdir()
+    server = Server(server_home, database_url, workers)
+    try:
+        server.wait_ready()
+        say(f"depin serve ready at {server.url}; {clients} accounts and {FLEET_NODES} nodes")
+        accounts = _setup(server.url, server_home, root / "clients", clients)
+        figures = {}
+        for phase in PHASES:
+            say(f"{phase}: {clients} clients for {seconds:g} s")
+            figures[phase] = _phase(
+                server.url, root / "clients", accounts, phase, seconds, processes
+            )
+        with Client(url=server.url, home=root / "clients", account=accounts[0]) as client:
+            ledger_ok = client.verify_ledger().ok
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return {
+        "database": redact_url(database_url) if database_url else "sqlite (fresh file)",
+        "clients": clients,
+        "seconds": seconds,
+        "workers": workers,
+        "load_processes": processes,
+        **figures,
+        "ledger_ok": ledger_ok,
+    }
