@@ -14,28 +14,7 @@ from scheduler.flow import COST_SCALE, SCORE_CEILING, unplaced_cost
 from scheduler.latency import ACCESS_RTT_MS
 from scheduler.request import Request
 from scheduler.scoring import CellScores
-
-BERLIN = {"lat": 52.52, "lon": 13.405}
-PARIS = {"lat": 48.8566, "lon": 2.3522}
-
-
-def offer(node_id: int, **kw: Any) -> Offer:
-    fields: dict[str, Any] = {
-        "node_id": node_id,
-        "gpu_model": "RTX 4090",
-        "gpus_free": 2,
-        "vram_gib": 24.0,
-        "price_usd_per_gpu_hour": 0.5,
-        "lat": BERLIN["lat"],
-        "lon": BERLIN["lon"],
-        "tier": "edge",
-        "region": "eu-central",
-        "network": "fiber",
-        "reliability": 0.99,
-        "accelerator": "gpu",
-    }
-    fields.update(kw)
-    return Offer(**fields)
+from tests.factories import BERLIN, PARIS, near, offer
 
 
 def job(name: str = "j", **kw: Any) -> JobSpec:
@@ -89,7 +68,7 @@ def placed_on(result: Any, name: str) -> int:
             "max_usd_per_gpu_hour 0.5",
         ),
         (
-            {"placement": {"near": [PARIS], "max_latency_ms": 10}},
+            {"placement": {"near": near(PARIS), "max_latency_ms": 10}},
             offer(1),
             "rtt <= 10 ms",
             "max_latency_ms 16",
@@ -115,10 +94,10 @@ def test_a_region_prefix_matches_the_regions_under_it() -> None:
 
 
 def test_the_latency_budget_holds_from_every_near_point() -> None:
-    spec = job(placement={"near": [BERLIN, PARIS], "max_latency_ms": 12})
-    berlin, paris = offer(1), offer(2, lat=PARIS["lat"], lon=PARIS["lon"])
+    spec = job(placement={"near": near(BERLIN, PARIS), "max_latency_ms": 12})
+    berlin, paris = offer(1), offer(2, at=PARIS)
     assert plan([spec], [berlin, paris]).placements == []  # each city is ~13 ms from the other
-    relaxed = job(placement={"near": [BERLIN, PARIS], "max_latency_ms": 20})
+    relaxed = job(placement={"near": near(BERLIN, PARIS), "max_latency_ms": 20})
     result = plan([relaxed], [berlin, paris])
     assert result.placements[0].rtt_ms == pytest.approx(2 + 2 * 878 * 1.5 / 200, rel=0.02)
 
@@ -158,26 +137,28 @@ def test_a_cost_only_objective_picks_the_cheapest_node() -> None:
 
 
 def test_a_latency_objective_picks_the_nearest_node() -> None:
-    spec = job(placement={"near": [PARIS]}, objective={"cost": 0, "latency": 1, "reliability": 0})
+    spec = job(
+        placement={"near": near(PARIS)}, objective={"cost": 0, "latency": 1, "reliability": 0}
+    )
     far_cheap = offer(1, price_usd_per_gpu_hour=0.1)
-    near_dear = offer(2, price_usd_per_gpu_hour=2.0, lat=PARIS["lat"], lon=PARIS["lon"])
+    near_dear = offer(2, price_usd_per_gpu_hour=2.0, at=PARIS)
     assert placed_on(plan([spec], [far_cheap, near_dear]), "j") == 2
 
 
 def test_latency_scores_fall_linearly_to_zero_at_the_budget() -> None:
     spec = job(
-        placement={"near": [PARIS], "max_latency_ms": 40},
+        placement={"near": near(PARIS), "max_latency_ms": 40},
         objective={"cost": 0, "latency": 1, "reliability": 0},
     )
-    result = plan([spec], [offer(1), offer(2, lat=PARIS["lat"], lon=PARIS["lon"])])
-    near, far = result.metrics["j"].candidates
-    assert near.scores["latency"] == pytest.approx(100 * (1 - 2 / 40))
+    result = plan([spec], [offer(1), offer(2, at=PARIS)])
+    close, far = result.metrics["j"].candidates
+    assert close.scores["latency"] == pytest.approx(100 * (1 - 2 / 40))
     assert far.scores["latency"] == pytest.approx(100 * (1 - far.rtt_ms / 40))
 
 
 def test_a_node_in_the_users_city_meets_a_budget_its_access_network_uses_exactly() -> None:
-    spec = job(placement={"near": [PARIS], "max_latency_ms": ACCESS_RTT_MS["wifi"]})
-    here = offer(1, lat=PARIS["lat"], lon=PARIS["lon"], network="wifi")
+    spec = job(placement={"near": near(PARIS), "max_latency_ms": ACCESS_RTT_MS["wifi"]})
+    here = offer(1, at=PARIS, network="wifi")
     assert placed_on(plan([spec], [here]), "j") == 1
     assert admit(spec, [here]).ok
 
@@ -186,15 +167,15 @@ def test_a_batch_scores_its_classes_together_exactly_as_one_by_one() -> None:
     snap = Snapshot(
         [
             offer(1),
-            offer(2, lat=PARIS["lat"], lon=PARIS["lon"], price_usd_per_gpu_hour=1.5),
+            offer(2, at=PARIS, price_usd_per_gpu_hour=1.5),
             offer(3, gpu_model="L4", vram_gib=24.0, reliability=0.9, network="5g"),
         ]
     )
     specs = [
-        job(placement={"near": [PARIS], "max_latency_ms": 40}),
+        job(placement={"near": near(PARIS), "max_latency_ms": 40}),
         job(objective={"cost": 1, "latency": 0, "reliability": 2}),  # no users: latency 100
         job(resources={"gpus": 1, "vram_gib": 80}),  # no cell passes
-        job(placement={"near": [BERLIN, PARIS]}, objective={"cost": 0, "latency": 1}),
+        job(placement={"near": near(BERLIN, PARIS)}, objective={"cost": 0, "latency": 1}),
     ]
     reqs = [Request.of(s) for s in specs]
     feasibilities = [evaluate(r, snap) for r in reqs]

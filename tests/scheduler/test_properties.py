@@ -16,8 +16,9 @@ from depin.spec import JobSpec
 from providers.catalog import lookup
 from scheduler import Offer, plan
 from scheduler.latency import estimate_rtt_ms
+from tests.factories import BERLIN, FRANKFURT, NEW_YORK, PARIS, TOKYO, near, offer
 
-CITIES = [(52.52, 13.405), (48.8566, 2.3522), (50.11, 8.68), (40.71, -74.0), (35.69, 139.69)]
+CITIES = [BERLIN, PARIS, FRANKFURT, NEW_YORK, TOKYO]
 REGIONS = ["eu-central", "eu-west", "us-east", "ap-northeast"]
 MODELS = ["RTX 4090", "L4", "A100-80GB", "Jetson Orin Nano 8GB", "Coral Edge TPU"]
 PRICES = [0.05, 0.3, 0.45, 0.5, 1.2, 2.0]
@@ -69,8 +70,7 @@ def jobs(draw: Any, *, single_gpu: bool = False, cost_only: bool = False) -> lis
             resources["vram_gib"] = draw(st.sampled_from([8, 16, 24, 40]))
         placement: dict[str, Any] = {}
         if draw(st.booleans()):
-            lat, lon = draw(st.sampled_from(CITIES))
-            placement["near"] = [{"lat": lat, "lon": lon}]
+            placement["near"] = near(draw(st.sampled_from(CITIES)))
             if draw(st.booleans()):
                 placement["max_latency_ms"] = draw(st.sampled_from([5, 15, 40, 150]))
         if draw(st.booleans()):
@@ -202,30 +202,22 @@ def test_reasons_are_given_for_every_unplaced_job(
 
 def test_a_dense_contended_market_places_the_same_count_both_ways() -> None:
     market = [
-        Offer(
+        offer(
             i + 1,
-            "L4",
-            1,
-            24,
-            0.1 * (i + 1),
-            *CITIES[i % 3],
-            "edge",
-            "eu-central",
-            "fiber",
-            0.99,
-            "gpu",
-            1,
+            at=CITIES[i % 3],
+            gpu_model="L4",
+            gpus_free=1,
+            price_usd_per_gpu_hour=0.1 * (i + 1),
         )
         for i in range(6)
     ]
-    near = [{"lat": CITIES[k][0], "lon": CITIES[k][1]} for k in range(3)]
     batch = [
         JobSpec.model_validate(
             {
                 "name": f"j{i}",
                 "command": ["true"],
                 "resources": {"gpus": 1},
-                "placement": {"near": [near[i % 3]], "max_latency_ms": 3 if i % 2 else 200},
+                "placement": {"near": near(CITIES[i % 3]), "max_latency_ms": 3 if i % 2 else 200},
                 "objective": {"cost": 1, "latency": 0, "reliability": 0},
             }
         )

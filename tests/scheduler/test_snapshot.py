@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler import Offer, Snapshot
-
-BERLIN, PARIS = (52.52, 13.405), (48.8566, 2.3522)
-
-
-def offer(node_id: int, **kw: Any) -> Offer:
-    fields: dict[str, Any] = {
-        "node_id": node_id,
-        "gpu_model": "L4",
-        "gpus_free": 2,
-        "vram_gib": 24.0,
-        "price_usd_per_gpu_hour": 0.5,
-        "lat": BERLIN[0],
-        "lon": BERLIN[1],
-        "tier": "edge",
-        "region": "eu-central",
-        "network": "fiber",
-        "reliability": 0.99,
-        "accelerator": "gpu",
-        "gpus_total": 2,
-    }
-    fields.update(kw)
-    return Offer(**fields)
+from scheduler import Snapshot
+from tests.factories import BERLIN, PARIS, offer
 
 
 def test_identical_hardware_tier_region_and_price_form_one_class() -> None:
-    snap = Snapshot(
-        [offer(1), offer(2, lat=PARIS[0], lon=PARIS[1]), offer(3, price_usd_per_gpu_hour=0.6)]
-    )
+    snap = Snapshot([offer(1), offer(2, at=PARIS), offer(3, price_usd_per_gpu_hour=0.6)])
     assert snap.classes == 2
     assert snap.class_count.tolist() == [2, 1]
 
