@@ -15,12 +15,14 @@ three ways so that work is done at the coarsest level that decides it:
 Only free GPUs change while the snapshot lives: ``take``/``take_many``/
 ``release`` and ``set_free`` keep the rows and the cells' aggregates current
 as allocations come and go, so a long-lived scheduler never rebuilds it for
-capacity alone. Things derived from the fixed columns may be cached on it
-(each latency budget's location thresholds).
+capacity alone; ``plan()`` books on a ``scratch`` copy and leaves it as it
+was. Things derived from the fixed columns may be cached on it (each latency
+budget's location thresholds).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -287,6 +289,17 @@ class Snapshot:
         if len(node_ids):
             self.gpus_free[self.rows_of(node_ids)] = 0
             self._refresh_cells()
+
+    def scratch(self) -> Snapshot:
+        """A snapshot to book on that leaves this one as it is: it shares every fixed column
+        and cache, and owns copies of the free GPUs and their cell aggregates (O(nodes)
+        copies: ~4 us for 10k nodes, where building a snapshot takes ~30 ms)."""
+        other = copy.copy(self)
+        other.gpus_free = self.gpus_free.copy()
+        other.cell_free_sum = self.cell_free_sum.copy()
+        other._cell_free_max = self._cell_free_max.copy()
+        other._stale_max = set(self._stale_max)
+        return other
 
     def copy_free(self) -> np.ndarray:
         return self.gpus_free.copy()

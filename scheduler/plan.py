@@ -15,8 +15,10 @@ The pipeline in one screen:
     Plan                    placements, and reasons for every job left out
 
 No I/O happens here: the same call serves the scheduler loop, the benchmarks
-and ``depin job explain``. Given a Snapshot instead of offers, plan() books
-its placements in it, so a long-lived scheduler keeps one snapshot current.
+and ``depin job explain``. plan() is pure: given a Snapshot, it books on a
+scratch copy (``Snapshot.scratch``) and leaves the one it was given as it
+was, so one snapshot can be planned on again, explained or searched; a
+caller that wants the placements booked in it does so itself (``take``).
 """
 
 from __future__ import annotations
@@ -87,13 +89,15 @@ def plan(
     ``keys`` name the jobs in the result (default: their names); pass ids when
     names may repeat. ``mode="auto"`` solves exactly when the batch is small
     enough. ``regret`` and ``repair`` exist to measure plain greedy against them.
+    A Snapshot given as ``offers`` is left unchanged.
     """
     if mode not in MODES:
         raise ValueError(f"unknown plan mode {mode!r}; expected one of {MODES}")
     keys = [j.name for j in jobs] if keys is None else list(keys)
     if len(keys) != len(jobs) or len(set(keys)) != len(keys):
         raise ValueError("plan() needs one distinct key per job")
-    snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
+    # Assignment books as it goes (so one batch never double-books a node): on a copy.
+    snap = offers.scratch() if isinstance(offers, Snapshot) else Snapshot(offers)
     with gc_paused():
         batch = build_batch(jobs, keys, snap)
         if mode == "auto":

@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from depin.spec import JobSpec
 from providers.catalog import lookup
-from scheduler import Offer, plan
+from scheduler import Offer, Snapshot, plan
 from scheduler.latency import estimate_rtt_ms
+from scheduler.plan import MODES
 from tests.factories import BERLIN, FRANKFURT, NEW_YORK, PARIS, TOKYO, near, offer
 
 CITIES = [BERLIN, PARIS, FRANKFURT, NEW_YORK, TOKYO]
@@ -198,6 +200,26 @@ def test_reasons_are_given_for_every_unplaced_job(
         metric = result.metrics[name]
         assert metric.nodes_evaluated == len(market)
         assert sum(metric.filtered.values()) + metric.feasible == len(market)
+
+
+def arrays_of(snap: Snapshot) -> dict[str, np.ndarray]:
+    """Copies of every array the snapshot holds: rows, classes, locations, cells."""
+    _ = snap.cell_free_max  # resolve maxima a take left stale, so equal states compare equal
+    return {k: v.copy() for k, v in vars(snap).items() if isinstance(v, np.ndarray)}
+
+
+@PROPERTY_SETTINGS
+@given(market=offers(), batch=jobs(), mode=st.sampled_from(MODES))
+def test_plan_leaves_a_snapshot_it_is_given_unchanged(
+    market: list[Offer], batch: list[JobSpec], mode: str
+) -> None:
+    snap = Snapshot(market)
+    before = arrays_of(snap)
+    plan(batch, snap, mode=mode)
+    after = arrays_of(snap)
+    assert before.keys() == after.keys()
+    for name, array in before.items():
+        assert np.array_equal(array, after[name]), name
 
 
 def test_a_dense_contended_market_places_the_same_count_both_ways() -> None:
