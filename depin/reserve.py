@@ -27,7 +27,7 @@ from depin.ledger import ESCROW_ACCOUNT, Entry, Hold, Ledger
 from depin.money import format_usd, time_covered_s, usage_cost_micro
 from depin.spec import JobSpec
 from providers import registry
-from scheduler import Assignment, Offer, Plan
+from scheduler import Assignment, Code, Offer, Plan, Status
 from scheduler.explain import JobMetric
 
 # Holds time out, as TigerBeetle's pending transfers do, and reconcile voids them: a job's
@@ -155,7 +155,7 @@ def reserve(
 
 def _records(session: Session, result: Plan) -> dict[int, int]:
     """One plan record per distinct metric (a request class shares one); id(metric) -> row id."""
-    metrics: dict[int, tuple[JobMetric, list[str] | None]] = {}
+    metrics: dict[int, tuple[JobMetric, Status | None]] = {}
     for key, metric in result.metrics.items():
         if id(metric) not in metrics:
             metrics[id(metric)] = (metric, result.unplaced.get(key))
@@ -164,7 +164,7 @@ def _records(session: Session, result: Plan) -> dict[int, int]:
     ids = reserve_ids(session, "plan_records", len(metrics))
     stamp = db_time(session, utcnow())
     rows = [  # orjson: a 20k-job cycle writes ~1k metrics, and json.dumps costs 2x
-        (record_id, _json(m.to_dict()), None if r is None else _json(r), stamp)
+        (record_id, _json(m.to_dict()), None if r is None else _json(r.reasons), stamp)
         for record_id, (m, r) in zip(ids, metrics.values(), strict=True)
     ]
     executemany(session, _INSERT_RECORD, rows)
@@ -288,10 +288,10 @@ def _record_unplaced(
 ) -> None:
     """Jobs that wait point at their plan record; jobs that never fit end, refunded."""
     waiting = []
-    for key in result.unplaced:
+    for key, status in result.unplaced.items():
         job_id = int(key)  # type: ignore[call-overload]
         record_id = records[id(result.metrics[key])]
-        if result.never_fits(key):
+        if status.code is Code.NEVER:
             if refuse(s, ledger, job_id, record_id):
                 commit.unschedulable.append(job_id)
         else:

@@ -25,6 +25,7 @@ from scheduler.feasibility import (
 from scheduler.latency import distance_km_from_dot, rtt_ms_array
 from scheduler.offers import ACCELERATOR_CODES, MODEL_CODES, TIER_CODES, Snapshot
 from scheduler.request import Request
+from scheduler.status import Code, Status
 
 _MODEL_NAMES = {code: name for name, code in MODEL_CODES.items()}
 _TIER_NAMES = {code: name for name, code in TIER_CODES.items()}
@@ -53,6 +54,7 @@ class JobMetric:
     candidates: list[Candidate] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     replicas: int = 1
+    code: Code | None = None  # set when the job is left out (``status``); None when placed
 
     @classmethod
     def of(cls, feas: Feasibility, replicas: int) -> JobMetric:
@@ -68,6 +70,12 @@ class JobMetric:
     def never_fits(self) -> bool:
         """Too few nodes pass the static constraints: waiting will not help."""
         return self.feasible < self.replicas
+
+    def status(self, gpus: int) -> Status:
+        """The verdict on a job left out: it waits, or it never fits; with all its reasons.
+        The code is kept on the metric too, so the record ``depin job explain`` prints has it."""
+        self.code = Code.NEVER if self.never_fits else Code.WAITING
+        return Status(self.code, tuple(self.reasons(gpus)))
 
     def reasons(self, gpus: int) -> list[str]:
         """Why the job is not placed: constraints by capacity rejected, then what would help."""
@@ -91,6 +99,7 @@ class JobMetric:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "code": None if self.code is None else self.code.value,
             "nodes_evaluated": self.nodes_evaluated,
             "filtered": dict(self.filtered),
             "exhausted": self.exhausted,

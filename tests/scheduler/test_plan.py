@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+import scheduler
 from depin.spec import JobSpec
-from scheduler import Offer, Snapshot, admit, plan
+from scheduler import Code, Offer, Snapshot, Status, admit, plan
 from scheduler.feasibility import evaluate
 from scheduler.flow import COST_SCALE, SCORE_CEILING, unplaced_cost
 from scheduler.latency import ACCESS_RTT_MS
@@ -81,10 +82,9 @@ def test_each_hard_constraint_rejects_is_named_and_says_what_would_place_it(
     result = plan([job(**spec_fields)], [rejected])
     assert result.placements == []
     assert result.metrics["j"].filtered == {label: 1}
-    assert result.unplaced["j"] == [
-        f"{label}: rejected 1 of 1 nodes",
-        f"{suggestion} would reach 1 node",
-    ]
+    assert result.unplaced["j"] == Status(
+        Code.NEVER, (f"{label}: rejected 1 of 1 nodes", f"{suggestion} would reach 1 node")
+    )
     assert result.never_fits("j")
 
 
@@ -108,8 +108,8 @@ def test_capacity_is_never_exceeded_within_a_batch() -> None:
     assert len(result.placements) == 3
     assert sorted(p.node_id for p in result.placements) == [1, 1, 2]
     assert set(result.unplaced) == {"j3", "j4"}
-    assert not result.never_fits("j3")
-    assert "2 node(s) meet every constraint but are busy" in result.unplaced["j3"][-1]
+    assert result.unplaced["j3"].code is Code.WAITING and not result.never_fits("j3")
+    assert "2 node(s) meet every constraint but are busy" in result.unplaced["j3"].reasons[-1]
 
 
 def test_a_multi_gpu_job_takes_all_its_gpus_on_one_node() -> None:
@@ -121,7 +121,7 @@ def test_a_multi_gpu_job_takes_all_its_gpus_on_one_node() -> None:
 
 def test_busy_nodes_make_a_job_wait_not_fail() -> None:
     result = plan([job(resources={"gpus": 2})], [offer(1, gpus_free=0, gpus_total=2)])
-    assert not result.never_fits("j")
+    assert result.unplaced["j"].code is Code.WAITING and not result.never_fits("j")
     assert result.metrics["j"].exhausted == 1
 
 
@@ -245,18 +245,33 @@ def test_plan_refuses_duplicate_keys_and_unknown_modes() -> None:
 
 
 def test_no_nodes_at_all_is_a_reason_of_its_own() -> None:
-    assert plan([job()], []).unplaced["j"] == ["no nodes are registered"]
+    assert plan([job()], []).unplaced["j"] == Status(Code.NEVER, ("no nodes are registered",))
 
 
 def test_admission_ignores_busy_capacity_but_not_static_constraints() -> None:
     busy = offer(1, gpus_free=0, gpus_total=2)
-    assert admit(job(), [busy]).feasible_node_ids == [1]
+    admitted = admit(job(), [busy])
+    assert admitted.ok and admitted.feasible_node_ids == [1]
+    assert admitted.status == Status(Code.WAITING)
     refused = admit(job(resources={"gpus": 1, "vram_gib": 80}), [busy])
     assert not refused.ok
-    assert refused.reasons == [
-        "vram_gib >= 80: rejected 1 of 1 nodes",
-        "vram_gib 24 would reach 1 node",
-    ]
+    assert refused.status == Status(
+        Code.NEVER, ("vram_gib >= 80: rejected 1 of 1 nodes", "vram_gib 24 would reach 1 node")
+    )
+
+
+def test_the_metric_of_a_job_left_out_records_its_code_and_a_placed_ones_none() -> None:
+    result = plan(
+        [job("placed"), job("waits"), job("never", resources={"gpus": 1, "vram_gib": 80})],
+        [offer(1, gpus_free=1, gpus_total=2)],
+    )
+    codes = {name: result.metrics[name].to_dict()["code"] for name in result.metrics}
+    assert codes == {"placed": None, "waits": "waiting", "never": "never"}
+
+
+def test_the_scheduler_exports_its_public_names_sorted() -> None:
+    assert scheduler.__all__ == sorted(scheduler.__all__)
+    assert {"Code", "Status", "plan", "admit", "Plan", "Admission"} <= set(scheduler.__all__)
 
 
 def test_leaving_a_job_out_costs_more_than_the_longest_chain_of_moves_that_fits_it() -> None:

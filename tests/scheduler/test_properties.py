@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from depin.spec import JobSpec
 from providers.catalog import lookup
-from scheduler import Offer, Snapshot, plan
+from scheduler import Code, Offer, Snapshot, admit, plan
 from scheduler.latency import estimate_rtt_ms
 from scheduler.plan import MODES
 from tests.factories import BERLIN, FRANKFURT, NEW_YORK, PARIS, TOKYO, near, offer
@@ -195,11 +195,26 @@ def test_reasons_are_given_for_every_unplaced_job(
     market: list[Offer], batch: list[JobSpec]
 ) -> None:
     result = plan(batch, market)
-    for name, reasons in result.unplaced.items():
-        assert reasons, name
+    for name, status in result.unplaced.items():
+        assert status.reasons, name
         metric = result.metrics[name]
         assert metric.nodes_evaluated == len(market)
         assert sum(metric.filtered.values()) + metric.feasible == len(market)
+
+
+@PROPERTY_SETTINGS
+@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]))
+def test_a_job_left_out_is_never_exactly_when_too_few_nodes_meet_its_constraints(
+    market: list[Offer], batch: list[JobSpec], mode: str
+) -> None:
+    result = plan(batch, market, mode=mode)
+    specs = {s.name: s for s in batch}
+    for name, status in result.unplaced.items():
+        spec = specs[name]
+        fitting = sum(meets_every_constraint(spec, o) for o in market)
+        expected = Code.NEVER if fitting < spec.replicas else Code.WAITING
+        assert status.code is expected, (name, status)
+        assert admit(spec, market).ok == (expected is Code.WAITING)
 
 
 def arrays_of(snap: Snapshot) -> dict[str, np.ndarray]:
