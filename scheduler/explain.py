@@ -49,7 +49,8 @@ class JobMetric:
 
     nodes_evaluated: int
     filtered: dict[str, int] = field(default_factory=dict)
-    exhausted: int = 0
+    exhausted: int = 0  # feasible nodes that are up but busy
+    offline: int = 0  # feasible nodes that are offline or draining
     feasible: int = 0
     candidates: list[Candidate] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
@@ -89,13 +90,22 @@ class JobMetric:
             lines.append(
                 f"needs {self.replicas} distinct nodes; only {self.feasible} meet every constraint"
             )
-        if self.exhausted:
-            lines.append(
-                f"{self.exhausted} node(s) meet every constraint but are busy "
-                f"(fewer than {gpus} GPU(s) free); the job waits"
-            )
+        if self.exhausted or self.offline:
+            lines.append(self._waits_for(gpus))
         lines.extend(self.suggestions)
         return lines
+
+    def _waits_for(self, gpus: int) -> str:
+        """What the nodes that fit are doing: "3 nodes fit: 1 busy (...), 2 offline"."""
+        room = self.feasible - self.exhausted - self.offline
+        busy = f"busy (fewer than {gpus} GPU{'' if gpus == 1 else 's'} free)"
+        counts = ((self.exhausted, busy), (self.offline, "offline"), (room, "with room"))
+        parts = [(n, what) for n, what in counts if n]
+        fit = f"{_count(self.feasible)} fit{'s' if self.feasible == 1 else ''}"
+        then = "" if self.never_fits else "; the job waits"
+        if len(parts) == 1:  # all alike
+            return f"{fit}, {'' if self.feasible == 1 else 'all '}{parts[0][1]}{then}"
+        return f"{fit}: " + ", ".join(f"{n} {what}" for n, what in parts) + then
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +113,7 @@ class JobMetric:
             "nodes_evaluated": self.nodes_evaluated,
             "filtered": dict(self.filtered),
             "exhausted": self.exhausted,
+            "offline": self.offline,
             "feasible": self.feasible,
             "candidates": [
                 {

@@ -167,11 +167,13 @@ class Admission:
 
 
 def admit(spec: JobSpec, offers: Sequence[Offer] | Snapshot) -> Admission:
-    """Static feasibility of one job: the nodes that could take it once they are free."""
+    """Static feasibility of one job: the nodes that could take it once they are free (or,
+    offline now, back)."""
     snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
     req = Request.of(spec)
     feas = evaluate(req, snap)
     metric = JobMetric.of(feas, req.replicas)
+    metric.offline = feas.offline(snap)  # in feasible too: a job only they fit is admitted
     node_ids = [int(n) for n in snap.node_id[feas.static_rows(snap)]]
     if metric.never_fits:
         metric.suggestions = suggestions(req, snap)

@@ -109,7 +109,9 @@ def test_capacity_is_never_exceeded_within_a_batch() -> None:
     assert sorted(p.node_id for p in result.placements) == [1, 1, 2]
     assert set(result.unplaced) == {"j3", "j4"}
     assert result.unplaced["j3"].code is Code.WAITING and not result.never_fits("j3")
-    assert "2 node(s) meet every constraint but are busy" in result.unplaced["j3"].reasons[-1]
+    assert result.unplaced["j3"].reasons[-1] == (
+        "2 nodes fit, all busy (fewer than 1 GPU free); the job waits"
+    )
 
 
 def test_a_multi_gpu_job_takes_all_its_gpus_on_one_node() -> None:

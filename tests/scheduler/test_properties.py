@@ -53,6 +53,7 @@ def offers(draw: Any) -> list[Offer]:
                 reliability=draw(st.sampled_from([0.9, 0.95, 0.99])),
                 accelerator=lookup(model).kind,
                 gpus_total=gpus,
+                available=draw(st.sampled_from([True, True, True, False])),  # offline: 1 in 4
             )
         )
     return out
@@ -118,7 +119,7 @@ def meets_every_constraint(spec: JobSpec, o: Offer) -> bool:
 
 
 def free_after(result: Any, market: list[Offer]) -> dict[int, int]:
-    free = {o.node_id: o.gpus_free for o in market}
+    free = {o.node_id: o.gpus_free if o.available else 0 for o in market}
     for p in result.placements:
         free[p.node_id] -= p.gpus
     return free
@@ -126,7 +127,7 @@ def free_after(result: Any, market: list[Offer]) -> dict[int, int]:
 
 @PROPERTY_SETTINGS
 @given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]))
-def test_every_placement_meets_every_hard_constraint(
+def test_every_placement_meets_every_hard_constraint_on_an_available_node(
     market: list[Offer], batch: list[JobSpec], mode: str
 ) -> None:
     result = plan(batch, market, mode=mode)
@@ -134,6 +135,7 @@ def test_every_placement_meets_every_hard_constraint(
     specs = {s.name: s for s in batch}
     for p in result.placements:
         assert meets_every_constraint(specs[p.job], by_node[p.node_id]), p
+        assert by_node[p.node_id].available, p
 
 
 @PROPERTY_SETTINGS
