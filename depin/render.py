@@ -256,9 +256,10 @@ def explain(console: Console, data: ExplainView) -> None:
         else "no node"
     )
     console.print(f"[bold]job {data.job}[/bold] {data.name}: {data.state}, {where} ({data.source})")
-    console.print(
+    console.print(  # records written before codes and offline counts lack them
         f"  nodes evaluated: {m['nodes_evaluated']}, feasible: {m['feasible']}, "
-        f"busy: {m['exhausted']}"
+        f"busy: {m['exhausted']}, offline: {m.get('offline', 0)}"
+        + (f" ({m['code']})" if m.get("code") else "")
     )
     for label, count in sorted(m["filtered"].items(), key=lambda kv: -kv[1]):
         console.print(f"  filtered by {label}: {count} node(s)", markup=False)

@@ -41,7 +41,7 @@ from depin.runtime.work import CycleCommit, PendingJob, PendingWork
 from depin.spec import JobSpec
 from depin.states import JobState
 from providers import registry
-from scheduler import Assignment, Plan, plan
+from scheduler import Assignment, Code, Plan, Status, plan
 from scheduler.explain import JobMetric
 
 # A cycle claims its jobs in one statement: per-statement overhead, not rows, dominated
@@ -135,7 +135,7 @@ def reserve(
 
 def _records(session: Session, result: Plan) -> dict[int, int]:
     """One plan record per distinct metric (a request class shares one); id(metric) -> row id."""
-    metrics: dict[int, tuple[JobMetric, list[str] | None]] = {}
+    metrics: dict[int, tuple[JobMetric, Status | None]] = {}
     for key, metric in result.metrics.items():
         if id(metric) not in metrics:
             metrics[id(metric)] = (metric, result.unplaced.get(key))
@@ -144,7 +144,7 @@ def _records(session: Session, result: Plan) -> dict[int, int]:
     ids = reserve_ids(session, "plan_records", len(metrics))
     stamp = db_time(session, utcnow())
     rows = [  # orjson: a 20k-job cycle writes ~1k metrics, and json.dumps costs 2x
-        (record_id, _json(m.to_dict()), None if r is None else _json(r), stamp)
+        (record_id, _json(m.to_dict()), None if r is None else _json(r.reasons), stamp)
         for record_id, (m, r) in zip(ids, metrics.values(), strict=True)
     ]
     executemany(session, _INSERT_RECORD, rows)
@@ -278,10 +278,10 @@ def _record_unplaced(
 ) -> None:
     """Jobs that wait point at their plan record; jobs that never fit end, refunded."""
     waiting = []
-    for key in result.unplaced:
+    for key, status in result.unplaced.items():
         job_id = int(key)  # type: ignore[call-overload]
         record_id = records[id(result.metrics[key])]
-        if result.never_fits(key):
+        if status.code is Code.NEVER:
             if refuse(s, ledger, job_id, record_id):
                 commit.unschedulable.append(job_id)
         else:
@@ -332,7 +332,7 @@ def place(s: Session, job_id: int, node_id: int, *, driver_id: str | None) -> li
         )
     attempt = plan([spec], [registry.to_offer(node, full=True)], keys=[job_id])
     if not attempt.placements:
-        reasons = attempt.unplaced[job_id]
+        reasons = list(attempt.unplaced[job_id].reasons)
         raise UnschedulableError(
             f"node {node_id} can never run job {job_id}: " + "; ".join(reasons), reasons
         )

@@ -228,8 +228,8 @@ def _admit(
         admission = admissions[rkey] = admit(spec, snapshot)
     if not admission.ok:
         raise UnschedulableError(
-            f"no node can ever run job {spec.name!r}: " + "; ".join(admission.reasons),
-            admission.reasons,
+            f"no node can ever run job {spec.name!r}: " + "; ".join(admission.status.reasons),
+            admission.status.reasons,
         )
     cap = spec.pricing.max_usd_per_gpu_hour
     # The most it can cost: at the declared price cap, else at the dearest node that fits.

@@ -172,11 +172,13 @@ def release_capacity(session: Session, node_id: int, gpus: int) -> None:
 
 
 def to_offer(node: Node, *, full: bool = False) -> Offer:
-    """The scheduler's view of a node; ``full`` pretends every GPU is free."""
+    """The scheduler's view of a node; ``full`` pretends every GPU is free. A node that is
+    not active (offline, draining) is offered as unavailable, with no GPUs free."""
+    available = node.status == "active"
     return Offer(
         node_id=node.id,
         gpu_model=node.gpu_model,
-        gpus_free=node.gpus if full else node.gpus_free,
+        gpus_free=0 if not available else node.gpus if full else node.gpus_free,
         vram_gib=node.vram_gib,
         price_usd_per_gpu_hour=float(micro_to_usd(node.price_micro_usd_per_gpu_hour)),
         lat=node.lat,
@@ -188,11 +190,13 @@ def to_offer(node: Node, *, full: bool = False) -> Offer:
         accelerator=node.accelerator,
         gpus_total=node.gpus,
         rtt_bias_ms=node.rtt_bias_ms,
+        available=available,
     )
 
 
 def offers(session: Session, *, full: bool = False) -> list[Offer]:
-    """Every active node as an offer (including nodes with no free GPUs right now)."""
+    """Every registered node as an offer, busy or not, up or not: a job that only offline
+    nodes fit waits for them, where leaving them out would refuse it as unschedulable."""
     return offers_and_prices(session, full=full)[0]
 
 
@@ -200,7 +204,7 @@ def offers_and_prices(
     session: Session, *, full: bool = False
 ) -> tuple[list[Offer], dict[int, int]]:
     """``offers``, and each node's exact price in micro-USD (what a reservation re-checks)."""
-    nodes = list_nodes(session, status="active")
+    nodes = list_nodes(session)
     return [to_offer(n, full=full) for n in nodes], {
         n.id: n.price_micro_usd_per_gpu_hour for n in nodes
     }

@@ -6,15 +6,18 @@
 from scheduler.explain import Candidate, JobMetric
 from scheduler.offers import Offer, Snapshot
 from scheduler.plan import Admission, Assignment, Plan, admit, plan
+from scheduler.status import Code, Status
 
 __all__ = [
     "Admission",
     "Assignment",
     "Candidate",
+    "Code",
     "JobMetric",
     "Offer",
     "Plan",
     "Snapshot",
+    "Status",
     "admit",
     "plan",
 ]

@@ -68,6 +68,7 @@ class Group:
         """
         metric = JobMetric.of(self.feas, self.req.replicas)
         metric.exhausted = self.feas.exhausted(snap, self.req.gpus)
+        metric.offline = self.feas.offline(snap)
         if suggest or metric.never_fits:
             metric.suggestions = suggestions(self.req, snap)
         return metric

@@ -25,6 +25,7 @@ from scheduler.feasibility import (
 from scheduler.latency import distance_km_from_dot, rtt_ms_array
 from scheduler.offers import ACCELERATOR_CODES, MODEL_CODES, TIER_CODES, Snapshot
 from scheduler.request import Request
+from scheduler.status import Code, Status
 
 _MODEL_NAMES = {code: name for name, code in MODEL_CODES.items()}
 _TIER_NAMES = {code: name for name, code in TIER_CODES.items()}
@@ -48,11 +49,13 @@ class JobMetric:
 
     nodes_evaluated: int
     filtered: dict[str, int] = field(default_factory=dict)
-    exhausted: int = 0
+    exhausted: int = 0  # feasible nodes that are up but busy
+    offline: int = 0  # feasible nodes that are offline or draining
     feasible: int = 0
     candidates: list[Candidate] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     replicas: int = 1
+    code: Code | None = None  # set when the job is left out (``status``); None when placed
 
     @classmethod
     def of(cls, feas: Feasibility, replicas: int) -> JobMetric:
@@ -69,6 +72,12 @@ class JobMetric:
         """Too few nodes pass the static constraints: waiting will not help."""
         return self.feasible < self.replicas
 
+    def status(self, gpus: int) -> Status:
+        """The verdict on a job left out: it waits, or it never fits; with all its reasons.
+        The code is kept on the metric too, so the record ``depin job explain`` prints has it."""
+        self.code = Code.NEVER if self.never_fits else Code.WAITING
+        return Status(self.code, tuple(self.reasons(gpus)))
+
     def reasons(self, gpus: int) -> list[str]:
         """Why the job is not placed: constraints by capacity rejected, then what would help."""
         if self.nodes_evaluated == 0:
@@ -81,19 +90,30 @@ class JobMetric:
             lines.append(
                 f"needs {self.replicas} distinct nodes; only {self.feasible} meet every constraint"
             )
-        if self.exhausted:
-            lines.append(
-                f"{self.exhausted} node(s) meet every constraint but are busy "
-                f"(fewer than {gpus} GPU(s) free); the job waits"
-            )
+        if self.exhausted or self.offline:
+            lines.append(self._waits_for(gpus))
         lines.extend(self.suggestions)
         return lines
 
+    def _waits_for(self, gpus: int) -> str:
+        """What the nodes that fit are doing: "3 nodes fit: 1 busy (...), 2 offline"."""
+        room = self.feasible - self.exhausted - self.offline
+        busy = f"busy (fewer than {gpus} GPU{'' if gpus == 1 else 's'} free)"
+        counts = ((self.exhausted, busy), (self.offline, "offline"), (room, "with room"))
+        parts = [(n, what) for n, what in counts if n]
+        fit = f"{_count(self.feasible)} fit{'s' if self.feasible == 1 else ''}"
+        then = "" if self.never_fits else "; the job waits"
+        if len(parts) == 1:  # all alike
+            return f"{fit}, {'' if self.feasible == 1 else 'all '}{parts[0][1]}{then}"
+        return f"{fit}: " + ", ".join(f"{n} {what}" for n, what in parts) + then
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "code": None if self.code is None else self.code.value,
             "nodes_evaluated": self.nodes_evaluated,
             "filtered": dict(self.filtered),
             "exhausted": self.exhausted,
+            "offline": self.offline,
             "feasible": self.feasible,
             "candidates": [
                 {

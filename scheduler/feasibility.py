@@ -119,8 +119,13 @@ class Feasibility:
         return self._rows
 
     def exhausted(self, snap: Snapshot, gpus: int) -> int:
-        """Feasible nodes without ``gpus`` free right now."""
-        return int(np.count_nonzero(snap.gpus_free[self.static_rows(snap)] < gpus))
+        """Feasible nodes that are up but busy: without ``gpus`` free right now."""
+        rows = self.static_rows(snap)
+        return int(np.count_nonzero(snap.available[rows] & (snap.gpus_free[rows] < gpus)))
+
+    def offline(self, snap: Snapshot) -> int:
+        """Feasible nodes that are not available (offline, draining): a job may wait for them."""
+        return int(np.count_nonzero(~snap.available[self.static_rows(snap)]))
 
 
 ClassVerdict = tuple[np.ndarray, dict[str, int]]

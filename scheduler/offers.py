@@ -12,15 +12,22 @@ three ways so that work is done at the coarsest level that decides it:
   worst reliability, their most free GPUs) that let the scorer skip whole
   cells that cannot hold a top candidate.
 
+Registered nodes that are not available (offline, draining) are rows like
+any other, with no free GPUs: they share classes and cells with the rest, the
+static checks count them (a job they fit waits for them), placement never
+uses them.
+
 Only free GPUs change while the snapshot lives: ``take``/``take_many``/
 ``release`` and ``set_free`` keep the rows and the cells' aggregates current
 as allocations come and go, so a long-lived scheduler never rebuilds it for
-capacity alone. Things derived from the fixed columns may be cached on it
-(each latency budget's location thresholds).
+capacity alone; ``plan()`` books on a ``scratch`` copy and leaves it as it
+was. Things derived from the fixed columns may be cached on it (each latency
+budget's location thresholds).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +56,9 @@ class Offer:
     accelerator: str
     gpus_total: int | None = None  # None: same as gpus_free
     rtt_bias_ms: float = 0.0  # measured RTT minus the model's estimate, when probed
+    # False: registered but offline or draining. Such a node takes no work (the snapshot
+    # gives it no free GPUs), yet it counts as fitting: a job that only it fits waits for it.
+    available: bool = True
 
 
 MODEL_CODES: dict[str, int] = {name: i for i, name in enumerate(model_names())}
@@ -102,6 +112,7 @@ class Snapshot:
             "tier": _codes(offers, "tier", TIER_CODES),
             "network": _codes(offers, "network", NETWORK_CODES),
             "region": np.fromiter((region_codes[o.region] for o in offers), np.int32, n),
+            "available": _column(offers, "available", np.bool_),
             "gpus_free": _column(offers, "gpus_free", np.int32),
             "gpus_total": gpus_total,
             "vram_gib": _column(offers, "vram_gib", np.float64),
@@ -130,6 +141,9 @@ class Snapshot:
         order = (
             np.lexsort((raw["node_id"], node_location, node_class)) if n else np.zeros(0, np.int64)
         )
+        # An unavailable node looks full, as a blocked one does: nothing lands there, and the
+        # cell aggregates (computed from this column) count no room on it.
+        raw["gpus_free"][~raw["available"]] = 0
         for name, column in raw.items():
             setattr(self, name, column[order])
         self.regions: list[str] = regions
@@ -278,8 +292,11 @@ class Snapshot:
             self._cell_free_max[cell] = max(self._cell_free_max[cell], self.gpus_free[row])
 
     def set_free(self, node_ids: Sequence[int], gpus_free: Sequence[int]) -> None:
-        """Refresh free capacity from the database (nodes must already be in the snapshot)."""
-        self.gpus_free[self.rows_of(node_ids)] = np.asarray(gpus_free, dtype=np.int32)
+        """Refresh free capacity from the database (nodes must already be in the snapshot);
+        unavailable nodes keep none (a node's status changes rebuild the snapshot)."""
+        rows = self.rows_of(node_ids)
+        free = np.asarray(gpus_free, dtype=np.int32)
+        self.gpus_free[rows] = np.where(self.available[rows], free, 0)
         self._refresh_cells()
 
     def block(self, node_ids: Sequence[int]) -> None:
@@ -287,6 +304,17 @@ class Snapshot:
         if len(node_ids):
             self.gpus_free[self.rows_of(node_ids)] = 0
             self._refresh_cells()
+
+    def scratch(self) -> Snapshot:
+        """A snapshot to book on that leaves this one as it is: it shares every fixed column
+        and cache, and owns copies of the free GPUs and their cell aggregates (O(nodes)
+        copies: ~4 us for 10k nodes, where building a snapshot takes ~30 ms)."""
+        other = copy.copy(self)
+        other.gpus_free = self.gpus_free.copy()
+        other.cell_free_sum = self.cell_free_sum.copy()
+        other._cell_free_max = self._cell_free_max.copy()
+        other._stale_max = set(self._stale_max)
+        return other
 
     def copy_free(self) -> np.ndarray:
         return self.gpus_free.copy()

@@ -12,11 +12,14 @@ The pipeline in one screen:
                             candidates (for the greedy, enough to place from)
     assign_fast             regret-ordered greedy + augmenting repair   (mode="fast")
     assign_optimal          min-cost flow, max placements then score    (mode="optimal")
-    Plan                    placements, and reasons for every job left out
+    Plan                    placements; for every job left out a Status: waiting or
+                            never, with all its reasons
 
 No I/O happens here: the same call serves the scheduler loop, the benchmarks
-and ``depin job explain``. Given a Snapshot instead of offers, plan() books
-its placements in it, so a long-lived scheduler keeps one snapshot current.
+and ``depin job explain``. plan() is pure: given a Snapshot, it books on a
+scratch copy (``Snapshot.scratch``) and leaves the one it was given as it
+was, so one snapshot can be planned on again, explained or searched; a
+caller that wants the placements booked in it does so itself (``take``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from scheduler.feasibility import evaluate
 from scheduler.flow import assign_optimal, estimate_arcs
 from scheduler.offers import Offer, Snapshot
 from scheduler.request import Request
+from scheduler.status import Code, Status
 
 MODES = ("fast", "optimal", "auto")
 # mode="auto" solves exactly when the flow has at most this many arcs (~1 s here).
@@ -58,16 +62,17 @@ class Assignment(NamedTuple):
 
 @dataclass(slots=True)
 class Plan:
-    """Where each job goes, and why the others go nowhere."""
+    """Where each job goes, and why the others go nowhere (each with a code: wait or never)."""
 
     placements: list[Assignment] = field(default_factory=list)
-    unplaced: dict[Hashable, list[str]] = field(default_factory=dict)
+    unplaced: dict[Hashable, Status] = field(default_factory=dict)
     metrics: dict[Hashable, JobMetric] = field(default_factory=dict)
     mode: str = "fast"
 
     def never_fits(self, job: Hashable) -> bool:
         """True when ``job`` is unplaced and no node could ever take it."""
-        return job in self.unplaced and self.metrics[job].never_fits
+        status = self.unplaced.get(job)
+        return status is not None and status.code is Code.NEVER
 
     def total_cost_usd_per_hour(self) -> float:
         return sum(p.price_usd_per_gpu_hour * p.gpus for p in self.placements)
@@ -87,13 +92,15 @@ def plan(
     ``keys`` name the jobs in the result (default: their names); pass ids when
     names may repeat. ``mode="auto"`` solves exactly when the batch is small
     enough. ``regret`` and ``repair`` exist to measure plain greedy against them.
+    A Snapshot given as ``offers`` is left unchanged.
     """
     if mode not in MODES:
         raise ValueError(f"unknown plan mode {mode!r}; expected one of {MODES}")
     keys = [j.name for j in jobs] if keys is None else list(keys)
     if len(keys) != len(jobs) or len(set(keys)) != len(keys):
         raise ValueError("plan() needs one distinct key per job")
-    snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
+    # Assignment books as it goes (so one batch never double-books a node): on a copy.
+    snap = offers.scratch() if isinstance(offers, Snapshot) else Snapshot(offers)
     with gc_paused():
         batch = build_batch(jobs, keys, snap)
         if mode == "auto":
@@ -133,37 +140,43 @@ def _to_plan(result: Assigned, snap: Snapshot, keys: list[Hashable], mode: str) 
             placements.append(Assignment(key, node_ids[i], gpus, rtt, prices[i], total, n))
             i += 1
     suggest = len({id(g) for g, _ in result.failed}) <= SUGGEST_FOR_GROUPS
-    explained: dict[int, tuple[JobMetric, list[str]]] = {}
+    explained: dict[int, tuple[JobMetric, Status]] = {}  # a request class is judged once
     for group, key in result.failed:
         if id(group) not in explained:
             metric = group.unplaced_metric(snap, suggest=suggest)
-            explained[id(group)] = (metric, metric.reasons(group.req.gpus))
-        metrics[key], reasons = explained[id(group)]
-        out.unplaced[key] = list(reasons)
+            explained[id(group)] = (metric, metric.status(group.req.gpus))
+        metrics[key], out.unplaced[key] = explained[id(group)]
     return out
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """Whether a job could ever run on the given nodes, ignoring what is busy now."""
+    """Whether a job could ever run on the given nodes, ignoring what is busy now.
+
+    ``status`` is ``never``, with every reason, for a job to refuse; else ``waiting``
+    (for the scheduler), with no reasons.
+    """
 
     feasible_node_ids: list[int]
     metric: JobMetric
-    reasons: list[str]
+    status: Status
 
     @property
     def ok(self) -> bool:
-        return not self.metric.never_fits
+        return self.status.code is not Code.NEVER
 
 
 def admit(spec: JobSpec, offers: Sequence[Offer] | Snapshot) -> Admission:
-    """Static feasibility of one job: the nodes that could take it once they are free."""
+    """Static feasibility of one job: the nodes that could take it once they are free (or,
+    offline now, back)."""
     snap = offers if isinstance(offers, Snapshot) else Snapshot(offers)
     req = Request.of(spec)
     feas = evaluate(req, snap)
     metric = JobMetric.of(feas, req.replicas)
+    metric.offline = feas.offline(snap)  # in feasible too: a job only they fit is admitted
     node_ids = [int(n) for n in snap.node_id[feas.static_rows(snap)]]
     if metric.never_fits:
         metric.suggestions = suggestions(req, snap)
-        return Admission(node_ids, metric, metric.reasons(req.gpus))
-    return Admission(node_ids, metric, [])
+        return Admission(node_ids, metric, metric.status(req.gpus))
+    metric.code = Code.WAITING
+    return Admission(node_ids, metric, Status(Code.WAITING))

@@ -11,11 +11,43 @@ from depin.client import Client
 from depin.manifest import Envelope
 from depin.runtime.work import CycleCommit, Launch, Outcome
 from depin.spec import JobSpec, NodeSpec
-from scheduler import plan
+from scheduler import Offer, plan
 
+# Places as (lat, lon): real city centres, so distances and RTTs are the ones people expect.
 BERLIN = (52.52, 13.405)
+PARIS = (48.8566, 2.3522)
 FRANKFURT = (50.11, 8.68)
+NEW_YORK = (40.71, -74.0)
 TOKYO = (35.69, 139.69)
+SYDNEY = (-33.8688, 151.2093)
+
+
+def near(*places: tuple[float, float]) -> list[dict[str, float]]:
+    """A placement's ``near`` field: where the users are."""
+    return [{"lat": lat, "lon": lon} for lat, lon in places]
+
+
+def offer(node_id: int, *, at: tuple[float, float] = BERLIN, **overrides: Any) -> Offer:
+    """The scheduler's view of one node: an RTX 4090 pair at the edge in Berlin, all GPUs free.
+
+    ``gpus_total`` defaults to ``gpus_free``; give both to make a node busy.
+    """
+    fields: dict[str, Any] = {
+        "node_id": node_id,
+        "gpu_model": "RTX 4090",
+        "gpus_free": 2,
+        "vram_gib": 24.0,
+        "price_usd_per_gpu_hour": 0.5,
+        "lat": at[0],
+        "lon": at[1],
+        "tier": "edge",
+        "region": "eu-central",
+        "network": "fiber",
+        "reliability": 0.99,
+        "accelerator": "gpu",
+    }
+    fields.update(overrides)
+    return Offer(**fields)
 
 
 def node(provider: str = "acme", **overrides: Any) -> NodeSpec:

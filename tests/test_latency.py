@@ -17,8 +17,7 @@ from scheduler.latency import (
     rtt_ms,
     unit_vectors,
 )
-
-BERLIN, PARIS, SYDNEY = (52.52, 13.405), (48.8566, 2.3522), (-33.8688, 151.2093)
+from tests.factories import BERLIN, PARIS, SYDNEY
 
 
 def test_great_circle_distance_matches_known_city_pairs() -> None:

@@ -263,12 +263,13 @@ def test_a_job_that_no_longer_fits_anywhere_ends_unschedulable_and_is_refunded(
     from sqlalchemy import text
 
     job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
-    with world.client.market.engine.begin() as conn:
-        conn.execute(text("UPDATE nodes SET status = 'offline'"))
+    with world.client.market.engine.begin() as conn:  # the only L4 is now listed as a T4
+        conn.execute(text("UPDATE nodes SET gpu_model = 'T4' WHERE gpu_model = 'L4'"))
     commit = cycle(world)
     assert commit.unschedulable == [job_id]
     view = world.client.job(job_id)
-    assert view.state == "unschedulable" and view.reasons == ["no nodes are registered"]
+    assert view.state == "unschedulable"
+    assert view.reasons[0] == "gpu_model in ['L4']: rejected 4 of 4 nodes"
     assert world.available() == 100_000_000
     assert world.client.verify_ledger().ok
 

@@ -7,35 +7,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+import scheduler
 from depin.spec import JobSpec
-from scheduler import Offer, Snapshot, admit, plan
+from scheduler import Code, Offer, Snapshot, Status, admit, plan
 from scheduler.feasibility import evaluate
 from scheduler.flow import COST_SCALE, SCORE_CEILING, unplaced_cost
 from scheduler.latency import ACCESS_RTT_MS
 from scheduler.request import Request
 from scheduler.scoring import CellScores
-
-BERLIN = {"lat": 52.52, "lon": 13.405}
-PARIS = {"lat": 48.8566, "lon": 2.3522}
-
-
-def offer(node_id: int, **kw: Any) -> Offer:
-    fields: dict[str, Any] = {
-        "node_id": node_id,
-        "gpu_model": "RTX 4090",
-        "gpus_free": 2,
-        "vram_gib": 24.0,
-        "price_usd_per_gpu_hour": 0.5,
-        "lat": BERLIN["lat"],
-        "lon": BERLIN["lon"],
-        "tier": "edge",
-        "region": "eu-central",
-        "network": "fiber",
-        "reliability": 0.99,
-        "accelerator": "gpu",
-    }
-    fields.update(kw)
-    return Offer(**fields)
+from tests.factories import BERLIN, PARIS, near, offer
 
 
 def job(name: str = "j", **kw: Any) -> JobSpec:
@@ -89,7 +69,7 @@ def placed_on(result: Any, name: str) -> int:
             "max_usd_per_gpu_hour 0.5",
         ),
         (
-            {"placement": {"near": [PARIS], "max_latency_ms": 10}},
+            {"placement": {"near": near(PARIS), "max_latency_ms": 10}},
             offer(1),
             "rtt <= 10 ms",
             "max_latency_ms 16",
@@ -102,10 +82,9 @@ def test_each_hard_constraint_rejects_is_named_and_says_what_would_place_it(
     result = plan([job(**spec_fields)], [rejected])
     assert result.placements == []
     assert result.metrics["j"].filtered == {label: 1}
-    assert result.unplaced["j"] == [
-        f"{label}: rejected 1 of 1 nodes",
-        f"{suggestion} would reach 1 node",
-    ]
+    assert result.unplaced["j"] == Status(
+        Code.NEVER, (f"{label}: rejected 1 of 1 nodes", f"{suggestion} would reach 1 node")
+    )
     assert result.never_fits("j")
 
 
@@ -115,10 +94,10 @@ def test_a_region_prefix_matches_the_regions_under_it() -> None:
 
 
 def test_the_latency_budget_holds_from_every_near_point() -> None:
-    spec = job(placement={"near": [BERLIN, PARIS], "max_latency_ms": 12})
-    berlin, paris = offer(1), offer(2, lat=PARIS["lat"], lon=PARIS["lon"])
+    spec = job(placement={"near": near(BERLIN, PARIS), "max_latency_ms": 12})
+    berlin, paris = offer(1), offer(2, at=PARIS)
     assert plan([spec], [berlin, paris]).placements == []  # each city is ~13 ms from the other
-    relaxed = job(placement={"near": [BERLIN, PARIS], "max_latency_ms": 20})
+    relaxed = job(placement={"near": near(BERLIN, PARIS), "max_latency_ms": 20})
     result = plan([relaxed], [berlin, paris])
     assert result.placements[0].rtt_ms == pytest.approx(2 + 2 * 878 * 1.5 / 200, rel=0.02)
 
@@ -129,8 +108,10 @@ def test_capacity_is_never_exceeded_within_a_batch() -> None:
     assert len(result.placements) == 3
     assert sorted(p.node_id for p in result.placements) == [1, 1, 2]
     assert set(result.unplaced) == {"j3", "j4"}
-    assert not result.never_fits("j3")
-    assert "2 node(s) meet every constraint but are busy" in result.unplaced["j3"][-1]
+    assert result.unplaced["j3"].code is Code.WAITING and not result.never_fits("j3")
+    assert result.unplaced["j3"].reasons[-1] == (
+        "2 nodes fit, all busy (fewer than 1 GPU free); the job waits"
+    )
 
 
 def test_a_multi_gpu_job_takes_all_its_gpus_on_one_node() -> None:
@@ -142,7 +123,7 @@ def test_a_multi_gpu_job_takes_all_its_gpus_on_one_node() -> None:
 
 def test_busy_nodes_make_a_job_wait_not_fail() -> None:
     result = plan([job(resources={"gpus": 2})], [offer(1, gpus_free=0, gpus_total=2)])
-    assert not result.never_fits("j")
+    assert result.unplaced["j"].code is Code.WAITING and not result.never_fits("j")
     assert result.metrics["j"].exhausted == 1
 
 
@@ -158,26 +139,28 @@ def test_a_cost_only_objective_picks_the_cheapest_node() -> None:
 
 
 def test_a_latency_objective_picks_the_nearest_node() -> None:
-    spec = job(placement={"near": [PARIS]}, objective={"cost": 0, "latency": 1, "reliability": 0})
+    spec = job(
+        placement={"near": near(PARIS)}, objective={"cost": 0, "latency": 1, "reliability": 0}
+    )
     far_cheap = offer(1, price_usd_per_gpu_hour=0.1)
-    near_dear = offer(2, price_usd_per_gpu_hour=2.0, lat=PARIS["lat"], lon=PARIS["lon"])
+    near_dear = offer(2, price_usd_per_gpu_hour=2.0, at=PARIS)
     assert placed_on(plan([spec], [far_cheap, near_dear]), "j") == 2
 
 
 def test_latency_scores_fall_linearly_to_zero_at_the_budget() -> None:
     spec = job(
-        placement={"near": [PARIS], "max_latency_ms": 40},
+        placement={"near": near(PARIS), "max_latency_ms": 40},
         objective={"cost": 0, "latency": 1, "reliability": 0},
     )
-    result = plan([spec], [offer(1), offer(2, lat=PARIS["lat"], lon=PARIS["lon"])])
-    near, far = result.metrics["j"].candidates
-    assert near.scores["latency"] == pytest.approx(100 * (1 - 2 / 40))
+    result = plan([spec], [offer(1), offer(2, at=PARIS)])
+    close, far = result.metrics["j"].candidates
+    assert close.scores["latency"] == pytest.approx(100 * (1 - 2 / 40))
     assert far.scores["latency"] == pytest.approx(100 * (1 - far.rtt_ms / 40))
 
 
 def test_a_node_in_the_users_city_meets_a_budget_its_access_network_uses_exactly() -> None:
-    spec = job(placement={"near": [PARIS], "max_latency_ms": ACCESS_RTT_MS["wifi"]})
-    here = offer(1, lat=PARIS["lat"], lon=PARIS["lon"], network="wifi")
+    spec = job(placement={"near": near(PARIS), "max_latency_ms": ACCESS_RTT_MS["wifi"]})
+    here = offer(1, at=PARIS, network="wifi")
     assert placed_on(plan([spec], [here]), "j") == 1
     assert admit(spec, [here]).ok
 
@@ -186,15 +169,15 @@ def test_a_batch_scores_its_classes_together_exactly_as_one_by_one() -> None:
     snap = Snapshot(
         [
             offer(1),
-            offer(2, lat=PARIS["lat"], lon=PARIS["lon"], price_usd_per_gpu_hour=1.5),
+            offer(2, at=PARIS, price_usd_per_gpu_hour=1.5),
             offer(3, gpu_model="L4", vram_gib=24.0, reliability=0.9, network="5g"),
         ]
     )
     specs = [
-        job(placement={"near": [PARIS], "max_latency_ms": 40}),
+        job(placement={"near": near(PARIS), "max_latency_ms": 40}),
         job(objective={"cost": 1, "latency": 0, "reliability": 2}),  # no users: latency 100
         job(resources={"gpus": 1, "vram_gib": 80}),  # no cell passes
-        job(placement={"near": [BERLIN, PARIS]}, objective={"cost": 0, "latency": 1}),
+        job(placement={"near": near(BERLIN, PARIS)}, objective={"cost": 0, "latency": 1}),
     ]
     reqs = [Request.of(s) for s in specs]
     feasibilities = [evaluate(r, snap) for r in reqs]
@@ -264,18 +247,33 @@ def test_plan_refuses_duplicate_keys_and_unknown_modes() -> None:
 
 
 def test_no_nodes_at_all_is_a_reason_of_its_own() -> None:
-    assert plan([job()], []).unplaced["j"] == ["no nodes are registered"]
+    assert plan([job()], []).unplaced["j"] == Status(Code.NEVER, ("no nodes are registered",))
 
 
 def test_admission_ignores_busy_capacity_but_not_static_constraints() -> None:
     busy = offer(1, gpus_free=0, gpus_total=2)
-    assert admit(job(), [busy]).feasible_node_ids == [1]
+    admitted = admit(job(), [busy])
+    assert admitted.ok and admitted.feasible_node_ids == [1]
+    assert admitted.status == Status(Code.WAITING)
     refused = admit(job(resources={"gpus": 1, "vram_gib": 80}), [busy])
     assert not refused.ok
-    assert refused.reasons == [
-        "vram_gib >= 80: rejected 1 of 1 nodes",
-        "vram_gib 24 would reach 1 node",
-    ]
+    assert refused.status == Status(
+        Code.NEVER, ("vram_gib >= 80: rejected 1 of 1 nodes", "vram_gib 24 would reach 1 node")
+    )
+
+
+def test_the_metric_of_a_job_left_out_records_its_code_and_a_placed_ones_none() -> None:
+    result = plan(
+        [job("placed"), job("waits"), job("never", resources={"gpus": 1, "vram_gib": 80})],
+        [offer(1, gpus_free=1, gpus_total=2)],
+    )
+    codes = {name: result.metrics[name].to_dict()["code"] for name in result.metrics}
+    assert codes == {"placed": None, "waits": "waiting", "never": "never"}
+
+
+def test_the_scheduler_exports_its_public_names_sorted() -> None:
+    assert scheduler.__all__ == sorted(scheduler.__all__)
+    assert {"Code", "Status", "plan", "admit", "Plan", "Admission"} <= set(scheduler.__all__)
 
 
 def test_leaving_a_job_out_costs_more_than_the_longest_chain_of_moves_that_fits_it() -> None:

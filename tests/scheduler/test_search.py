@@ -8,7 +8,7 @@ from depin.spec import JobSpec
 from scheduler import Snapshot
 from scheduler.request import Request
 from scheduler.search import search
-from tests.scheduler.test_snapshot import PARIS, offer
+from tests.factories import PARIS, near, offer
 
 
 def request(**kw: object) -> Request:
@@ -19,8 +19,8 @@ def request(**kw: object) -> Request:
 
 MARKET = [
     offer(1, price_usd_per_gpu_hour=0.9),
-    offer(2, price_usd_per_gpu_hour=0.3, lat=PARIS[0], lon=PARIS[1]),
-    offer(3, price_usd_per_gpu_hour=0.5, gpus_free=0),
+    offer(2, price_usd_per_gpu_hour=0.3, at=PARIS),
+    offer(3, price_usd_per_gpu_hour=0.5, gpus_free=0, gpus_total=2),
     offer(4, gpu_model="T4", vram_gib=16, price_usd_per_gpu_hour=0.2),
 ]
 
@@ -36,7 +36,7 @@ def test_search_filters_like_the_scheduler() -> None:
 
 
 def test_search_sorts_by_latency_from_the_users() -> None:
-    req = request(placement={"near": [{"lat": PARIS[0], "lon": PARIS[1]}]})
+    req = request(placement={"near": near(PARIS)})
     hits = search(req, Snapshot(MARKET), sort="latency")
     assert hits[0].offer.node_id == 2 and hits[0].rtt_ms == pytest.approx(2.0)
 

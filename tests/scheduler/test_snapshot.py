@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler import Offer, Snapshot
-
-BERLIN, PARIS = (52.52, 13.405), (48.8566, 2.3522)
-
-
-def offer(node_id: int, **kw: Any) -> Offer:
-    fields: dict[str, Any] = {
-        "node_id": node_id,
-        "gpu_model": "L4",
-        "gpus_free": 2,
-        "vram_gib": 24.0,
-        "price_usd_per_gpu_hour": 0.5,
-        "lat": BERLIN[0],
-        "lon": BERLIN[1],
-        "tier": "edge",
-        "region": "eu-central",
-        "network": "fiber",
-        "reliability": 0.99,
-        "accelerator": "gpu",
-        "gpus_total": 2,
-    }
-    fields.update(kw)
-    return Offer(**fields)
+from scheduler import Snapshot
+from tests.factories import BERLIN, PARIS, offer
 
 
 def test_identical_hardware_tier_region_and_price_form_one_class() -> None:
-    snap = Snapshot(
-        [offer(1), offer(2, lat=PARIS[0], lon=PARIS[1]), offer(3, price_usd_per_gpu_hour=0.6)]
-    )
+    snap = Snapshot([offer(1), offer(2, at=PARIS), offer(3, price_usd_per_gpu_hour=0.6)])
     assert snap.classes == 2
     assert snap.class_count.tolist() == [2, 1]
 
@@ -59,6 +34,38 @@ def test_blocked_nodes_look_full() -> None:
     snap.block([2])
     assert snap.gpus_free[snap.rows_of([2])].tolist() == [0]
     assert snap.gpus_free[snap.rows_of([1])].tolist() == [2]
+
+
+def test_an_offline_node_shares_its_cell_but_has_no_free_gpus() -> None:
+    snap = Snapshot([offer(1), offer(2, available=False)])
+    assert snap.cells == 1 and snap.available[snap.rows_of([1, 2])].tolist() == [True, False]
+    assert snap.gpus_free[snap.rows_of([1, 2])].tolist() == [2, 0]
+    assert (snap.cell_free_sum.tolist(), snap.cell_free_max.tolist()) == ([2], [2])
+    snap.set_free([1, 2], [1, 2])  # free GPUs in the database do not bring a node back
+    assert snap.gpus_free[snap.rows_of([1, 2])].tolist() == [1, 0]
+    assert (snap.cell_free_sum.tolist(), snap.cell_free_max.tolist()) == ([1], [1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.booleans(), min_size=8, max_size=8),
+    st.lists(st.integers(0, 4), min_size=8, max_size=8),
+)
+def test_cell_aggregates_stay_exact_whichever_nodes_are_offline(
+    available: list[bool], refreshed: list[int]
+) -> None:
+    offers = [
+        offer(i + 1, gpus_free=3, gpus_total=4, lat=BERLIN[0] + (i % 2), available=up)
+        for i, up in enumerate(available)
+    ]
+    snap = Snapshot(offers)
+    for _ in range(2):  # as built, then refreshed from the database
+        assert np.all(snap.gpus_free[~snap.available] == 0)
+        assert np.array_equal(
+            snap.cell_free_max, np.maximum.reduceat(snap.gpus_free, snap.cell_start)
+        )
+        assert np.array_equal(snap.cell_free_sum, np.add.reduceat(snap.gpus_free, snap.cell_start))
+        snap.set_free([o.node_id for o in offers], refreshed)
 
 
 @settings(max_examples=60, deadline=None)
