@@ -94,6 +94,13 @@ class World:
     def available(self) -> int:
         return self.client.account(self.developer).balance.available
 
+    def claimed(self, spec: JobSpec | None = None, *, at: datetime | None = None) -> Launch:
+        """Submit ``spec`` (default: one L4 GPU for an hour), plan and reserve it, and claim it
+        to launch (at ``at``, the start of what the market will pay for)."""
+        self.submit(spec or job(resources={"gpus": 1, "gpu_models": ["L4"]}, max_duration_s=3600))
+        self.cycle()
+        return self.client.market.claim_reserved("test-driver", now=at)[0]  # type: ignore[attr-defined]
+
     def cycle(self) -> CycleCommit:
         """One scheduling cycle's plan and reservation, launched by nobody yet."""
         market = self.client.market

@@ -162,10 +162,9 @@ def test_a_reservation_takes_capacity_and_shrinks_the_hold(world: World) -> None
 
 
 def test_settlement_pays_the_provider_for_the_time_used_and_returns_the_rest(world: World) -> None:
-    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}, max_duration_s=3600))
-    cycle(world)
+    launch = world.claimed()
+    job_id = launch.job_id
     market = world.client.market
-    launch = market.claim_reserved("test-driver")[0]
     finish(market, ended(launch, 90))
     view = world.client.job(job_id)
     expected = 10_000  # $0.40 per GPU-hour x 1 GPU x 90 s = $0.01
@@ -178,10 +177,8 @@ def test_settlement_pays_the_provider_for_the_time_used_and_returns_the_rest(wor
 
 
 def test_finishing_twice_settles_once(world: World) -> None:
-    world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
-    cycle(world)
+    launch = world.claimed()
     market = world.client.market
-    launch = market.claim_reserved("test-driver")[0]
     outcome = ended(launch, 10, exit_code=1, output="boom")
     finish(market, outcome)
     finish(market, outcome)
@@ -191,10 +188,9 @@ def test_finishing_twice_settles_once(world: World) -> None:
 
 
 def test_a_lost_allocation_pays_nothing_and_requeues_the_job(world: World) -> None:
-    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}, max_duration_s=3600))
-    cycle(world)
+    launch = world.claimed()
+    job_id = launch.job_id
     market = world.client.market
-    launch = market.claim_reserved("test-driver")[0]
     now = datetime.now(UTC)
     market.finish(Outcome(launch.allocation_id, now, now, None, "", "node died", lost=True))
     view = world.client.job(job_id)
@@ -346,10 +342,9 @@ def test_a_scheduler_keeps_its_snapshot_until_the_fleet_changes(world: World) ->
 
 
 def test_work_without_a_valid_usage_receipt_is_not_paid(world: World) -> None:
-    job_id = world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
-    cycle(world)
+    launch = world.claimed()
+    job_id = launch.job_id
     market = world.client.market
-    launch = market.claim_reserved("test-driver")[0]
     honest = ended(launch, 60)
     inflated = json.loads(honest.usage_json)  # type: ignore[arg-type]
     payload = json.loads(base64.b64decode(inflated["payload"]))
@@ -368,10 +363,8 @@ def test_work_without_a_valid_usage_receipt_is_not_paid(world: World) -> None:
 def test_receipts_are_kept_and_audited_by_ledger_verify(world: World) -> None:
     from sqlalchemy import text
 
-    world.submit(job(resources={"gpus": 1, "gpu_models": ["L4"]}))
-    cycle(world)
+    launch = world.claimed()
     market = world.client.market
-    launch = market.claim_reserved("test-driver")[0]
     finish(market, ended(launch, 30))
     assert world.client.verify_ledger().ok
     with market.engine.begin() as conn:

@@ -15,16 +15,14 @@ from hypothesis import strategies as st
 from depin.manifest import Envelope, Signature, pae
 from depin.runtime.work import Launch, Outcome
 from depin.states import AllocationState, JobState
-from tests.factories import World, ended, job
+from tests.factories import World, ended
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 L4 = {"gpus": 1, "gpu_models": ["L4"]}  # Tokyo's L4 at $0.40 per GPU-hour
 
 
 def _claimed(world: World, at: datetime = T0) -> Launch:
-    world.submit(job(resources=L4, max_duration_s=3600))
-    world.cycle()
-    return world.client.market.claim_reserved("test-driver", now=at)[0]
+    return world.claimed(at=at)
 
 
 def _allocation(world: World, job_id: int | None = None) -> Any:

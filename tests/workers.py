@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from depin.config import Settings
@@ -17,39 +18,43 @@ def _market(home: str, url: str) -> Marketplace:
     return Marketplace(Settings.from_env(home=home, database_url=url))
 
 
+def _race(
+    home: str,
+    url: str,
+    barrier: Any,
+    results: Any,
+    attempts: list[Callable[[Marketplace], object]],
+    expected: type[Exception],
+) -> None:
+    """Run each attempt once all racers are ready; report (successes, expected refusals,
+    any other failure as text)."""
+    market = _market(home, url)
+    barrier.wait()
+    ok, refused, other = 0, 0, []
+    for attempt in attempts:
+        try:
+            attempt(market)
+            ok += 1
+        except expected:
+            refused += 1
+        except Exception as exc:
+            other.append(f"{type(exc).__name__}: {exc}")
+    market.close()
+    results.put((ok, refused, other))
+
+
 def place_jobs(
     home: str, url: str, attempts: list[tuple[int, int]], barrier: Any, results: Any
 ) -> None:
-    """Try to place each (job, node); report how many succeeded and how each failure read."""
-    market = _market(home, url)
-    barrier.wait()
-    ok, capacity, other = 0, 0, []
-    for job_id, node_id in attempts:
-        try:
-            market.place(job_id, node_id)
-            ok += 1
-        except CapacityError:
-            capacity += 1
-        except Exception as exc:
-            other.append(f"{type(exc).__name__}: {exc}")
-    market.close()
-    results.put((ok, capacity, other))
+    """Try to place each (job, node); report how many succeeded and how many found no room."""
+    tries = [lambda m, j=j, n=n: m.place(j, n) for j, n in attempts]
+    _race(home, url, barrier, results, tries, CapacityError)
 
 
 def submit_envelopes(home: str, url: str, envelopes: list[str], barrier: Any, results: Any) -> None:
-    market = _market(home, url)
-    barrier.wait()
-    ok, short, other = 0, 0, []
-    for text in envelopes:
-        try:
-            market.submit(Envelope.from_json(text))
-            ok += 1
-        except InsufficientFundsError:
-            short += 1
-        except Exception as exc:
-            other.append(f"{type(exc).__name__}: {exc}")
-    market.close()
-    results.put((ok, short, other))
+    """Submit each envelope; report how many were queued and how many the balance refused."""
+    tries = [lambda m, t=t: m.submit(Envelope.from_json(t)) for t in envelopes]
+    _race(home, url, barrier, results, tries, InsufficientFundsError)
 
 
 def schedule(home: str, url: str, cycles: int, barrier: Any, results: Any) -> None:
