@@ -16,7 +16,7 @@ A method either does everything it says or, on any error, nothing at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,19 +25,17 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from depin import accounts, audit, drivers, nonces, reserve, settlement, views
-from depin.config import Settings
-from depin.db.engine import make_engine, read_session, run_transaction, session_factory
-from depin.db.migrate import ensure_schema
-from depin.db.models import Account, IdempotencyKey, Setting, utcnow
+from depin import accounts, audit, drivers, intake, nonces, reserve, settlement, views
+from depin.db.engine import read_session
+from depin.db.models import Account, IdempotencyKey, utcnow
 from depin.errors import (
     ConflictError,
+    DepinError,
     ForbiddenError,
     InputError,
-    UnauthenticatedError,
 )
 from depin.gcpause import gc_paused
-from depin.idempotency import KeyTaken, check_key, once
+from depin.idempotency import check_key
 from depin.keys import key_id as compute_key_id
 from depin.ledger import (
     Balance,
@@ -47,13 +45,14 @@ from depin.ledger import (
     iter_entries,
 )
 from depin.ledger import verify as verify_chain
-from depin.limits import DRIVER_TIMEOUT_S, IDEMPOTENCY_ATTEMPTS, MAX_BATCH_JOBS, MAX_CLAIM_LAUNCHES
+from depin.limits import DRIVER_TIMEOUT_S, MAX_BATCH_JOBS, MAX_CLAIM_LAUNCHES
 from depin.manifest import Envelope
 from depin.nonces import SeenNonce
 from depin.runtime.work import CycleCommit, Launch, Outcome, PendingWork
 from depin.spec import JobSpec, NodeSpec
 from depin.states import JobState
 from depin.submission import Verifier, admit_envelopes, load_keys, queue, request_of
+from depin.transactions import Transactions
 from providers import registry
 from scheduler import Offer, Plan, Snapshot
 from scheduler.request import Request
@@ -62,62 +61,8 @@ from scheduler.search import Hit, search
 T = TypeVar("T")
 
 
-class Marketplace:
+class Marketplace(Transactions):
     """Accounts, nodes, jobs, allocations and the ledger, over one database."""
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
-        if self.settings.is_sqlite:
-            self.settings.ensure_home()
-        self.engine = make_engine(self.settings.database_url)
-        ensure_schema(self.engine)
-        self.sessions = session_factory(self.engine)
-        self.market_id: str = self._read(lambda s: s.get_one(Setting, "market_id").value)
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    def _tx(self, work: Callable[[Session], T], nonce: SeenNonce | None = None) -> T:
-        """``work`` in one transaction; a signed request's ``nonce`` is recorded in it first,
-        so a replay is refused and a refused request spends no nonce."""
-        if nonce is None:
-            return run_transaction(self.sessions, work)
-
-        def spend_then(s: Session) -> T:
-            if not nonces.record(s, [nonce]):
-                raise UnauthenticatedError(
-                    "this signed request was already used (a replay): sign it again"
-                )
-            return work(s)
-
-        return run_transaction(self.sessions, spend_then)
-
-    def _read(self, work: Callable[[Session], T]) -> T:
-        with read_session(self.sessions) as session:
-            return work(session)
-
-    def _once(
-        self,
-        key: str | None,
-        operation: str,
-        request: Any,
-        work: Callable[[Session], Any],
-        nonce: SeenNonce | None = None,
-    ) -> Any:
-        """One transaction that runs ``work`` once per idempotency key (see ``depin.idempotency``).
-
-        ``work`` returns something JSON can hold; a retry with the key gets it back.
-        """
-
-        def tx(s: Session) -> Any:
-            return once(s, key, operation, request, lambda: work(s))
-
-        for _ in range(IDEMPOTENCY_ATTEMPTS):
-            try:
-                return self._tx(tx, nonce)
-            except KeyTaken:
-                continue  # a twin claimed the key first: the next attempt reads its result
-        raise ConflictError(f"idempotency key {key!r} is busy: retry the request")
 
     # -- accounts and keys ---------------------------------------------------------------------
     def create_account(
@@ -326,14 +271,8 @@ class Marketplace:
                 request = [verifier.signed_request(e) for e in envelopes]
                 return self._once(idempotency_key, "submit", request, lambda s: None, nonce)
 
-        def read(s: Session) -> tuple[Any, list[Offer], dict[int, int]]:
-            offers, prices = registry.offers_and_prices(s, full=True)
-            return load_keys(s, key_ids), offers, prices
-
-        keys, offers, prices = self._read(read)
-        admitted = admit_envelopes(
-            envelopes, keys, Snapshot(offers), prices, audience=self.market_id, now=now
-        )
+        keys, fleet, prices = self._admission(key_ids)
+        admitted = admit_envelopes(envelopes, keys, fleet, prices, audience=self.market_id, now=now)
         wrong = [a.claims.issuer for a in admitted if issuer not in (None, a.claims.issuer)]
         if wrong:
             raise ForbiddenError(f"you sign as {issuer!r}; the envelope is {wrong[0]!r}'s")
@@ -341,6 +280,46 @@ class Marketplace:
         return self._once(
             idempotency_key, "submit", request, lambda s: queue(s, admitted, now=now), nonce
         )
+
+    def submit_each(self, subs: Sequence[intake.Submission]) -> list[views.JobView | DepinError]:
+        """Many separate requests' submissions, each with its own outcome, in one transaction
+        (``depin.intake``; a server's group commit); one by one if another process raced."""
+        now = utcnow()
+        keys, fleet, prices = self._admission(
+            [g.keyid for u in subs for g in u.envelope.signatures]
+        )
+        admitted = intake.admit_each(subs, keys, fleet, prices, audience=self.market_id, now=now)
+        try:
+            outcomes = self._tx(lambda s: intake.queue_each(s, subs, admitted, now=now))
+        except intake.RaceLost:
+            outcomes = [self._one(u) for u in subs]
+        ids = [o for o in outcomes if isinstance(o, int)]
+        found = {v.id: v for v in self._read(lambda s: views.job_views(s, job_ids=ids))}
+        return [found[o] if isinstance(o, int) else o for o in outcomes]
+
+    def _one(self, sub: intake.Submission) -> int | DepinError:
+        try:
+            return self.submit_many(
+                [sub.envelope],
+                idempotency_key=sub.idempotency_key,
+                nonce=sub.nonce,
+                issuer=sub.issuer,
+            )[0]
+        except DepinError as exc:
+            return exc
+
+    def _admission(self, key_ids: list[str]) -> tuple[Any, Snapshot, dict[int, int]]:
+        """Who signs ``key_ids``, and the whole fleet as admission sees it (kept until the
+        fleet changes: one cheap read of its version, not of every node)."""
+
+        def read(s: Session) -> tuple[Any, Snapshot, dict[int, int]]:
+            version, cached = registry.version(s), self._fleet
+            if cached is None or cached[0] != version:
+                offers, prices = registry.offers_and_prices(s, full=True)
+                cached = self._fleet = (version, Snapshot(offers), prices)
+            return load_keys(s, key_ids), cached[1], cached[2]
+
+        return self._read(read)
 
     # -- jobs ----------------------------------------------------------------------------------
     def jobs(

@@ -268,14 +268,21 @@ def check_key_usable(key: KeyRecord, now: datetime) -> None:
         raise RevokedKeyError(f"key {key.key_id} is not valid before {key.not_before.isoformat()}")
 
 
-def queue(s: Session, admitted: Sequence[Admitted], *, now: datetime) -> list[int]:
-    """Record nonces, holds and jobs for admitted envelopes in the caller's transaction."""
+def queue(
+    s: Session, admitted: Sequence[Admitted], *, now: datetime, checked: bool = False
+) -> list[int]:
+    """Record nonces, holds and jobs for admitted envelopes in the caller's transaction.
+
+    ``checked``: the caller already re-read the keys, checked the balances and recorded
+    the nonces under the ledger's lock (``depin.intake`` does, request by request).
+    """
     ledger = Ledger(s)
     ledger.lock()
     escrow_id = ledger.account(ESCROW_ACCOUNT).id
-    _recheck_keys(s, admitted, now)
-    _check_balances(s, ledger, admitted)
-    _record_nonces(s, admitted)
+    if not checked:
+        _recheck_keys(s, admitted, now)
+        _check_balances(s, ledger, admitted)
+        _record_nonces(s, admitted)
     job_ids = reserve_ids(s, "jobs", len(admitted))
     written = utcnow()
     timeout_at = written + timedelta(seconds=PENDING_HOLD_TIMEOUT_S)
@@ -347,10 +354,11 @@ def _check_balances(s: Session, ledger: Ledger, admitted: Sequence[Admitted]) ->
     for account_id, amount in needed.items():
         balance = ledger.balance(account_id)
         if amount > balance.available:
-            raise InsufficientFundsError(_short_of(balance, amount, admitted))
+            raise InsufficientFundsError(short_of(balance, amount, admitted))
 
 
-def _short_of(balance: Balance, amount: int, admitted: Sequence[Admitted]) -> str:
+def short_of(balance: Balance, amount: int, admitted: Sequence[Admitted]) -> str:
+    """Why ``balance`` cannot hold ``amount`` for ``admitted``, and what would fix it."""
     what = f"job {admitted[0].spec.name!r}" if len(admitted) == 1 else f"{len(admitted)} jobs"
     return (
         f"account {balance.account!r} has {format_usd(balance.available)} available, "

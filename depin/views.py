@@ -351,7 +351,8 @@ def job_views(
     account: str | None = None,
     state: JobState | None = None,
     job_id: int | None = None,
-    limit: int = 100,
+    job_ids: Sequence[int] | None = None,
+    limit: int | None = 100,
     before_id: int | None = None,
 ) -> list[JobView]:
     """Jobs, newest first (older than ``before_id``, a page's cursor), with their
@@ -367,6 +368,8 @@ def job_views(
         stmt = stmt.where(Job.state == state)
     if job_id is not None:
         stmt = stmt.where(Job.id == job_id)
+    if job_ids is not None:
+        stmt, limit = stmt.where(Job.id.in_(list(job_ids))), None
     if before_id is not None:
         stmt = stmt.where(Job.id < before_id)
     rows = s.execute(stmt.order_by(Job.id.desc()).limit(limit)).all()

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,11 +25,13 @@ from starlette.exceptions import HTTPException
 from depin import __version__
 from depin.api import problems, routes
 from depin.api.auth import Authenticator, RateLimiter
+from depin.api.batching import SubmissionBatcher
 from depin.api.wire import MAX_BODY_BYTES
 from depin.errors import DepinError, InputError, NotFoundError, RequestTooLargeError
 from depin.market import Marketplace
 
 log = logging.getLogger("depin.api")
+REQUEST_THREADS = 200  # requests handled (or waiting on a commit) at once
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
@@ -124,6 +127,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Requests wait on the group commit in threads: let more wait than anyio's 40.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         if task is not None:
             task.start()
         try:
@@ -141,6 +146,7 @@ def create_app(
     )
     world_id = market.account("@world").id
     app.state.market = market
+    app.state.intake = SubmissionBatcher(market)
     app.state.auth = Authenticator(market.signer, world_id, limiter, address_limiter)
     app.include_router(routes.router)
     _handle_errors(app)

@@ -29,6 +29,10 @@ RATE_PER_S = 100.0  # sustained requests per key
 BURST = 200  # requests a quiet caller may send at once
 ADDRESS_RATE_PER_S = 1000.0  # sustained unsigned requests per address (many users share a NAT)
 MAX_BUCKETS = 100_000  # callers remembered; the quietest are forgotten first
+# How long a key's registration is remembered between requests. A revocation through this
+# server takes effect at once; one made elsewhere (another server, the CLI) within this.
+SIGNER_TTL_S = 2.0
+MAX_SIGNERS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,22 @@ class Authenticator:
         self.address_limiter = address_limiter or RateLimiter(
             ADDRESS_RATE_PER_S, int(2 * ADDRESS_RATE_PER_S)
         )
+        self._signers: dict[str, tuple[float, Signer | None]] = {}
+
+    def forget(self) -> None:
+        """Keys changed here (rotated, revoked): read every signer afresh."""
+        self._signers.clear()
+
+    def _signer(self, key_id: str) -> Signer | None:
+        now = time.monotonic()
+        cached = self._signers.get(key_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        signer = self.find_signer(key_id)
+        if len(self._signers) >= MAX_SIGNERS:
+            self._signers.clear()
+        self._signers[key_id] = (now + SIGNER_TTL_S, signer)
+        return signer
 
     def caller(
         self,
@@ -136,7 +156,7 @@ class Authenticator:
                 from depin.keys import key_id
 
                 return new_key if key_id(new_key) == kid else None
-            signer = self.find_signer(kid)
+            signer = self._signer(kid)
             if signer is None:
                 return None
             found[kid] = signer

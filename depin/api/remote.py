@@ -285,10 +285,17 @@ class KeyRing:
         self.lookup = lookup
         self.account = account  # the acting account, when the caller named one
         self._registered: list[KeyView] | None = None
+        self._files: dict[str, keystore.KeyInfo] | None = None
+        self._loaded: dict[str, Ed25519PrivateKey] = {}  # read once: a request signs with one
         self.operator_key_id: str | None = None
 
     def _local(self) -> dict[str, keystore.KeyInfo]:
-        return {k.key_id: k for k in keystore.list_keys(self.keys_dir) if k.path.exists()}
+        """The local key files by id (listed once; again after ``forget``)."""
+        if self._files is None:
+            self._files = {
+                k.key_id: k for k in keystore.list_keys(self.keys_dir) if k.path.exists()
+            }
+        return self._files
 
     def registered(self) -> list[KeyView]:
         if self._registered is None:
@@ -297,14 +304,19 @@ class KeyRing:
         return self._registered
 
     def forget(self) -> None:
-        """Keys changed (registered, rotated, revoked): ask the market again next time."""
-        self._registered = None
+        """Keys changed (made, registered, rotated, revoked): look again next time."""
+        self._registered = self._files = None
 
     def private(self, key_id: str) -> Ed25519PrivateKey:
-        info = self._local().get(key_id)
-        if info is None:
-            raise NotFoundError(f"no local private key {key_id} in {self.keys_dir}")
-        return keystore.load_private(str(info.path), self.keys_dir)
+        if key_id not in self._loaded:
+            info = self._local().get(key_id)
+            if info is None:
+                self._files = None  # perhaps made since: list the folder again
+                info = self._local().get(key_id)
+            if info is None:
+                raise NotFoundError(f"no local private key {key_id} in {self.keys_dir}")
+            self._loaded[key_id] = keystore.load_private(str(info.path), self.keys_dir)
+        return self._loaded[key_id]
 
     def for_account(self, account: str) -> Ed25519PrivateKey:
         """The newest active local key registered to ``account``."""
@@ -400,7 +412,10 @@ class _Base:
 
     def _issuer(self, envelope: Envelope) -> str:
         """The account an envelope is verifiably signed for (its key's, checked here)."""
-        found = {k.key_id: k for k in self._lookup([s.keyid for s in envelope.signatures])}
+        wanted = [s.keyid for s in envelope.signatures]
+        found = {k.key_id: k for k in self.keys.registered() if k.key_id in wanted}
+        if not found:  # not one of ours: ask the market (the local ones are known already)
+            found = {k.key_id: k for k in self._lookup(wanted)}
 
         def find(kid: str) -> list[Ed25519PublicKey]:
             return [keystore.public_key_from_b64(found[kid].public_key)] if kid in found else []

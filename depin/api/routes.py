@@ -25,6 +25,7 @@ from depin.api import wire
 from depin.api.auth import Caller
 from depin.db.migrate import current_revision, head_revision
 from depin.errors import ForbiddenError, InputError
+from depin.intake import Submission
 from depin.keys import public_key_from_b64
 from depin.ledger import Balance, VerifyReport
 from depin.manifest import Envelope
@@ -172,7 +173,9 @@ def account_keys(name: str, market: Market, caller: Signed) -> list[KeyView]:
 
 
 @router.post(wire.ACCOUNT_KEYS, status_code=201, tags=["accounts"])
-def rotate_key(name: str, body: wire.NewKey, market: Market, caller: Signed) -> wire.Rotated:
+def rotate_key(
+    request: Request, name: str, body: wire.NewKey, market: Market, caller: Signed
+) -> wire.Rotated:
     caller.must_be(name, f"account {name!r}'s keys")
     key, revoked = market.rotate_key(
         name,
@@ -181,6 +184,7 @@ def rotate_key(name: str, body: wire.NewKey, market: Market, caller: Signed) -> 
         revoke_old=body.revoke_old,
         nonce=caller.nonce,
     )
+    request.app.state.auth.forget()  # the revoked keys sign nothing more here, at once
     return wire.Rotated(key=key, revoked=revoked)
 
 
@@ -193,11 +197,13 @@ def lookup_keys(
 
 
 @router.post(wire.KEY_REVOCATION, tags=["accounts"])
-def revoke_key(key_id: str, market: Market, caller: Signed) -> KeyView:
+def revoke_key(request: Request, key_id: str, market: Market, caller: Signed) -> KeyView:
     found = market.registered_keys([key_id])
     if found:
         caller.must_be(found[0].account, f"key {key_id}")
-    return market.revoke_key(key_id, nonce=caller.nonce)
+    revoked = market.revoke_key(key_id, nonce=caller.nonce)
+    request.app.state.auth.forget()  # a revocation takes effect here at once
+    return revoked
 
 
 @router.get(wire.BALANCES, tags=["ledger"])
@@ -262,15 +268,21 @@ def offers(body: wire.Search, market: Market) -> list[Hit]:
 # -- jobs ----------------------------------------------------------------------------------
 @router.post(wire.JOBS, status_code=201, tags=["jobs"])
 def submit(
-    envelope: dict[str, Any], market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
+    request: Request,
+    envelope: dict[str, Any],
+    caller: Signed,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobView:
-    """Submit a signed manifest (its DSSE envelope, as signed) as the account that issued it."""
-    return market.submit(
+    """Submit a signed manifest (its DSSE envelope, as signed) as the account that issued it.
+
+    Concurrent submissions are queued together, each keeping its own outcome."""
+    submission = Submission(
         Envelope.from_dict(envelope),
         idempotency_key=idempotency_key,
         nonce=caller.nonce,
         issuer=None if caller.operator else caller.account,
     )
+    return request.app.state.intake.submit(submission)  # type: ignore[no-any-return]
 
 
 @router.post(wire.JOB_BATCH, status_code=201, tags=["jobs"])

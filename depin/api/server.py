@@ -28,7 +28,7 @@ def _limiter(env: str, default: float) -> auth.RateLimiter:
 
 def _app(scheduler: bool) -> FastAPI:
     return create_app(
-        Marketplace(Settings.from_env()),
+        Marketplace(Settings.from_env(), group_commit=True),
         scheduler=scheduler,
         limiter=_limiter(ENV_RATE_PER_KEY, auth.RATE_PER_S),
         address_limiter=_limiter(ENV_RATE_PER_ADDRESS, auth.ADDRESS_RATE_PER_S),

@@ -152,3 +152,52 @@ def bench_ledger(as_json: bool, allocations: int, cycle: int, database_url: str 
             f"ledger ok: {data['ledger_ok']}"
         ),
     )
+
+
+@bench.command("api")
+@click.option("--clients", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--seconds", type=click.FloatRange(0.5, 600), default=20.0, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Load processes the clients are spread over.",
+)
+@click.option("--db", "database_url", help="Database for the server (default: a fresh SQLite).")
+@json_option
+def bench_api(as_json: bool, **options: Any) -> None:
+    """A live `depin serve` through the SDK: signed submissions, offers, a job's status."""
+    from depin.bench.api import PHASES, run
+
+    say = None if as_json else (lambda msg: click.echo(f"... {msg}", err=True))
+    data = run(progress=say, **options)
+
+    def render() -> None:
+        table = Table(
+            "phase",
+            "per s",
+            "p50 ms",
+            "p99 ms",
+            "client errors",
+            "other errors",
+            "rate limited",
+            title=f"{data['clients']} clients, {data['database']}",
+        )
+        for phase in PHASES:
+            r = data[phase]
+            e = r["errors"]
+            table.add_row(
+                phase,
+                f"{r['requests_per_s']:,}",
+                str(r["p50_ms"]),
+                str(r["p99_ms"]),
+                str(e["client"]),
+                str(e["server"]),
+                str(e["rate_limited"]),
+            )
+        console.print(table)
+        console.print(f"ledger ok: {data['ledger_ok']}")
+
+    _emit(as_json, data, render)

@@ -1,0 +1,83 @@
+"""Signed submissions, one per HTTP request, handed to the market in groups.
+
+Each request thread hands its submission to ``SubmissionBatcher.submit`` and
+waits; one thread takes whatever has queued (up to ``MAX_GROUP``), has the
+market admit each and queue them all in one transaction
+(``Marketplace.submit_each``), and answers every waiter with its own job or
+its own error. Under load a group grows by itself; alone, a submission waits
+for nobody.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from depin.errors import DepinError
+from depin.intake import Submission
+from depin.market import Marketplace
+from depin.views import JobView
+
+MAX_GROUP = 256  # submissions in one transaction at most
+_STOP = object()
+
+
+@dataclass
+class _Waiting:
+    submission: Submission
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: JobView | DepinError | None = None
+
+
+class SubmissionBatcher:
+    """One thread that queues concurrent submissions together."""
+
+    def __init__(self, market: Marketplace, *, max_group: int = MAX_GROUP) -> None:
+        self.market = market
+        self.max_group = max_group
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="depin-intake", daemon=True)
+        self._thread.start()
+
+    def submit(self, submission: Submission) -> JobView:
+        """The job ``submission`` became, once its group has committed (or its error)."""
+        waiting = _Waiting(submission)
+        self._queue.put(waiting)
+        waiting.done.wait()
+        if isinstance(waiting.answer, DepinError):
+            raise waiting.answer
+        assert waiting.answer is not None
+        return waiting.answer
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            group = [first]
+            while len(group) < self.max_group:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._queue.put(_STOP)
+                    break
+                group.append(more)
+            self._answer(group)  # type: ignore[arg-type]
+
+    def _answer(self, group: list[_Waiting]) -> None:
+        try:
+            answers = self.market.submit_each([w.submission for w in group])
+        except DepinError as exc:  # the group failed as a whole (the database): each is told
+            answers = [exc] * len(group)
+        except Exception as exc:  # a bug must not leave requests waiting for ever
+            answers = [DepinError(f"internal error: {type(exc).__name__}")] * len(group)
+        for waiting, answer in zip(group, answers, strict=True):
+            waiting.answer = answer
+            waiting.done.set()

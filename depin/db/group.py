@@ -1,0 +1,113 @@
+"""Group commit: the transactions of many concurrent requests, committed together by one writer.
+
+A server handles many requests at once, and SQLite admits one writer at a time:
+threads that each open a write transaction queue on the database's lock and
+sleep in its busy handler. Instead, each request hands its transaction's work
+to ``GroupCommit.run`` and waits; one writer thread takes whatever has queued
+(up to ``MAX_BATCH``), runs each piece of work in a savepoint of one shared
+transaction (so one that fails is rolled back alone, with its own error), and
+commits once. Every caller then gets its own result or error, after the
+commit: nothing is answered before it is durable. Databases do the same with
+their log (group commit); the order within a batch is the order of arrival.
+
+If the shared commit itself fails (a conflict PostgreSQL reports only at
+commit), each piece of work runs again in a transaction of its own, with the
+usual retries.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from depin.db.engine import run_transaction
+
+T = TypeVar("T")
+MAX_BATCH = 512  # pieces of work in one transaction at most
+_STOP = object()
+
+
+@dataclass
+class _Work:
+    work: Callable[[Session], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """One writer thread for a process's write transactions; ``run`` blocks until committed."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_batch: int = MAX_BATCH) -> None:
+        self.sessions = sessions
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="depin-writer", daemon=True)
+        self._thread.start()
+        self.batches = 0  # how many shared transactions committed (for the bench)
+        self.committed = 0
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in the next shared transaction; its result once that has committed."""
+        if threading.current_thread() is self._thread:  # work that itself writes: run inline
+            return run_transaction(self.sessions, work)
+        item = _Work(work)
+        self._queue.put(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+        return item.result  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    self._commit(batch)
+                    return
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Work]) -> None:
+        try:
+            with self.sessions.begin() as session:
+                for item in batch:
+                    try:
+                        with session.begin_nested():
+                            item.result = item.work(session)
+                    except Exception as exc:  # this request's error, not the batch's
+                        item.error, item.result = exc, None
+            self.batches += 1
+            self.committed += len(batch)
+        except DBAPIError:  # the shared commit failed: each on its own, with the usual retries
+            for item in batch:
+                item.error = None
+                try:
+                    item.result = run_transaction(self.sessions, item.work)
+                except Exception as exc:
+                    item.error = exc
+        except BaseException as exc:  # the writer must answer every waiter, whatever happened
+            for item in batch:
+                item.error = item.error or exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for item in batch:
+                item.done.set()
