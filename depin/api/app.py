@@ -49,7 +49,12 @@ def problem_response(
 
 
 class BodyLimit:
-    """Refuse a request body larger than ``limit`` bytes (413) before reading it whole."""
+    """Refuse a request body larger than ``limit`` bytes (413) before reading it whole.
+
+    A body sent without a Content-Length (chunked) is read here, up to the limit, before
+    the app sees it: an error raised from inside the app's read would reach FastAPI's body
+    parsing, which turns any such error into a 400.
+    """
 
     def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
         self.app, self.limit = app, limit
@@ -63,24 +68,24 @@ class BodyLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await problem_response(too_large)(scope, receive, send)
                 return
-        seen = 0
+        body = bytearray()
+        while True:
+            first = await receive()
+            if first["type"] != "http.request":
+                break  # the client went away: the app hears it
+            body += first.get("body", b"")
+            if len(body) > self.limit:
+                await problem_response(too_large)(scope, receive, send)
+                return
+            if not first.get("more_body", False):
+                first = {"type": "http.request", "body": bytes(body), "more_body": False}
+                break
+        pending: list[Message] = [first]
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await problem_response(too_large)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    """A streamed body passed the limit."""
+        await self.app(scope, replay, send)
 
 
 class SchedulerTask:
