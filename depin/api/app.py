@@ -160,8 +160,8 @@ def _handle_errors(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         # Not JSON at all is malformed (400); JSON that breaks the schema is invalid (422).
-        malformed = any(e.get("type") == "json_invalid" for e in errors)
-        error = InputError(_validation_line(errors))
+        malformed = [e for e in errors if e.get("type") == "json_invalid"]
+        error = InputError(_json_line(malformed[0]) if malformed else _validation_line(errors))
         return problem_response(error, request, status=400 if malformed else None)
 
     @app.exception_handler(HTTPException)
@@ -173,6 +173,14 @@ def _handle_errors(app: FastAPI) -> None:
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return problem_response(DepinError("internal error: the market's log has the details"))
+
+
+def _json_line(error: Any) -> str:
+    """A body that is not JSON: what the decoder said, and where."""
+    where = error.get("loc", ())[-1:]
+    reason = (error.get("ctx") or {}).get("error", "not valid JSON")
+    at = f" at character {where[0]}" if where and isinstance(where[0], int) else ""
+    return f"the request body is not JSON: {reason}{at}"
 
 
 def _validation_line(errors: Any) -> str:
