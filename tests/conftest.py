@@ -169,3 +169,54 @@ def live_server(home: Path) -> Iterator[str]:
 def server_settings(home: Path) -> Settings:
     """A served market's settings: DEPIN_HOME's keys, and a database of its own."""
     return Settings(home, f"sqlite:///{home / 'server.db'}", None)
+
+
+# -- the API in-process: the app through httpx (starlette's TestClient), no network ----------------
+
+API_BASE_URL = "http://testserver"
+
+
+@pytest.fixture
+def served_market(home: Path) -> Iterator[Marketplace]:
+    """The market behind an API: its own database, the operator's key made by ``init``."""
+    with Client(settings=server_settings(home)) as operator:
+        operator.init()
+        assert isinstance(operator.market, Marketplace)
+        yield operator.market
+
+
+@pytest.fixture
+def api(served_market: Marketplace) -> Iterator[Any]:
+    """``depin serve``'s app in this process, as an ``httpx.Client`` (a TestClient)."""
+    from starlette.testclient import TestClient
+
+    from depin.api.app import create_app
+
+    with TestClient(create_app(served_market), base_url=API_BASE_URL) as http:
+        yield http
+
+
+@pytest.fixture
+def api_client(api: Any, home: Path) -> Client:
+    """The SDK over HTTP to ``api``, with DEPIN_HOME's keys (the operator's among them)."""
+    from depin.api.remote import HttpMarket
+
+    market = HttpMarket(API_BASE_URL, home / "keys", http=api)
+    return Client(settings=server_settings(home), market=market)
+
+
+@pytest.fixture
+def api_world(api_client: Client) -> World:
+    """The usual world (acme's four nodes, dev with $100), made through the API."""
+    return build_world(api_client)
+
+
+def signed_request(http: Any, method: str, path: str, key: str, home: Path, **options: Any) -> Any:
+    """An ``httpx.Request`` signed (RFC 9421) with the local key ``key``: exact bytes to send,
+    resend or tamper with."""
+    from depin.api.signing import Ed25519Auth
+    from depin.keys import load_private
+
+    request = http.build_request(method, path, **options)
+    Ed25519Auth(load_private(key, home / "keys")).sign(request)
+    return request
