@@ -173,6 +173,23 @@ def test_submit_picks_the_only_local_developer_account(market: Path, tmp_path: P
     assert ok("job", "submit", str(write(tmp_path, JOB_YAML))).strip() == "1"
 
 
+def test_a_rotated_key_signs_and_the_revoked_one_signs_nothing(
+    market: Path, tmp_path: Path
+) -> None:
+    old_envelope = tmp_path / "old.dsse.json"
+    job_yaml = str(write(tmp_path, JOB_YAML))
+    ok("manifest", "sign", job_yaml, "--key", "ada", "-o", str(old_envelope))
+    rotated = as_json("keys", "rotate", "ada", "--revoke-old")
+    assert rotated["name"] == "ada-2" and len(rotated["revoked"]) == 1  # type: ignore[index]
+    states = {k["key_id"]: k["state"] for k in as_json("keys", "list", "--account", "ada")}  # type: ignore[union-attr,index]
+    assert states == {rotated["key_id"]: "active", rotated["revoked"][0]: "revoked"}  # type: ignore[index]
+    refused(market, ["job", "submit", str(old_envelope)], "was revoked")
+    assert ok("job", "submit", job_yaml, "--as", "ada").strip() == "1"  # signed with ada-2
+    revoked = as_json("keys", "revoke", "ada-2")
+    assert revoked["state"] == "revoked"  # type: ignore[index]
+    refused(market, ["job", "submit", job_yaml, "--as", "ada"], "no active private key")
+
+
 def test_manifest_sign_then_verify_then_submit(market: Path, tmp_path: Path) -> None:
     envelope = tmp_path / "job.dsse.json"
     ok("manifest", "sign", str(write(tmp_path, JOB_YAML)), "--key", "ada", "-o", str(envelope))
