@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from depin.api.cli import serve
 
 from depin import render
+from depin.api.cli import serve
 from depin.bench.cli import bench
 from depin.client import Client, load_submission
 from depin.errors import DepinError, InputError
@@ -428,7 +428,9 @@ def job_place(
 
 
 @job.command("list")
-@click.option("--state", type=click.Choice(list(JobState)), help="Only jobs in this state.")
+@click.option(
+    "--state", type=click.Choice([s.value for s in JobState]), help="Only jobs in this state."
+)
 @click.option("--account", help="Only this account's jobs.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @json_option

@@ -1,8 +1,13 @@
-"""The depin command on a real SQLite file: happy paths, and bad input that changes nothing."""
+"""The depin command on a real SQLite file, and again over HTTP (``--api``, a real uvicorn on a
+loopback port): happy paths, and bad input that changes nothing, the same in both modes."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import socket
 import textwrap
 from pathlib import Path
 
@@ -10,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli import cli
+from depin.config import ENV_API_URL
 
 JOB_YAML = textwrap.dedent(
     """
@@ -25,6 +31,21 @@ JOB_YAML = textwrap.dedent(
     max_duration_s: 600
     """
 )
+
+
+LOCAL_ONLY = "local_only"
+
+
+@pytest.fixture(autouse=True, params=["local", "remote"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs against the embedded market, then against ``depin serve`` over HTTP:
+    the same commands, output, JSON and exit codes (DEPIN_API_URL is ``--api``'s variable)."""
+    if request.param == "remote":
+        marker = request.node.get_closest_marker(LOCAL_ONLY)
+        if marker is not None:
+            pytest.skip(f"local only: {marker.args[0]}")
+        monkeypatch.setenv(ENV_API_URL, request.getfixturevalue("live_server"))
+    return str(request.param)
 
 
 def run(*args: str) -> Result:
@@ -45,6 +66,13 @@ def as_json(*args: str) -> object:
 def market(home: Path) -> Path:
     """A provider with one Berlin node and a developer with $20, all through the CLI."""
     ok("keys", "new", "acme")
+    ok("keys", "new", "ada")
+    populate()
+    return home
+
+
+def populate() -> None:
+    """The market of the ``market`` fixture, made with the local keys acme and ada."""
     ok("provider", "register", "acme", "--key", "acme")
     ok(
         "node",
@@ -68,10 +96,8 @@ def market(home: Path) -> Path:
         "--network",
         "fiber",
     )
-    ok("keys", "new", "ada")
     ok("account", "create", "ada", "--key", "ada")
     ok("account", "deposit", "ada", "20")
-    return home
 
 
 def write(tmp_path: Path, text: str, name: str = "job.yaml") -> Path:
@@ -99,10 +125,13 @@ def refused(home: Path, args: list[str], message: str) -> None:
     assert as_json("ledger", "verify")["ok"] is True  # type: ignore[index]
 
 
-def test_init_reports_home_database_and_market_id(home: Path) -> None:
+def test_init_reports_home_database_and_market_id(home: Path, mode: str) -> None:
     data = as_json("init")
     assert data["home"] == str(home)  # type: ignore[index]
-    assert data["database"].startswith("sqlite:///")  # type: ignore[index]
+    if mode == "local":
+        assert data["database"].startswith("sqlite:///")  # type: ignore[index]
+    else:  # a client of the API has no database: it says which market it talks to
+        assert data["api"].startswith("http://127.0.0.1:")  # type: ignore[index]
     assert data["market_id"].startswith("depin-")  # type: ignore[index]
 
 
@@ -142,6 +171,23 @@ def test_submit_prints_the_id_and_the_job_waits_for_a_scheduler(
 
 def test_submit_picks_the_only_local_developer_account(market: Path, tmp_path: Path) -> None:
     assert ok("job", "submit", str(write(tmp_path, JOB_YAML))).strip() == "1"
+
+
+def test_a_rotated_key_signs_and_the_revoked_one_signs_nothing(
+    market: Path, tmp_path: Path
+) -> None:
+    old_envelope = tmp_path / "old.dsse.json"
+    job_yaml = str(write(tmp_path, JOB_YAML))
+    ok("manifest", "sign", job_yaml, "--key", "ada", "-o", str(old_envelope))
+    rotated = as_json("keys", "rotate", "ada", "--revoke-old")
+    assert rotated["name"] == "ada-2" and len(rotated["revoked"]) == 1  # type: ignore[index]
+    states = {k["key_id"]: k["state"] for k in as_json("keys", "list", "--account", "ada")}  # type: ignore[union-attr,index]
+    assert states == {rotated["key_id"]: "active", rotated["revoked"][0]: "revoked"}  # type: ignore[index]
+    refused(market, ["job", "submit", str(old_envelope)], "was revoked")
+    assert ok("job", "submit", job_yaml, "--as", "ada").strip() == "1"  # signed with ada-2
+    revoked = as_json("keys", "revoke", "ada-2")
+    assert revoked["state"] == "revoked"  # type: ignore[index]
+    refused(market, ["job", "submit", job_yaml, "--as", "ada"], "no active private key")
 
 
 def test_manifest_sign_then_verify_then_submit(market: Path, tmp_path: Path) -> None:
@@ -189,6 +235,7 @@ def test_gpus_lists_the_catalog(home: Path) -> None:
     assert "Jetson AGX Orin 64GB" in names and "Coral Edge TPU" in names
 
 
+@pytest.mark.local_only("the database is upgraded where the market runs, not by its clients")
 def test_db_upgrade_reports_the_revision(home: Path) -> None:
     assert "database at revision" in ok("db", "upgrade")
 
@@ -312,12 +359,17 @@ def test_an_output_file_that_cannot_be_written_is_a_clear_error(
 
 
 def test_a_failed_export_leaves_the_earlier_file_as_it_was(
-    market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    market: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     earlier = tmp_path / "ledger.jsonl"
     earlier.write_text("earlier export\n")
-    with monkeypatch.context() as env:
-        env.setenv("DEPIN_DATABASE_URL", f"sqlite:///{tmp_path / 'no-such-dir' / 'depin.db'}")
+    with monkeypatch.context() as env, socket.socket() as closed:
+        if mode == "local":  # a database that cannot be opened
+            env.setenv("DEPIN_DATABASE_URL", f"sqlite:///{tmp_path / 'no-such-dir' / 'depin.db'}")
+        else:  # a market that cannot be reached: a bound port nobody listens on
+            closed.bind(("127.0.0.1", 0))
+            env.setenv(ENV_API_URL, f"http://127.0.0.1:{closed.getsockname()[1]}")
+            env.setattr("depin.api.remote.BACKOFF_S", 0.0)
         result = run("ledger", "export", "-o", str(earlier))
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert earlier.read_text() == "earlier export\n"
@@ -326,11 +378,15 @@ def test_a_failed_export_leaves_the_earlier_file_as_it_was(
     assert earlier.read_text().count("\n") >= 1 and "earlier" not in earlier.read_text()
 
 
-def test_flags_that_cannot_apply_are_refused(market: Path, tmp_path: Path) -> None:
+def test_flags_that_cannot_apply_are_refused(market: Path, tmp_path: Path, mode: str) -> None:
     job_yaml = str(write(tmp_path, JOB_YAML))
     refused(market, ["job", "submit", job_yaml, "--timeout-s", "5"], "--timeout-s limits --wait")
     refused(market, ["job", "list", "--account", "zed"], "no account named 'zed'")
-    refused(market, ["db", "upgrade", "--revision", "nonsense"], "cannot migrate to 'nonsense'")
+    db_refusal = {
+        "local": "cannot migrate to 'nonsense'",
+        "remote": "the database of a market served over HTTP is upgraded where it runs",
+    }
+    refused(market, ["db", "upgrade", "--revision", "nonsense"], db_refusal[mode])
     ok("keys", "new", "bob")
     ok("account", "create", "bob", "--key", "bob")
     envelope = tmp_path / "ada.dsse.json"
@@ -373,6 +429,7 @@ def test_offers_refuses_a_latency_sort_without_users(market: Path) -> None:
     assert "needs a place to measure from" in result.stderr
 
 
+@pytest.mark.local_only("bench measures the embedded scheduler and database in this process")
 def test_bench_scheduler_reports_every_figure(home: Path) -> None:
     data = as_json(
         "bench",
@@ -399,3 +456,74 @@ def test_bench_scheduler_reports_every_figure(home: Path) -> None:
     optimal = data["quality_single_gpu"]["strategies"]["optimal (flow over cells)"]  # type: ignore[index]
     assert optimal["placed_vs_exact"] == 0 and abs(optimal["cost_gap_pct"]) < 0.01
     assert data["classads"]["same_feasible_sets"] is True  # type: ignore[index]
+
+
+# -- the same session, locally and over HTTP ------------------------------------------------------
+
+SESSION = [
+    ["account", "balance", "ada"],
+    ["node", "list"],
+    ["job", "submit", "{job}", "--as", "ada"],
+    ["job", "submit", "{job}"],
+    ["job", "status", "1"],
+    ["job", "list"],
+    ["job", "list", "--account", "ada", "--state", "pending", "--limit", "1"],
+    ["job", "explain", "1"],
+    ["job", "cancel", "2"],
+    ["offers", "--near", "52.52,13.40"],
+    ["keys", "list", "--account", "ada"],
+    ["node", "allocations", "1"],
+    ["ledger", "show"],
+    ["ledger", "show", "--account", "ada", "--limit", "3"],
+    ["ledger", "verify"],
+    ["account", "balance", "nobody"],
+    ["job", "status", "99"],
+    ["job", "explain", "99"],
+    ["node", "allocations", "99"],
+    ["account", "deposit", "nobody", "5"],
+    ["keys", "list", "--account", "nobody"],
+]
+# What differs by nature between two markets: their ids, clocks, and the hashes over them.
+VOLATILE = [
+    (re.compile(r"depin-[0-9a-f]{6,}"), "<market>"),
+    (re.compile(r"\d{4}-\d\d-\d\d[T ][\d:.]+(\+00:00|Z)?"), "<time>"),
+    (re.compile(r"\b[0-9a-f]{64}\b"), "<hash>"),
+    (re.compile(r"\d+(\.\d+)? ?s ago"), "<ago>"),
+]
+
+
+def transcript(tmp_path: Path, *options: str) -> list[tuple[str, int, str, str]]:
+    """Each SESSION command's exit code, stdout and stderr (as text and as --json)."""
+    job_yaml = str(write(tmp_path, JOB_YAML))
+    seen = []
+    for args in SESSION:
+        args = [a.format(job=job_yaml) for a in args]
+        for variant in (args, [*args, "--json"]):
+            if args[:2] == ["job", "submit"] and variant is not args:
+                continue  # submitting twice would make a second job
+            result = run(*options, *variant)
+            out, err = result.stdout, result.stderr
+            for pattern, stand_in in VOLATILE:
+                out, err = pattern.sub(stand_in, out), pattern.sub(stand_in, err)
+            seen.append((" ".join(variant[:3]), result.exit_code, out, err))
+    return seen
+
+
+def test_a_session_prints_the_same_locally_and_over_http(
+    home: Path, tmp_path: Path, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if mode == "local":
+        pytest.skip("the remote run of this test compares itself with a local one")
+    ok("keys", "new", "acme")
+    ok("keys", "new", "ada")
+    populate()
+    api = os.environ[ENV_API_URL]
+    monkeypatch.delenv(ENV_API_URL)  # the session names the market with --api instead
+    remote = transcript(tmp_path, "--api", api)
+    local_home = tmp_path / "local-home"
+    shutil.copytree(home / "keys", local_home / "keys")  # the same key ids in both markets
+    monkeypatch.setenv("DEPIN_HOME", str(local_home))
+    populate()
+    local = transcript(tmp_path)
+    for there, here in zip(remote, local, strict=True):
+        assert there == here

@@ -52,7 +52,12 @@ def problem_response(
 
 
 class BodyLimit:
-    """Refuse a request body larger than ``limit`` bytes (413) before reading it whole."""
+    """Refuse a request body larger than ``limit`` bytes (413) before reading it whole.
+
+    A body sent without a Content-Length (chunked) is read here, up to the limit, before
+    the app sees it: an error raised from inside the app's read would reach FastAPI's body
+    parsing, which turns any such error into a 400.
+    """
 
     def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
         self.app, self.limit = app, limit
@@ -66,24 +71,24 @@ class BodyLimit:
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
                 await problem_response(too_large)(scope, receive, send)
                 return
-        seen = 0
+        body = bytearray()
+        while True:
+            first = await receive()
+            if first["type"] != "http.request":
+                break  # the client went away: the app hears it
+            body += first.get("body", b"")
+            if len(body) > self.limit:
+                await problem_response(too_large)(scope, receive, send)
+                return
+            if not first.get("more_body", False):
+                first = {"type": "http.request", "body": bytes(body), "more_body": False}
+                break
+        pending: list[Message] = [first]
 
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await problem_response(too_large)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    """A streamed body passed the limit."""
+        await self.app(scope, replay, send)
 
 
 class SchedulerTask:
@@ -165,8 +170,8 @@ def _handle_errors(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         # Not JSON at all is malformed (400); JSON that breaks the schema is invalid (422).
-        malformed = any(e.get("type") == "json_invalid" for e in errors)
-        error = InputError(_validation_line(errors))
+        malformed = [e for e in errors if e.get("type") == "json_invalid"]
+        error = InputError(_json_line(malformed[0]) if malformed else _validation_line(errors))
         return problem_response(error, request, status=400 if malformed else None)
 
     @app.exception_handler(HTTPException)
@@ -178,6 +183,14 @@ def _handle_errors(app: FastAPI) -> None:
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
         return problem_response(DepinError("internal error: the market's log has the details"))
+
+
+def _json_line(error: Any) -> str:
+    """A body that is not JSON: what the decoder said, and where."""
+    where = error.get("loc", ())[-1:]
+    reason = (error.get("ctx") or {}).get("error", "not valid JSON")
+    at = f" at character {where[0]}" if where and isinstance(where[0], int) else ""
+    return f"the request body is not JSON: {reason}{at}"
 
 
 def _validation_line(errors: Any) -> str:

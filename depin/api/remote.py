@@ -319,17 +319,24 @@ class KeyRing:
         return self._loaded[key_id]
 
     def for_account(self, account: str) -> Ed25519PrivateKey:
-        """The newest active local key registered to ``account``."""
+        """The newest active local key registered to ``account``; else the operator's, if it is
+        here (the operator may act for any account, as the embedded market lets it)."""
         usable = [k for k in self.registered() if k.account == account and k.state == "active"]
-        if not usable:
-            raise NotFoundError(
-                f"no active private key of account {account!r} in {self.keys_dir}: requests "
-                "for it are signed with its own key"
-            )
-        return self.private(usable[-1].key_id)
+        if usable:
+            return self.private(usable[-1].key_id)
+        if self.has_operator():
+            return self.operator()
+        raise NotFoundError(
+            f"no active private key of account {account!r} in {self.keys_dir}: requests "
+            "for it are signed with its own key"
+        )
+
+    def has_operator(self) -> bool:
+        """The market operator's key is one of the local keys (this is the coordinator)."""
+        return self.operator_key_id is not None and self.operator_key_id in self._local()
 
     def operator(self) -> Ed25519PrivateKey:
-        if self.operator_key_id is None or self.operator_key_id not in self._local():
+        if not self.has_operator():
             raise NotFoundError(
                 f"the market operator's key is not in {self.keys_dir}: deposits are signed "
                 "by the operator (the coordinator's `depin init` made it as key 'operator')"
@@ -337,9 +344,13 @@ class KeyRing:
         return self.private(self.operator_key_id)
 
     def acting(self) -> Ed25519PrivateKey:
-        """The acting account's key: the one named, else the one account with a local key."""
+        """The acting account's key: the one named; else the operator's, if it is here (on the
+        coordinator a read sees every account, as the embedded market shows it); else the one
+        account with a local key."""
         if self.account is not None:
             return self.for_account(self.account)
+        if self.has_operator():
+            return self.operator()
         accounts = sorted({k.account for k in self.registered() if k.state == "active"})
         developers = [a for a in accounts if _kind(self.registered(), a) == "developer"]
         chosen = developers if len(developers) == 1 else accounts
@@ -448,6 +459,8 @@ class HttpMarket(_Base):
         return found
 
     def _do(self, call: Call) -> Any:
+        if call.signer != PUBLIC:
+            self.info  # noqa: B018 (learns the operator's key id: it may be the one that signs)
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 response = self.http.request(**self._request(call))
@@ -502,7 +515,6 @@ class HttpMarket(_Base):
     def deposit(
         self, name: str, amount_micro_usd: int, *, idempotency_key: str | None = None
     ) -> Balance:
-        self.info  # noqa: B018 (learns the operator's key id)
         return self._do(Calls.deposit(name, amount_micro_usd, idempotency_key))  # type: ignore[no-any-return]
 
     def account(self, name: str) -> AccountView:
