@@ -162,7 +162,7 @@ class Envelope:
             raise ManifestError("envelope has no signatures")
         if len(sigs) > MAX_SIGNATURES:
             raise ManifestError(f"envelope has more than {MAX_SIGNATURES} signatures")
-        if not all(isinstance(s, dict) and _KEYID_RE.match(str(s.get("keyid"))) for s in sigs):
+        if not all(_is_signature(s) for s in sigs):
             raise ManifestError("envelope signature keyid must be 1-128 letters, digits or ._:-")
         if not isinstance(data["payloadType"], str):
             raise ManifestError("envelope payloadType must be a string")
@@ -174,6 +174,14 @@ class Envelope:
         except (binascii.Error, TypeError, KeyError, ValueError) as exc:
             raise ManifestError("envelope payload or signature is not valid base64") from exc
         return cls(payload, data["payloadType"], signatures)
+
+
+def _is_signature(value: Any) -> bool:
+    """A DSSE signature entry whose key id is a plain, short token (it goes into messages)."""
+    if not isinstance(value, dict):
+        return False
+    keyid = value.get("keyid")
+    return isinstance(keyid, str) and _KEYID_RE.match(keyid) is not None
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

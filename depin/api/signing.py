@@ -76,6 +76,9 @@ class Ed25519Auth(httpx.Auth):
         self._signer = HTTPMessageSigner(signature_algorithm=ED25519, key_resolver=_OneKey(private))
 
     def sign(self, request: httpx.Request) -> None:
+        """Sign ``request`` in place; a request sent again is signed again, from scratch."""
+        for name in ("Signature", "Signature-Input", "Content-Digest"):
+            request.headers.pop(name, None)
         message = _Message(request.method, str(request.url), request.headers)
         self._signer.sign(
             message,

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from http_message_signatures.exceptions import HTTPMessageSignaturesException
 from starlette.testclient import TestClient
 
 from depin.api import wire
@@ -319,14 +318,6 @@ def test_ed25519auth_signs_each_attempt_with_a_new_nonce(
     assert api.send(first).status_code == 401  # but the first signature only once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=HTTPMessageSignaturesException,
-    reason="known bug in depin/api/signing.py, left alone here: Ed25519Auth.sign refuses a "
-    "request that already carries its signature ('Content-Digest is already present'), so "
-    "sending the same httpx.Request again raises instead of signing it anew; HttpMarket builds "
-    "a fresh request for each attempt, so the SDK's retries are not affected",
-)
 def test_ed25519auth_signs_the_same_request_again_with_a_new_nonce(
     home: Path, api: Http, api_world: World
 ) -> None:
