@@ -55,12 +55,22 @@ def _market(request: Request) -> Marketplace:
 Market = Annotated[Marketplace, Depends(_market)]
 
 
+def target_uri(request: Request) -> str:
+    """The URI the client sent, and signed (RFC 9421 ``@target-uri``): its path as it came,
+    percent-encoded, where ``request.url`` has the decoded path."""
+    raw_path = request.scope.get("raw_path")
+    if not raw_path:
+        return str(request.url)
+    return str(request.url.replace(path=raw_path.decode("latin-1")))
+
+
 async def signed(request: Request) -> Caller:
     """The verified signer of this request (401 without a valid signature)."""
     body = await request.body()
     auth = request.app.state.auth
     headers = request.headers.items()
-    return await run_in_threadpool(auth.caller, request.method, str(request.url), headers, body)
+    uri = target_uri(request)
+    return await run_in_threadpool(auth.caller, request.method, uri, headers, body)
 
 
 async def public(request: Request) -> None:
@@ -131,7 +141,7 @@ async def create_account(
     auth, market = request.app.state.auth, _market(request)
     caller = await run_in_threadpool(
         lambda: auth.caller(
-            request.method, str(request.url), request.headers.items(), raw, new_key=public_key
+            request.method, target_uri(request), request.headers.items(), raw, new_key=public_key
         )
     )
     return await run_in_threadpool(
