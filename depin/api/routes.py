@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
@@ -29,7 +29,7 @@ from depin.keys import public_key_from_b64
 from depin.ledger import Balance, VerifyReport
 from depin.manifest import Envelope
 from depin.market import Marketplace
-from depin.spec import JobSpec, NodeSpec
+from depin.spec import NodeSpec, job_from_data
 from depin.states import JobState
 from depin.views import (
     AccountView,
@@ -46,6 +46,9 @@ router = APIRouter()
 IdempotencyKey = Annotated[str | None, Header(alias=wire.IDEMPOTENCY_HEADER)]
 Limit = Annotated[int, Query(ge=1, le=wire.MAX_PAGE)]
 Cursor = Annotated[str | None, Query(max_length=128)]
+IdCursor = Annotated[str | None, Query(pattern=wire.ID_CURSOR)]
+JobId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
+NodeId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
 
 
 def _market(request: Request) -> Marketplace:
@@ -86,7 +89,7 @@ Public = Depends(public)
 def _int_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > wire.MAX_ID:
         raise InputError(f"cursor {cursor!r} is not one this list gave")
     return int(cursor)
 
@@ -231,7 +234,7 @@ def balances(
 
 # -- nodes and offers ----------------------------------------------------------------------
 @router.get(wire.NODES, dependencies=[Public], tags=["nodes"])
-def nodes(market: Market, cursor: Cursor = None, limit: Limit = 100) -> wire.Page[NodeView]:
+def nodes(market: Market, cursor: IdCursor = None, limit: Limit = 100) -> wire.Page[NodeView]:
     items = market.nodes(after_id=_int_cursor(cursor) or 0, limit=limit)
     return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
 
@@ -254,7 +257,7 @@ def add_nodes(specs: list[NodeSpec], market: Market, caller: Signed) -> wire.Nod
 
 @router.get(wire.NODE_ALLOCATIONS, tags=["nodes"])
 def node_allocations(
-    node_id: int, market: Market, caller: Signed, cursor: Cursor = None, limit: Limit = 100
+    node_id: NodeId, market: Market, caller: Signed, cursor: IdCursor = None, limit: Limit = 100
 ) -> wire.Page[AllocationView]:
     """A provider reads the allocations on its nodes."""
     caller.must_be(market.node(node_id).provider, f"node {node_id}")
@@ -266,7 +269,8 @@ def node_allocations(
 @router.post(wire.OFFERS, dependencies=[Public], tags=["nodes"])
 def offers(body: wire.Search, market: Market) -> list[Hit]:
     """Free capacity that could take a request now, ranked (``depin offers``)."""
-    return market.search(JobSpec.model_validate(body.request), sort=body.sort, limit=body.limit)
+    request = job_from_data(body.request, source="request")  # a ManifestError (422), not a 500
+    return market.search(request, sort=body.sort, limit=body.limit)
 
 
 # -- jobs ----------------------------------------------------------------------------------
@@ -302,7 +306,7 @@ def jobs(
     caller: Signed,
     account: str | None = None,
     state: JobState | None = None,
-    cursor: Cursor = None,
+    cursor: IdCursor = None,
     limit: Limit = 100,
 ) -> wire.Page[JobView]:
     """An account's jobs, newest first; the operator may list everyone's."""
@@ -330,14 +334,14 @@ def _own_job(market: Marketplace, caller: Caller, job_id: int) -> JobView:
 
 
 @router.get(wire.JOB, tags=["jobs"])
-def job(job_id: int, market: Market, caller: Signed) -> JobView:
+def job(job_id: JobId, market: Market, caller: Signed) -> JobView:
     view = _own_job(market, caller, job_id)
     _read_as(market, caller)
     return view
 
 
 @router.get(wire.JOB_EXPLAIN, tags=["jobs"])
-def explain(job_id: int, market: Market, caller: Signed) -> ExplainView:
+def explain(job_id: JobId, market: Market, caller: Signed) -> ExplainView:
     caller.must_be(market.job(job_id).account, f"job {job_id}")
     _read_as(market, caller)
     return market.explain(job_id)
@@ -345,7 +349,7 @@ def explain(job_id: int, market: Market, caller: Signed) -> ExplainView:
 
 @router.post(wire.JOB_PLACEMENT, status_code=201, tags=["jobs"])
 def place(
-    job_id: int,
+    job_id: JobId,
     body: wire.Placement,
     market: Market,
     caller: Signed,
@@ -357,7 +361,7 @@ def place(
 
 
 @router.post(wire.JOB_CANCEL, tags=["jobs"])
-def cancel(job_id: int, market: Market, caller: Signed) -> JobView:
+def cancel(job_id: JobId, market: Market, caller: Signed) -> JobView:
     caller.must_be(market.job(job_id).account, f"job {job_id}")
     return market.cancel(job_id, nonce=caller.nonce)
 
@@ -368,7 +372,7 @@ def entries(
     market: Market,
     caller: Signed,
     account: str | None = None,
-    cursor: Cursor = None,
+    cursor: IdCursor = None,
     limit: Limit = 100,
 ) -> wire.Page[EntryView]:
     """An account's entries, newest page first (each page oldest first); the operator's: all."""

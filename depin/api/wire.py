@@ -23,6 +23,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"  # draft-ietf-httpapi-idempotency-key-hea
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413)
 MAX_PAGE = 1000  # items in one page of a list
 MAX_LOOKUP_KEYS = 200  # key ids in one lookup
+MAX_ID = 2**63 - 1  # an id fits a signed 64-bit integer (SQLite's INTEGER, a bigint)
+ID_CURSOR = r"^[0-9]{1,18}$"  # a cursor that is an id: the digits of one, below MAX_ID
 
 # Paths, relative to the API's base URL.
 MARKET = f"{API_PREFIX}/market"
@@ -96,7 +98,7 @@ class Search(Body):
 
 
 class Placement(Body):
-    node_id: int = Field(ge=1, le=2**63 - 1)
+    node_id: int = Field(ge=1, le=MAX_ID)
 
 
 class Envelopes(Body):
