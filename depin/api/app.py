@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from depin import __version__
-from depin.api import problems, routes
+from depin.api import problems, routes, wire
 from depin.api.auth import Authenticator, RateLimiter
 from depin.api.wire import MAX_BODY_BYTES
 from depin.errors import DepinError, InputError, NotFoundError, RequestTooLargeError
@@ -134,6 +134,7 @@ def create_app(
         description="An open marketplace for edge GPUs: signed jobs, placement by cost, "
         "locality and latency, and a ledger that holds the money.",
         lifespan=lifespan,
+        responses=routes.errors((500, 503)),  # any route: a bug, or the database is away
     )
     world_id = market.account("@world").id
     app.state.market = market
@@ -141,7 +142,20 @@ def create_app(
     app.include_router(routes.router)
     _handle_errors(app)
     app.add_middleware(BodyLimit)  # type: ignore[arg-type]
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document, with the problem document that every error response names."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)  # builds and caches it in app.openapi_schema
+        found = schema.setdefault("components", {}).setdefault("schemas", {})
+        found["Problem"] = wire.Problem.model_json_schema(ref_template=_REF_TEMPLATE)
+    return app.openapi_schema  # type: ignore[return-value]
+
+
+_REF_TEMPLATE = wire.PROBLEM_REF.rsplit("/", 1)[0] + "/{model}"
 
 
 def _handle_errors(app: FastAPI) -> None:
@@ -162,7 +176,9 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         cls = NotFoundError if exc.status_code == 404 else InputError
-        return problem_response(cls(str(exc.detail)), request, status=exc.status_code)
+        response = problem_response(cls(str(exc.detail)), request, status=exc.status_code)
+        response.headers.update(exc.headers or {})  # 405's Allow, for one
+        return response
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

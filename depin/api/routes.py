@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
@@ -21,7 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from depin import __version__
-from depin.api import wire
+from depin.api import problems, wire
 from depin.api.auth import Caller
 from depin.db.migrate import current_revision, head_revision
 from depin.errors import ForbiddenError, InputError
@@ -41,6 +42,27 @@ from depin.views import (
     NodeView,
 )
 from scheduler.search import Hit
+
+# The errors a route may answer with, each an RFC 9457 problem document (``errors``).
+PUBLIC = (429,)  # an unsigned request draws from its address's rate limit
+SIGNED = (401, 403, 409, 429)  # bad signature, not yours, a replayed nonce, rate limit
+BODY = (400, 413, 422)  # not JSON, too large, not valid
+INPUT = (422,)  # a path or query parameter out of range
+FOUND = (404,)  # the account, key, node or job named does not exist
+MONEY = (402,)  # the account cannot hold the most the job can cost
+
+
+def errors(*groups: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` for these error statuses: problem+json, one schema."""
+    statuses = sorted({status for group in groups for status in group})
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {problems.PROBLEM_JSON: {"schema": {"$ref": wire.PROBLEM_REF}}},
+        }
+        for status in statuses
+    }
+
 
 router = APIRouter()
 IdempotencyKey = Annotated[str | None, Header(alias=wire.IDEMPOTENCY_HEADER)]
@@ -117,7 +139,7 @@ def readyz(market: Market) -> dict[str, str]:
     return {"status": "ready", "revision": revision or ""}
 
 
-@router.get(wire.MARKET, dependencies=[Public], tags=["market"])
+@router.get(wire.MARKET, dependencies=[Public], tags=["market"], responses=errors(PUBLIC))
 def market_info(market: Market) -> wire.MarketInfo:
     operator = market.operator_key()
     return wire.MarketInfo(
@@ -128,13 +150,15 @@ def market_info(market: Market) -> wire.MarketInfo:
     )
 
 
-@router.get(wire.SCHEDULER, dependencies=[Public], tags=["market"])
+@router.get(wire.SCHEDULER, dependencies=[Public], tags=["market"], responses=errors(PUBLIC))
 def scheduler_running(market: Market) -> wire.Running:
     return wire.Running(scheduler_running=market.scheduler_running())
 
 
 # -- accounts and keys ---------------------------------------------------------------------
-@router.post(wire.ACCOUNTS, status_code=201, tags=["accounts"])
+@router.post(
+    wire.ACCOUNTS, status_code=201, tags=["accounts"], responses=errors((401, 409, 429), BODY)
+)
 async def create_account(
     request: Request, body: wire.NewAccount, idempotency_key: IdempotencyKey = None
 ) -> AccountView:
@@ -157,14 +181,14 @@ async def create_account(
     )
 
 
-@router.get(wire.ACCOUNT, tags=["accounts"])
+@router.get(wire.ACCOUNT, tags=["accounts"], responses=errors(SIGNED, INPUT, FOUND))
 def account(name: str, market: Market, caller: Signed) -> AccountView:
     caller.must_be(name, f"account {name!r}")
     _read_as(market, caller)
     return market.account(name)
 
 
-@router.post(wire.DEPOSITS, tags=["accounts"])
+@router.post(wire.DEPOSITS, tags=["accounts"], responses=errors(SIGNED, BODY, FOUND))
 def deposit(
     name: str,
     body: wire.Deposit,
@@ -177,14 +201,16 @@ def deposit(
     return market.deposit(name, body.micro_usd, idempotency_key=idempotency_key, nonce=caller.nonce)
 
 
-@router.get(wire.ACCOUNT_KEYS, tags=["accounts"])
+@router.get(wire.ACCOUNT_KEYS, tags=["accounts"], responses=errors(SIGNED, INPUT, FOUND))
 def account_keys(name: str, market: Market, caller: Signed) -> list[KeyView]:
     caller.must_be(name, f"account {name!r}'s keys")
     _read_as(market, caller)
     return market.keys_of(name)
 
 
-@router.post(wire.ACCOUNT_KEYS, status_code=201, tags=["accounts"])
+@router.post(
+    wire.ACCOUNT_KEYS, status_code=201, tags=["accounts"], responses=errors(SIGNED, BODY, FOUND)
+)
 def rotate_key(name: str, body: wire.NewKey, market: Market, caller: Signed) -> wire.Rotated:
     caller.must_be(name, f"account {name!r}'s keys")
     key, revoked = market.rotate_key(
@@ -197,7 +223,7 @@ def rotate_key(name: str, body: wire.NewKey, market: Market, caller: Signed) -> 
     return wire.Rotated(key=key, revoked=revoked)
 
 
-@router.get(wire.KEYS, dependencies=[Public], tags=["accounts"])
+@router.get(wire.KEYS, dependencies=[Public], tags=["accounts"], responses=errors(PUBLIC, INPUT))
 def lookup_keys(
     market: Market, key_id: Annotated[list[str], Query(max_length=wire.MAX_LOOKUP_KEYS)]
 ) -> list[KeyView]:
@@ -205,7 +231,7 @@ def lookup_keys(
     return market.registered_keys(key_id)
 
 
-@router.post(wire.KEY_REVOCATION, tags=["accounts"])
+@router.post(wire.KEY_REVOCATION, tags=["accounts"], responses=errors(SIGNED, INPUT, FOUND))
 def revoke_key(key_id: str, market: Market, caller: Signed) -> KeyView:
     found = market.registered_keys([key_id])
     if found:
@@ -213,7 +239,7 @@ def revoke_key(key_id: str, market: Market, caller: Signed) -> KeyView:
     return market.revoke_key(key_id, nonce=caller.nonce)
 
 
-@router.get(wire.BALANCES, tags=["ledger"])
+@router.get(wire.BALANCES, tags=["ledger"], responses=errors(SIGNED, INPUT, FOUND))
 def balances(
     market: Market,
     caller: Signed,
@@ -233,13 +259,13 @@ def balances(
 
 
 # -- nodes and offers ----------------------------------------------------------------------
-@router.get(wire.NODES, dependencies=[Public], tags=["nodes"])
+@router.get(wire.NODES, dependencies=[Public], tags=["nodes"], responses=errors(PUBLIC, INPUT))
 def nodes(market: Market, cursor: IdCursor = None, limit: Limit = 100) -> wire.Page[NodeView]:
     items = market.nodes(after_id=_int_cursor(cursor) or 0, limit=limit)
     return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
 
 
-@router.post(wire.NODES, status_code=201, tags=["nodes"])
+@router.post(wire.NODES, status_code=201, tags=["nodes"], responses=errors(SIGNED, BODY, FOUND))
 def add_node(
     spec: NodeSpec, market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
 ) -> NodeView:
@@ -248,14 +274,16 @@ def add_node(
     return market.add_node(spec, idempotency_key=idempotency_key, nonce=caller.nonce)
 
 
-@router.post(wire.NODE_BATCH, status_code=201, tags=["nodes"])
+@router.post(
+    wire.NODE_BATCH, status_code=201, tags=["nodes"], responses=errors(SIGNED, BODY, FOUND)
+)
 def add_nodes(specs: list[NodeSpec], market: Market, caller: Signed) -> wire.NodeIds:
     for spec in specs:
         caller.must_be(spec.provider, f"a node of provider {spec.provider!r}")
     return wire.NodeIds(node_ids=market.add_nodes(specs, nonce=caller.nonce))
 
 
-@router.get(wire.NODE_ALLOCATIONS, tags=["nodes"])
+@router.get(wire.NODE_ALLOCATIONS, tags=["nodes"], responses=errors(SIGNED, INPUT, FOUND))
 def node_allocations(
     node_id: NodeId, market: Market, caller: Signed, cursor: IdCursor = None, limit: Limit = 100
 ) -> wire.Page[AllocationView]:
@@ -266,7 +294,7 @@ def node_allocations(
     return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
 
 
-@router.post(wire.OFFERS, dependencies=[Public], tags=["nodes"])
+@router.post(wire.OFFERS, dependencies=[Public], tags=["nodes"], responses=errors(PUBLIC, BODY))
 def offers(body: wire.Search, market: Market) -> list[Hit]:
     """Free capacity that could take a request now, ranked (``depin offers``)."""
     request = job_from_data(body.request, source="request")  # a ManifestError (422), not a 500
@@ -274,7 +302,9 @@ def offers(body: wire.Search, market: Market) -> list[Hit]:
 
 
 # -- jobs ----------------------------------------------------------------------------------
-@router.post(wire.JOBS, status_code=201, tags=["jobs"])
+@router.post(
+    wire.JOBS, status_code=201, tags=["jobs"], responses=errors(SIGNED, BODY, FOUND, MONEY)
+)
 def submit(
     envelope: dict[str, Any], market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
 ) -> JobView:
@@ -287,7 +317,9 @@ def submit(
     )
 
 
-@router.post(wire.JOB_BATCH, status_code=201, tags=["jobs"])
+@router.post(
+    wire.JOB_BATCH, status_code=201, tags=["jobs"], responses=errors(SIGNED, BODY, FOUND, MONEY)
+)
 def submit_many(
     body: wire.Envelopes, market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
 ) -> wire.JobIds:
@@ -300,7 +332,7 @@ def submit_many(
     return wire.JobIds(job_ids=ids)
 
 
-@router.get(wire.JOBS, tags=["jobs"])
+@router.get(wire.JOBS, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
 def jobs(
     market: Market,
     caller: Signed,
@@ -333,21 +365,23 @@ def _own_job(market: Marketplace, caller: Caller, job_id: int) -> JobView:
     )
 
 
-@router.get(wire.JOB, tags=["jobs"])
+@router.get(wire.JOB, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
 def job(job_id: JobId, market: Market, caller: Signed) -> JobView:
     view = _own_job(market, caller, job_id)
     _read_as(market, caller)
     return view
 
 
-@router.get(wire.JOB_EXPLAIN, tags=["jobs"])
+@router.get(wire.JOB_EXPLAIN, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
 def explain(job_id: JobId, market: Market, caller: Signed) -> ExplainView:
     caller.must_be(market.job(job_id).account, f"job {job_id}")
     _read_as(market, caller)
     return market.explain(job_id)
 
 
-@router.post(wire.JOB_PLACEMENT, status_code=201, tags=["jobs"])
+@router.post(
+    wire.JOB_PLACEMENT, status_code=201, tags=["jobs"], responses=errors(SIGNED, BODY, FOUND, MONEY)
+)
 def place(
     job_id: JobId,
     body: wire.Placement,
@@ -360,14 +394,14 @@ def place(
     return wire.AllocationIds(allocation_ids=ids)
 
 
-@router.post(wire.JOB_CANCEL, tags=["jobs"])
+@router.post(wire.JOB_CANCEL, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
 def cancel(job_id: JobId, market: Market, caller: Signed) -> JobView:
     caller.must_be(market.job(job_id).account, f"job {job_id}")
     return market.cancel(job_id, nonce=caller.nonce)
 
 
 # -- the ledger ----------------------------------------------------------------------------
-@router.get(wire.ENTRIES, tags=["ledger"])
+@router.get(wire.ENTRIES, tags=["ledger"], responses=errors(SIGNED, INPUT, FOUND))
 def entries(
     market: Market,
     caller: Signed,
@@ -385,14 +419,14 @@ def entries(
     return wire.Page(items=items, next_cursor=str(items[0].id) if len(items) == limit else None)
 
 
-@router.get(wire.LEDGER_VERIFY, tags=["ledger"])
+@router.get(wire.LEDGER_VERIFY, tags=["ledger"], responses=errors(SIGNED))
 def verify(market: Market, caller: Signed) -> VerifyReport:
     """The hash chain, every balance, receipts, holds and capacity: any account may ask."""
     _read_as(market, caller)
     return market.verify_ledger()
 
 
-@router.get(wire.LEDGER_EXPORT, tags=["ledger"])
+@router.get(wire.LEDGER_EXPORT, tags=["ledger"], responses=errors(SIGNED))
 def export(market: Market, caller: Signed) -> StreamingResponse:
     """Every entry as JSON lines with its hashes, streamed (the operator's, for an audit)."""
     caller.must_be_operator("export the whole ledger")
