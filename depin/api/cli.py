@@ -32,6 +32,8 @@ def serve(host: str, port: int, no_scheduler: bool, workers: int) -> None:
 
     from depin.client import Client
 
+    signal.signal(signal.SIGTERM, _exit_0)
+
     os.environ.pop("DEPIN_API_URL", None)  # this process is the market, not its client
     with Client() as client:
         info = client.init()
@@ -65,3 +67,13 @@ def serve(host: str, port: int, no_scheduler: bool, workers: int) -> None:
         if scheduler is not None:
             scheduler.send_signal(signal.SIGINT)  # it requeues what it ran, then exits
             scheduler.wait(timeout=60)
+
+
+def _exit_0(signum: int, frame: object) -> None:
+    """SIGTERM outside uvicorn's own handler: exit 0, as on Ctrl-C.
+
+    uvicorn stops gracefully on SIGTERM (the scheduler loop with it), then raises the
+    signal again for the handler it replaced; under the default one the process would
+    die by the signal (exit -15) after a clean stop. Before uvicorn starts, it stops here.
+    """
+    raise SystemExit(0)
