@@ -84,10 +84,15 @@ class _TooLarge(Exception):
 
 
 class SchedulerTask:
-    """The scheduler loop in a thread of the server: started and stopped with the app."""
+    """The scheduler loop in a thread of the server: started and stopped with the app.
 
-    def __init__(self, market: Marketplace) -> None:
+    With ``launch`` off it only reserves capacity and money; the allocations wait for a
+    launcher (``depin scheduler run --no-launch``), and this process never starts Ray.
+    """
+
+    def __init__(self, market: Marketplace, *, launch: bool = True) -> None:
         self.market = market
+        self.launch = launch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -98,7 +103,9 @@ class SchedulerTask:
     def _run(self) -> None:
         from depin.runtime.loop import Driver
 
-        driver = Driver(self.market, ray_address=self.market.settings.ray_address)
+        driver = Driver(
+            self.market, ray_address=self.market.settings.ray_address, launch=self.launch
+        )
         try:
             driver.run(until=self._stop.is_set)
         except Exception:  # the API keeps serving; the loop's error is in the log
@@ -113,10 +120,15 @@ class SchedulerTask:
 
 
 def create_app(
-    market: Marketplace, *, scheduler: bool = False, limiter: RateLimiter | None = None
+    market: Marketplace,
+    *,
+    scheduler: bool = False,
+    launch: bool = True,
+    limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """The market's HTTP API; with ``scheduler`` the app also runs the scheduler loop."""
-    task = SchedulerTask(market) if scheduler else None
+    """The market's HTTP API; with ``scheduler`` the app also runs the scheduler loop (which
+    launches on Ray unless ``launch`` is off)."""
+    task = SchedulerTask(market, launch=launch) if scheduler else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

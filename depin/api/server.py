@@ -21,3 +21,8 @@ def app() -> FastAPI:
 def app_with_scheduler() -> FastAPI:
     """The API, and the scheduler loop as a task of the same process."""
     return create_app(Marketplace(Settings.from_env()), scheduler=True)
+
+
+def app_with_reserving_scheduler() -> FastAPI:
+    """The API, and a scheduler loop that only reserves: a launcher runs the allocations."""
+    return create_app(Marketplace(Settings.from_env()), scheduler=True, launch=False)
