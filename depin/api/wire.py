@@ -26,7 +26,8 @@ MAX_PAGE = 1000  # items in one page of a list
 MAX_LOOKUP_KEYS = 200  # key ids in one lookup
 MAX_ID = 2**63 - 1  # an id fits a signed 64-bit integer (SQLite's INTEGER, a bigint)
 ID_CURSOR = r"^[0-9]{1,18}$"  # a cursor that is an id: the digits of one, below MAX_ID
-KEY_B64 = r"^(ed25519 )?[A-Za-z0-9+/]{43}=$"  # a raw Ed25519 public key (32 bytes) in base64
+# A raw Ed25519 public key (32 bytes) in base64, as keys.public_key_from_b64 reads it.
+KEY_B64 = r"^\s*(ed25519 )?\s*[A-Za-z0-9+/]{43}=\s*$"
 PROBLEM_REF = "#/components/schemas/Problem"  # the error document's schema in the OpenAPI
 
 # Paths, relative to the API's base URL.
@@ -54,6 +55,12 @@ LEDGER_VERIFY = f"{API_PREFIX}/ledger/verify"
 LEDGER_EXPORT = f"{API_PREFIX}/ledger/export"
 
 
+def _states(pattern: str) -> dict[str, Any]:
+    """A pattern the OpenAPI states but the model does not check: the market checks it, with
+    a message a person can act on (and a client that builds the body gets that error)."""
+    return {"pattern": pattern}
+
+
 class Body(BaseModel):
     """A request body: unknown fields are errors, as in manifests."""
 
@@ -70,9 +77,13 @@ class MarketInfo(Body):
 class NewAccount(Body):
     """Open an account; the request must be signed by ``public_key`` itself."""
 
-    name: str = Field(max_length=64, pattern=NAME_PATTERN)
+    name: str = Field(max_length=64, json_schema_extra=_states(NAME_PATTERN))
     kind: Literal["developer", "provider"] = "developer"
-    public_key: str = Field(pattern=KEY_B64, description="base64 of the raw Ed25519 key")
+    public_key: str = Field(
+        max_length=128,
+        description="base64 of the raw Ed25519 key",
+        json_schema_extra=_states(KEY_B64),
+    )
 
 
 class Deposit(Body):
@@ -82,7 +93,11 @@ class Deposit(Body):
 class NewKey(Body):
     """Register another key for an account; with ``revoke_old`` its other keys go."""
 
-    public_key: str = Field(pattern=KEY_B64, description="base64 of the raw Ed25519 key")
+    public_key: str = Field(
+        max_length=128,
+        description="base64 of the raw Ed25519 key",
+        json_schema_extra=_states(KEY_B64),
+    )
     not_after: datetime | None = None
     revoke_old: bool = False
 

@@ -41,6 +41,7 @@ from depin.api.auth import RateLimiter
 from depin.api.signing import Ed25519Auth
 from depin.client import Client
 from depin.config import Settings
+from depin.errors import InputError
 from tests.factories import job, node
 
 # Requests per operation and mode (valid, invalid): half a minute in all; more to look harder.
@@ -212,3 +213,14 @@ def test_a_signed_request_to_a_percent_encoded_path_is_verified_as_sent(
         response = http.get("/v1/accounts/caf%C3%A9%20bar", auth=Ed25519Auth(private))
     assert response.status_code == 403, response.text  # read, then refused: not the caller's
     assert "café bar" in response.json()["detail"]
+
+
+def test_a_pattern_the_openapi_states_is_checked_by_the_market_with_its_own_message(
+    market_client: Client, tmp_path: Path
+) -> None:
+    # The wire models state the name and key patterns without checking them: a client that
+    # builds the body gets the market's InputError, not pydantic's ValidationError.
+    with LiveServer(market_client) as live, Client(url=live.url, home=tmp_path / "c") as remote:
+        remote.new_key("k")
+        with pytest.raises(InputError, match="bad account name 'Bad Name'"):
+            remote.create_account("Bad Name", key="k")
