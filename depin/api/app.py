@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from depin import __version__
-from depin.api import problems, routes
+from depin.api import problems, routes, wire
 from depin.api.auth import Authenticator, RateLimiter
 from depin.api.batching import SubmissionBatcher
 from depin.api.wire import MAX_BODY_BYTES
@@ -92,10 +92,15 @@ class BodyLimit:
 
 
 class SchedulerTask:
-    """The scheduler loop in a thread of the server: started and stopped with the app."""
+    """The scheduler loop in a thread of the server: started and stopped with the app.
 
-    def __init__(self, market: Marketplace) -> None:
+    With ``launch`` off it only reserves capacity and money; the allocations wait for a
+    launcher (``depin scheduler run --no-launch``), and this process never starts Ray.
+    """
+
+    def __init__(self, market: Marketplace, *, launch: bool = True) -> None:
         self.market = market
+        self.launch = launch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -106,7 +111,9 @@ class SchedulerTask:
     def _run(self) -> None:
         from depin.runtime.loop import Driver
 
-        driver = Driver(self.market, ray_address=self.market.settings.ray_address)
+        driver = Driver(
+            self.market, ray_address=self.market.settings.ray_address, launch=self.launch
+        )
         try:
             driver.run(until=self._stop.is_set)
         except Exception:  # the API keeps serving; the loop's error is in the log
@@ -124,11 +131,13 @@ def create_app(
     market: Marketplace,
     *,
     scheduler: bool = False,
+    launch: bool = True,
     limiter: RateLimiter | None = None,
     address_limiter: RateLimiter | None = None,
 ) -> FastAPI:
-    """The market's HTTP API; with ``scheduler`` the app also runs the scheduler loop."""
-    task = SchedulerTask(market) if scheduler else None
+    """The market's HTTP API; with ``scheduler`` the app also runs the scheduler loop (which
+    launches on Ray unless ``launch`` is off)."""
+    task = SchedulerTask(market, launch=launch) if scheduler else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -148,6 +157,7 @@ def create_app(
         description="An open marketplace for edge GPUs: signed jobs, placement by cost, "
         "locality and latency, and a ledger that holds the money.",
         lifespan=lifespan,
+        responses=routes.errors((500, 503)),  # any route: a bug, or the database is away
     )
     world_id = market.account("@world").id
     app.state.market = market
@@ -156,7 +166,20 @@ def create_app(
     app.include_router(routes.router)
     _handle_errors(app)
     app.add_middleware(BodyLimit)  # type: ignore[arg-type]
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document, with the problem document that every error response names."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)  # builds and caches it in app.openapi_schema
+        found = schema.setdefault("components", {}).setdefault("schemas", {})
+        found["Problem"] = wire.Problem.model_json_schema(ref_template=_REF_TEMPLATE)
+    return app.openapi_schema  # type: ignore[return-value]
+
+
+_REF_TEMPLATE = wire.PROBLEM_REF.rsplit("/", 1)[0] + "/{model}"
 
 
 def _handle_errors(app: FastAPI) -> None:
@@ -177,7 +200,9 @@ def _handle_errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         cls = NotFoundError if exc.status_code == 404 else InputError
-        return problem_response(cls(str(exc.detail)), request, status=exc.status_code)
+        response = problem_response(cls(str(exc.detail)), request, status=exc.status_code)
+        response.headers.update(exc.headers or {})  # 405's Allow, for one
+        return response
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

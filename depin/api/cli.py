@@ -15,13 +15,19 @@ import click
 @click.option("--port", type=click.IntRange(0, 65535), default=8420, show_default=True)
 @click.option("--no-scheduler", is_flag=True, help="Serve the API only; schedule elsewhere.")
 @click.option(
+    "--no-launch",
+    is_flag=True,
+    help="The scheduler reserves capacity and money only and never starts Ray; the "
+    "allocations wait for a launcher (as `scheduler run --no-launch`).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
     help="API processes; with more than one the scheduler runs as a process of its own.",
 )
-def serve(host: str, port: int, no_scheduler: bool, workers: int) -> None:
+def serve(host: str, port: int, no_scheduler: bool, no_launch: bool, workers: int) -> None:
     """Serve the market's HTTP API (FastAPI on uvicorn) until SIGTERM or Ctrl-C.
 
     Configuration is as for every command (DEPIN_HOME, DEPIN_DATABASE_URL,
@@ -32,17 +38,19 @@ def serve(host: str, port: int, no_scheduler: bool, workers: int) -> None:
 
     from depin.client import Client
 
+    signal.signal(signal.SIGTERM, _exit_0)
+
     os.environ.pop("DEPIN_API_URL", None)  # this process is the market, not its client
     with Client() as client:
         info = client.init()
     click.echo(
         f"market {info['market_id']} on http://{host}:{port} ({info['database']}); "
-        f"{'no scheduler' if no_scheduler else 'scheduler on'}; Ctrl-C to stop",
+        f"{_scheduler_mode(no_scheduler, no_launch)}; Ctrl-C to stop",
         err=True,
     )
     if workers == 1:
         uvicorn.run(
-            "depin.api.server:app_with_scheduler" if not no_scheduler else "depin.api.server:app",
+            _factory(no_scheduler, no_launch),
             factory=True,
             host=host,
             port=port,
@@ -51,7 +59,8 @@ def serve(host: str, port: int, no_scheduler: bool, workers: int) -> None:
         return
     scheduler = None
     if not no_scheduler:  # one loop for all the workers, in a process of its own
-        scheduler = subprocess.Popen([sys.executable, "-m", "cli", "scheduler", "run"])
+        launch = ["--no-launch"] if no_launch else []
+        scheduler = subprocess.Popen([sys.executable, "-m", "cli", "scheduler", "run", *launch])
     try:
         uvicorn.run(
             "depin.api.server:app",
@@ -65,3 +74,28 @@ def serve(host: str, port: int, no_scheduler: bool, workers: int) -> None:
         if scheduler is not None:
             scheduler.send_signal(signal.SIGINT)  # it requeues what it ran, then exits
             scheduler.wait(timeout=60)
+
+
+def _factory(no_scheduler: bool, no_launch: bool) -> str:
+    """The app factory (``depin.api.server``) uvicorn imports in this process."""
+    if no_scheduler:
+        return "depin.api.server:app"
+    if no_launch:
+        return "depin.api.server:app_with_reserving_scheduler"
+    return "depin.api.server:app_with_scheduler"
+
+
+def _scheduler_mode(no_scheduler: bool, no_launch: bool) -> str:
+    if no_scheduler:
+        return "no scheduler"
+    return "scheduler on (reserving only)" if no_launch else "scheduler on"
+
+
+def _exit_0(signum: int, frame: object) -> None:
+    """SIGTERM outside uvicorn's own handler: exit 0, as on Ctrl-C.
+
+    uvicorn stops gracefully on SIGTERM (the scheduler loop with it), then raises the
+    signal again for the handler it replaced; under the default one the process would
+    die by the signal (exit -15) after a clean stop. Before uvicorn starts, it stops here.
+    """
+    raise SystemExit(0)

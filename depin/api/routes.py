@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from depin import __version__
-from depin.api import wire
+from depin.api import problems, wire
 from depin.api.auth import Caller
 from depin.db.migrate import current_revision, head_revision
 from depin.errors import ForbiddenError, InputError
@@ -30,7 +31,7 @@ from depin.keys import public_key_from_b64
 from depin.ledger import Balance, VerifyReport
 from depin.manifest import Envelope
 from depin.market import Marketplace
-from depin.spec import JobSpec, NodeSpec
+from depin.spec import NodeSpec, job_from_data
 from depin.states import JobState
 from depin.views import (
     AccountView,
@@ -43,10 +44,34 @@ from depin.views import (
 )
 from scheduler.search import Hit
 
+# The errors a route may answer with, each an RFC 9457 problem document (``errors``).
+PUBLIC = (429,)  # an unsigned request draws from its address's rate limit
+SIGNED = (401, 403, 409, 429)  # bad signature, not yours, a replayed nonce, rate limit
+BODY = (400, 413, 422)  # not JSON, too large, not valid
+INPUT = (422,)  # a path or query parameter out of range
+FOUND = (404,)  # the account, key, node or job named does not exist
+MONEY = (402,)  # the account cannot hold the most the job can cost
+
+
+def errors(*groups: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` for these error statuses: problem+json, one schema."""
+    statuses = sorted({status for group in groups for status in group})
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {problems.PROBLEM_JSON: {"schema": {"$ref": wire.PROBLEM_REF}}},
+        }
+        for status in statuses
+    }
+
+
 router = APIRouter()
 IdempotencyKey = Annotated[str | None, Header(alias=wire.IDEMPOTENCY_HEADER)]
 Limit = Annotated[int, Query(ge=1, le=wire.MAX_PAGE)]
 Cursor = Annotated[str | None, Query(max_length=128)]
+IdCursor = Annotated[str | None, Query(pattern=wire.ID_CURSOR)]
+JobId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
+NodeId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
 
 
 def _market(request: Request) -> Marketplace:
@@ -56,12 +81,22 @@ def _market(request: Request) -> Marketplace:
 Market = Annotated[Marketplace, Depends(_market)]
 
 
+def target_uri(request: Request) -> str:
+    """The URI the client sent, and signed (RFC 9421 ``@target-uri``): its path as it came,
+    percent-encoded, where ``request.url`` has the decoded path."""
+    raw_path = request.scope.get("raw_path")
+    if not raw_path:
+        return str(request.url)
+    return str(request.url.replace(path=raw_path.decode("latin-1")))
+
+
 async def signed(request: Request) -> Caller:
     """The verified signer of this request (401 without a valid signature)."""
     body = await request.body()
     auth = request.app.state.auth
     headers = request.headers.items()
-    return await run_in_threadpool(auth.caller, request.method, str(request.url), headers, body)
+    uri = target_uri(request)
+    return await run_in_threadpool(auth.caller, request.method, uri, headers, body)
 
 
 async def public(request: Request) -> None:
@@ -77,7 +112,7 @@ Public = Depends(public)
 def _int_cursor(cursor: str | None) -> int | None:
     if cursor is None:
         return None
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > wire.MAX_ID:
         raise InputError(f"cursor {cursor!r} is not one this list gave")
     return int(cursor)
 
@@ -105,7 +140,7 @@ def readyz(market: Market) -> dict[str, str]:
     return {"status": "ready", "revision": revision or ""}
 
 
-@router.get(wire.MARKET, dependencies=[Public], tags=["market"])
+@router.get(wire.MARKET, dependencies=[Public], tags=["market"], responses=errors(PUBLIC))
 def market_info(market: Market) -> wire.MarketInfo:
     operator = market.operator_key()
     return wire.MarketInfo(
@@ -116,13 +151,15 @@ def market_info(market: Market) -> wire.MarketInfo:
     )
 
 
-@router.get(wire.SCHEDULER, dependencies=[Public], tags=["market"])
+@router.get(wire.SCHEDULER, dependencies=[Public], tags=["market"], responses=errors(PUBLIC))
 def scheduler_running(market: Market) -> wire.Running:
     return wire.Running(scheduler_running=market.scheduler_running())
 
 
 # -- accounts and keys ---------------------------------------------------------------------
-@router.post(wire.ACCOUNTS, status_code=201, tags=["accounts"])
+@router.post(
+    wire.ACCOUNTS, status_code=201, tags=["accounts"], responses=errors((401, 409, 429), BODY)
+)
 async def create_account(
     request: Request, body: wire.NewAccount, idempotency_key: IdempotencyKey = None
 ) -> AccountView:
@@ -132,7 +169,7 @@ async def create_account(
     auth, market = request.app.state.auth, _market(request)
     caller = await run_in_threadpool(
         lambda: auth.caller(
-            request.method, str(request.url), request.headers.items(), raw, new_key=public_key
+            request.method, target_uri(request), request.headers.items(), raw, new_key=public_key
         )
     )
     return await run_in_threadpool(
@@ -145,14 +182,14 @@ async def create_account(
     )
 
 
-@router.get(wire.ACCOUNT, tags=["accounts"])
+@router.get(wire.ACCOUNT, tags=["accounts"], responses=errors(SIGNED, INPUT, FOUND))
 def account(name: str, market: Market, caller: Signed) -> AccountView:
     caller.must_be(name, f"account {name!r}")
     _read_as(market, caller)
     return market.account(name)
 
 
-@router.post(wire.DEPOSITS, tags=["accounts"])
+@router.post(wire.DEPOSITS, tags=["accounts"], responses=errors(SIGNED, BODY, FOUND))
 def deposit(
     name: str,
     body: wire.Deposit,
@@ -165,14 +202,16 @@ def deposit(
     return market.deposit(name, body.micro_usd, idempotency_key=idempotency_key, nonce=caller.nonce)
 
 
-@router.get(wire.ACCOUNT_KEYS, tags=["accounts"])
+@router.get(wire.ACCOUNT_KEYS, tags=["accounts"], responses=errors(SIGNED, INPUT, FOUND))
 def account_keys(name: str, market: Market, caller: Signed) -> list[KeyView]:
     caller.must_be(name, f"account {name!r}'s keys")
     _read_as(market, caller)
     return market.keys_of(name)
 
 
-@router.post(wire.ACCOUNT_KEYS, status_code=201, tags=["accounts"])
+@router.post(
+    wire.ACCOUNT_KEYS, status_code=201, tags=["accounts"], responses=errors(SIGNED, BODY, FOUND)
+)
 def rotate_key(
     request: Request, name: str, body: wire.NewKey, market: Market, caller: Signed
 ) -> wire.Rotated:
@@ -188,7 +227,7 @@ def rotate_key(
     return wire.Rotated(key=key, revoked=revoked)
 
 
-@router.get(wire.KEYS, dependencies=[Public], tags=["accounts"])
+@router.get(wire.KEYS, dependencies=[Public], tags=["accounts"], responses=errors(PUBLIC, INPUT))
 def lookup_keys(
     market: Market, key_id: Annotated[list[str], Query(max_length=wire.MAX_LOOKUP_KEYS)]
 ) -> list[KeyView]:
@@ -196,7 +235,7 @@ def lookup_keys(
     return market.registered_keys(key_id)
 
 
-@router.post(wire.KEY_REVOCATION, tags=["accounts"])
+@router.post(wire.KEY_REVOCATION, tags=["accounts"], responses=errors(SIGNED, INPUT, FOUND))
 def revoke_key(request: Request, key_id: str, market: Market, caller: Signed) -> KeyView:
     found = market.registered_keys([key_id])
     if found:
@@ -206,7 +245,7 @@ def revoke_key(request: Request, key_id: str, market: Market, caller: Signed) ->
     return revoked
 
 
-@router.get(wire.BALANCES, tags=["ledger"])
+@router.get(wire.BALANCES, tags=["ledger"], responses=errors(SIGNED, INPUT, FOUND))
 def balances(
     market: Market,
     caller: Signed,
@@ -226,13 +265,13 @@ def balances(
 
 
 # -- nodes and offers ----------------------------------------------------------------------
-@router.get(wire.NODES, dependencies=[Public], tags=["nodes"])
-def nodes(market: Market, cursor: Cursor = None, limit: Limit = 100) -> wire.Page[NodeView]:
+@router.get(wire.NODES, dependencies=[Public], tags=["nodes"], responses=errors(PUBLIC, INPUT))
+def nodes(market: Market, cursor: IdCursor = None, limit: Limit = 100) -> wire.Page[NodeView]:
     items = market.nodes(after_id=_int_cursor(cursor) or 0, limit=limit)
     return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
 
 
-@router.post(wire.NODES, status_code=201, tags=["nodes"])
+@router.post(wire.NODES, status_code=201, tags=["nodes"], responses=errors(SIGNED, BODY, FOUND))
 def add_node(
     spec: NodeSpec, market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
 ) -> NodeView:
@@ -241,16 +280,18 @@ def add_node(
     return market.add_node(spec, idempotency_key=idempotency_key, nonce=caller.nonce)
 
 
-@router.post(wire.NODE_BATCH, status_code=201, tags=["nodes"])
+@router.post(
+    wire.NODE_BATCH, status_code=201, tags=["nodes"], responses=errors(SIGNED, BODY, FOUND)
+)
 def add_nodes(specs: list[NodeSpec], market: Market, caller: Signed) -> wire.NodeIds:
     for spec in specs:
         caller.must_be(spec.provider, f"a node of provider {spec.provider!r}")
     return wire.NodeIds(node_ids=market.add_nodes(specs, nonce=caller.nonce))
 
 
-@router.get(wire.NODE_ALLOCATIONS, tags=["nodes"])
+@router.get(wire.NODE_ALLOCATIONS, tags=["nodes"], responses=errors(SIGNED, INPUT, FOUND))
 def node_allocations(
-    node_id: int, market: Market, caller: Signed, cursor: Cursor = None, limit: Limit = 100
+    node_id: NodeId, market: Market, caller: Signed, cursor: IdCursor = None, limit: Limit = 100
 ) -> wire.Page[AllocationView]:
     """A provider reads the allocations on its nodes."""
     caller.must_be(market.node(node_id).provider, f"node {node_id}")
@@ -259,14 +300,17 @@ def node_allocations(
     return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
 
 
-@router.post(wire.OFFERS, dependencies=[Public], tags=["nodes"])
+@router.post(wire.OFFERS, dependencies=[Public], tags=["nodes"], responses=errors(PUBLIC, BODY))
 def offers(body: wire.Search, market: Market) -> list[Hit]:
     """Free capacity that could take a request now, ranked (``depin offers``)."""
-    return market.search(JobSpec.model_validate(body.request), sort=body.sort, limit=body.limit)
+    request = job_from_data(body.request, source="request")  # a ManifestError (422), not a 500
+    return market.search(request, sort=body.sort, limit=body.limit)
 
 
 # -- jobs ----------------------------------------------------------------------------------
-@router.post(wire.JOBS, status_code=201, tags=["jobs"])
+@router.post(
+    wire.JOBS, status_code=201, tags=["jobs"], responses=errors(SIGNED, BODY, FOUND, MONEY)
+)
 def submit(
     request: Request,
     envelope: dict[str, Any],
@@ -285,7 +329,9 @@ def submit(
     return request.app.state.intake.submit(submission)  # type: ignore[no-any-return]
 
 
-@router.post(wire.JOB_BATCH, status_code=201, tags=["jobs"])
+@router.post(
+    wire.JOB_BATCH, status_code=201, tags=["jobs"], responses=errors(SIGNED, BODY, FOUND, MONEY)
+)
 def submit_many(
     body: wire.Envelopes, market: Market, caller: Signed, idempotency_key: IdempotencyKey = None
 ) -> wire.JobIds:
@@ -298,13 +344,13 @@ def submit_many(
     return wire.JobIds(job_ids=ids)
 
 
-@router.get(wire.JOBS, tags=["jobs"])
+@router.get(wire.JOBS, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
 def jobs(
     market: Market,
     caller: Signed,
     account: str | None = None,
     state: JobState | None = None,
-    cursor: Cursor = None,
+    cursor: IdCursor = None,
     limit: Limit = 100,
 ) -> wire.Page[JobView]:
     """An account's jobs, newest first; the operator may list everyone's."""
@@ -331,23 +377,25 @@ def _own_job(market: Marketplace, caller: Caller, job_id: int) -> JobView:
     )
 
 
-@router.get(wire.JOB, tags=["jobs"])
-def job(job_id: int, market: Market, caller: Signed) -> JobView:
+@router.get(wire.JOB, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
+def job(job_id: JobId, market: Market, caller: Signed) -> JobView:
     view = _own_job(market, caller, job_id)
     _read_as(market, caller)
     return view
 
 
-@router.get(wire.JOB_EXPLAIN, tags=["jobs"])
-def explain(job_id: int, market: Market, caller: Signed) -> ExplainView:
+@router.get(wire.JOB_EXPLAIN, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
+def explain(job_id: JobId, market: Market, caller: Signed) -> ExplainView:
     caller.must_be(market.job(job_id).account, f"job {job_id}")
     _read_as(market, caller)
     return market.explain(job_id)
 
 
-@router.post(wire.JOB_PLACEMENT, status_code=201, tags=["jobs"])
+@router.post(
+    wire.JOB_PLACEMENT, status_code=201, tags=["jobs"], responses=errors(SIGNED, BODY, FOUND, MONEY)
+)
 def place(
-    job_id: int,
+    job_id: JobId,
     body: wire.Placement,
     market: Market,
     caller: Signed,
@@ -358,19 +406,19 @@ def place(
     return wire.AllocationIds(allocation_ids=ids)
 
 
-@router.post(wire.JOB_CANCEL, tags=["jobs"])
-def cancel(job_id: int, market: Market, caller: Signed) -> JobView:
+@router.post(wire.JOB_CANCEL, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
+def cancel(job_id: JobId, market: Market, caller: Signed) -> JobView:
     caller.must_be(market.job(job_id).account, f"job {job_id}")
     return market.cancel(job_id, nonce=caller.nonce)
 
 
 # -- the ledger ----------------------------------------------------------------------------
-@router.get(wire.ENTRIES, tags=["ledger"])
+@router.get(wire.ENTRIES, tags=["ledger"], responses=errors(SIGNED, INPUT, FOUND))
 def entries(
     market: Market,
     caller: Signed,
     account: str | None = None,
-    cursor: Cursor = None,
+    cursor: IdCursor = None,
     limit: Limit = 100,
 ) -> wire.Page[EntryView]:
     """An account's entries, newest page first (each page oldest first); the operator's: all."""
@@ -383,14 +431,14 @@ def entries(
     return wire.Page(items=items, next_cursor=str(items[0].id) if len(items) == limit else None)
 
 
-@router.get(wire.LEDGER_VERIFY, tags=["ledger"])
+@router.get(wire.LEDGER_VERIFY, tags=["ledger"], responses=errors(SIGNED))
 def verify(market: Market, caller: Signed) -> VerifyReport:
     """The hash chain, every balance, receipts, holds and capacity: any account may ask."""
     _read_as(market, caller)
     return market.verify_ledger()
 
 
-@router.get(wire.LEDGER_EXPORT, tags=["ledger"])
+@router.get(wire.LEDGER_EXPORT, tags=["ledger"], responses=errors(SIGNED))
 def export(market: Market, caller: Signed) -> StreamingResponse:
     """Every entry as JSON lines with its hashes, streamed (the operator's, for an audit)."""
     caller.must_be_operator("export the whole ledger")

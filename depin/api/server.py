@@ -26,10 +26,11 @@ def _limiter(env: str, default: float) -> auth.RateLimiter:
     return auth.RateLimiter(rate, max(1, int(2 * rate)))
 
 
-def _app(scheduler: bool) -> FastAPI:
+def _app(scheduler: bool, launch: bool = True) -> FastAPI:
     return create_app(
         Marketplace(Settings.from_env(), group_commit=True),
         scheduler=scheduler,
+        launch=launch,
         limiter=_limiter(ENV_RATE_PER_KEY, auth.RATE_PER_S),
         address_limiter=_limiter(ENV_RATE_PER_ADDRESS, auth.ADDRESS_RATE_PER_S),
     )
@@ -43,3 +44,8 @@ def app() -> FastAPI:
 def app_with_scheduler() -> FastAPI:
     """The API, and the scheduler loop as a task of the same process."""
     return _app(scheduler=True)
+
+
+def app_with_reserving_scheduler() -> FastAPI:
+    """The API, and a scheduler loop that only reserves: a launcher runs the allocations."""
+    return _app(scheduler=True, launch=False)

@@ -14,6 +14,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from depin.spec import NAME_PATTERN
 from depin.views import KeyView
 
 T = TypeVar("T")
@@ -23,6 +24,11 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"  # draft-ietf-httpapi-idempotency-key-hea
 MAX_BODY_BYTES = 1 << 20  # a request body above this is refused (413)
 MAX_PAGE = 1000  # items in one page of a list
 MAX_LOOKUP_KEYS = 200  # key ids in one lookup
+MAX_ID = 2**63 - 1  # an id fits a signed 64-bit integer (SQLite's INTEGER, a bigint)
+ID_CURSOR = r"^[0-9]{1,18}$"  # a cursor that is an id: the digits of one, below MAX_ID
+# A raw Ed25519 public key (32 bytes) in base64, as keys.public_key_from_b64 reads it.
+KEY_B64 = r"^\s*(ed25519 )?\s*[A-Za-z0-9+/]{43}=\s*$"
+PROBLEM_REF = "#/components/schemas/Problem"  # the error document's schema in the OpenAPI
 
 # Paths, relative to the API's base URL.
 MARKET = f"{API_PREFIX}/market"
@@ -49,6 +55,12 @@ LEDGER_VERIFY = f"{API_PREFIX}/ledger/verify"
 LEDGER_EXPORT = f"{API_PREFIX}/ledger/export"
 
 
+def _states(pattern: str) -> dict[str, Any]:
+    """A pattern the OpenAPI states but the model does not check: the market checks it, with
+    a message a person can act on (and a client that builds the body gets that error)."""
+    return {"pattern": pattern}
+
+
 class Body(BaseModel):
     """A request body: unknown fields are errors, as in manifests."""
 
@@ -65,9 +77,13 @@ class MarketInfo(Body):
 class NewAccount(Body):
     """Open an account; the request must be signed by ``public_key`` itself."""
 
-    name: str = Field(max_length=64)
+    name: str = Field(max_length=64, json_schema_extra=_states(NAME_PATTERN))
     kind: Literal["developer", "provider"] = "developer"
-    public_key: str = Field(max_length=128, description="base64 of the raw Ed25519 key")
+    public_key: str = Field(
+        max_length=128,
+        description="base64 of the raw Ed25519 key",
+        json_schema_extra=_states(KEY_B64),
+    )
 
 
 class Deposit(Body):
@@ -77,7 +93,11 @@ class Deposit(Body):
 class NewKey(Body):
     """Register another key for an account; with ``revoke_old`` its other keys go."""
 
-    public_key: str = Field(max_length=128)
+    public_key: str = Field(
+        max_length=128,
+        description="base64 of the raw Ed25519 key",
+        json_schema_extra=_states(KEY_B64),
+    )
     not_after: datetime | None = None
     revoke_old: bool = False
 
@@ -96,7 +116,7 @@ class Search(Body):
 
 
 class Placement(Body):
-    node_id: int = Field(ge=1, le=2**63 - 1)
+    node_id: int = Field(ge=1, le=MAX_ID)
 
 
 class Envelopes(Body):
@@ -117,6 +137,18 @@ class AllocationIds(Body):
 
 class Running(Body):
     scheduler_running: bool
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 application/problem+json (``depin.api.problems``)."""
+
+    type: str = Field(description="/problems/<slug>: one per DepinError class, stable")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str = Field(description="The one line that says what went wrong and what to do")
+    instance: str | None = None
+    reasons: list[str] | None = Field(default=None, description="Why a job cannot be placed")
+    retry_after_s: float | None = Field(default=None, description="When rate limited")
 
 
 class Page(BaseModel, Generic[T]):
