@@ -11,6 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from depin.async_client import (
+        AsyncClient,
+    )
     from depin.client import (
         Client,
         load_submission,
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS: dict[str, str] = {
+    "AsyncClient": "depin.async_client",
     "CapacityError": "depin.errors",
     "Client": "depin.client",
     "ConfigError": "depin.errors",
@@ -96,6 +100,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "AsyncClient",
     "CapacityError",
     "Client",
     "ConfigError",

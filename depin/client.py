@@ -24,7 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
 from depin import keys as keystore
@@ -190,23 +190,18 @@ class Client:
         Returns the new key and the keys revoked.
         """
         self.market.account(account)  # a typo fails before a key file is made
-        names = {k.name for k in self.local_keys()}
-        n = 2
-        while f"{account}-{n}" in names:
-            n += 1
-        info = self.new_key(f"{account}-{n}")
-        not_after = None
-        if expires_in_days is not None:
-            not_after = datetime.now(UTC) + timedelta(days=expires_in_days)
+        info = self.new_key(next_key_name(account, self.local_keys()))
         _, revoked = self.market.rotate_key(
-            account, self.public_key(info.name), not_after=not_after, revoke_old=revoke_old
+            account,
+            self.public_key(info.name),
+            not_after=key_expiry(expires_in_days),
+            revoke_old=revoke_old,
         )
         return info, revoked
 
     def revoke_key(self, key: str) -> KeyView:
         """Revoke a registered key, given its id or the name of a local key."""
-        local = {k.name: k.key_id for k in self.local_keys()}
-        return self.market.revoke_key(local.get(key, key))
+        return self.market.revoke_key(key_id_of(key, self.local_keys()))
 
     def registered_keys(self, account: str) -> list[KeyView]:
         return self.market.keys_of(account)
@@ -261,7 +256,7 @@ class Client:
         self, spec: NodeSpec | None = None, *, idempotency_key: str | None = None, **fields: Any
     ) -> NodeView:
         """Register a node: a NodeSpec, or its fields as keyword arguments."""
-        node = spec if spec is not None else _validated(NodeSpec, fields, "node")
+        node = spec if spec is not None else node_spec(fields)
         return self._retrying(
             lambda k: self.market.add_node(node, idempotency_key=k), idempotency_key
         )
@@ -291,13 +286,7 @@ class Client:
         private = keystore.load_private(key, self.settings.keys_dir)
         if account is None:
             kid = keystore.key_id(private.public_key())
-            found = self.market.registered_keys([kid])
-            if not found:
-                raise NotFoundError(
-                    f"key {key!r} ({kid}) is not registered to any account: "
-                    "pass --as ACCOUNT or register it with `depin account create`"
-                )
-            account = found[0].account
+            account = account_of_key(self.market.registered_keys([kid]), key, kid)
         return manifest.sign(
             spec, private, issuer=account, audience=audience or self.market_id, ttl_s=ttl_s
         )
@@ -313,63 +302,20 @@ class Client:
         """
         if offline:
             local = {k.key_id: self.public_key(k.name) for k in self.local_keys()}
-            signature, _ = manifest.verify_signature(
-                envelope, lambda kid: [local[kid]] if kid in local else []
-            )
-            claims = manifest.parse_claims(envelope)
-            note = "offline: the key is not checked against any market's registry"
-            return EnvelopeCheck(signature.keyid, claims, False, note)
+            return checked_offline(envelope, local)
         key, claims = self._verified(envelope)
-        check_key_usable(_key_record(key), datetime.now(UTC))
-        if claims.audience != self.market_id:
-            raise ForeignAudienceError(
-                f"envelope is for marketplace {claims.audience!r}, not this one ({self.market_id})"
-            )
-        note = f"key {key.key_id} is registered to {key.account!r} and {key.state}"
-        return EnvelopeCheck(key.key_id, claims, True, note)
+        return checked_envelope(key, claims, self.market_id)
 
     def _verified(self, envelope: Envelope) -> tuple[KeyView, Claims]:
-        """The signature verified with the market's registered keys, then (only then) the
-        payload parsed; the key must be registered to the issuer the payload names."""
-        keys = {
-            k.key_id: k for k in self.market.registered_keys([s.keyid for s in envelope.signatures])
-        }
-
-        def find(kid: str) -> list[Ed25519PublicKey]:
-            return [keystore.public_key_from_b64(keys[kid].public_key)] if kid in keys else []
-
-        signature, _ = manifest.verify_signature(envelope, find)
-        key = keys[signature.keyid]
-        claims = manifest.parse_claims(envelope, signer_account=key.account)
-        if claims.issuer != key.account:
-            raise UnknownKeyError(
-                f"the envelope names issuer {claims.issuer!r}, but key {key.key_id} is "
-                f"registered to {key.account!r}: it cannot sign for {claims.issuer!r}"
-            )
-        return key, claims
+        """The envelope checked against the market's registered keys (``verified_envelope``)."""
+        return verified_envelope(envelope, self.market.registered_keys(signature_ids(envelope)))
 
     def _signing_identity(self, account: str | None) -> tuple[str, str]:
         """The account that submits and the newest active local key registered to it, from one
         read of the market: the keys among the local ones, with their accounts."""
         local = [k for k in self.local_keys() if k.path.exists()]
         registered = self.market.registered_keys([k.key_id for k in local])
-        if account is None:
-            developers = sorted({k.account for k in registered if k.account_kind == "developer"})
-            if len(developers) != 1:
-                found = ", ".join(developers) or "none"
-                raise InputError(
-                    f"say which account submits with --as ACCOUNT (local accounts: {found})"
-                )
-            account = developers[0]
-        usable = [k for k in registered if k.account == account and k.state == "active"]
-        if not usable:
-            raise NotFoundError(
-                f"no active private key for account {account!r} in {self.settings.keys_dir}: "
-                f"make one with `depin keys rotate {account}`, or sign elsewhere and submit "
-                "the envelope"
-            )
-        names = {k.key_id: k.name for k in local}
-        return account, names[usable[-1].key_id]  # registered_keys is oldest first
+        return signing_identity(local, registered, account, self.settings.keys_dir)
 
     def signing_key_for(self, account: str) -> str:
         """The newest local key registered, and active, for ``account`` (its name in keys/)."""
@@ -416,15 +362,9 @@ class Client:
         ``account`` (``--as``) names who signs a manifest; an envelope already says,
         and is only believed once its signature verifies.
         """
-        for envelope in (j for j in jobs if isinstance(j, Envelope)):
-            if account is not None:
-                _, claims = self._verified(envelope)
-                if claims.issuer != account:
-                    raise InputError(
-                        f"the envelope is signed for account {claims.issuer!r}, not "
-                        f"{account!r}: submit it without --as, or sign the manifest as that "
-                        "account"
-                    )
+        if account is not None:
+            for envelope in (j for j in jobs if isinstance(j, Envelope)):
+                check_signed_as(self._verified(envelope)[1], account)
         if all(isinstance(j, Envelope) for j in jobs):
             return list(jobs)  # type: ignore[arg-type]
         if key is None:
@@ -432,13 +372,7 @@ class Client:
         elif account is None:
             account = self._signing_identity(None)[0]
         private = keystore.load_private(key, self.settings.keys_dir)
-        audience = self.market_id
-        return [
-            j
-            if isinstance(j, Envelope)
-            else manifest.sign(j, private, issuer=account, audience=audience)
-            for j in jobs
-        ]
+        return sign_all(jobs, private, issuer=account, audience=self.market_id)
 
     def submit_file(
         self, path: str | Path, *, account: str | None = None, idempotency_key: str | None = None
@@ -455,7 +389,7 @@ class Client:
     def jobs(
         self, *, account: str | None = None, state: JobState | str | None = None, limit: int = 100
     ) -> list[JobView]:
-        wanted = None if state is None else _job_state(state)
+        wanted = None if state is None else job_state(state)
         return self.market.jobs(account=account, state=wanted, limit=limit)
 
     def job(self, job_id: int) -> JobView:
@@ -553,6 +487,141 @@ def load_submission(path: str | Path) -> JobSpec | Envelope:
     return job_from_data(parse_yaml(text, source=str(path)), source=str(path))
 
 
+# -- the steps both SDKs share (``Client`` and ``depin.AsyncClient``): pure, given what the
+# market answered, so each client only does the asking -------------------------------------
+def next_key_name(account: str, local: Sequence[KeyInfo]) -> str:
+    """The name of ``account``'s next local key: ``<account>-2``, ``-3``, ... (the first free)."""
+    names = {k.name for k in local}
+    n = 2
+    while f"{account}-{n}" in names:
+        n += 1
+    return f"{account}-{n}"
+
+
+def key_expiry(expires_in_days: int | None) -> datetime | None:
+    return None if expires_in_days is None else datetime.now(UTC) + timedelta(days=expires_in_days)
+
+
+def key_id_of(key: str, local: Sequence[KeyInfo]) -> str:
+    """A key given by the name of a local key, or by its id."""
+    return {k.name: k.key_id for k in local}.get(key, key)
+
+
+def account_of_key(found: Sequence[KeyView], key: str, kid: str) -> str:
+    """The account local key ``key`` (id ``kid``) is registered to, from its lookup."""
+    if not found:
+        raise NotFoundError(
+            f"key {key!r} ({kid}) is not registered to any account: "
+            "pass --as ACCOUNT or register it with `depin account create`"
+        )
+    return found[0].account
+
+
+def signing_identity(
+    local: Sequence[KeyInfo], registered: Sequence[KeyView], account: str | None, keys_dir: Path
+) -> tuple[str, str]:
+    """The account that submits (the one named, else the one developer account a local key
+    is registered to) and the name of its newest active local key."""
+    if account is None:
+        developers = sorted({k.account for k in registered if k.account_kind == "developer"})
+        if len(developers) != 1:
+            found = ", ".join(developers) or "none"
+            raise InputError(
+                f"say which account submits with --as ACCOUNT (local accounts: {found})"
+            )
+        account = developers[0]
+    usable = [k for k in registered if k.account == account and k.state == "active"]
+    if not usable:
+        raise NotFoundError(
+            f"no active private key for account {account!r} in {keys_dir}: "
+            f"make one with `depin keys rotate {account}`, or sign elsewhere and submit "
+            "the envelope"
+        )
+    names = {k.key_id: k.name for k in local}
+    return account, names[usable[-1].key_id]  # registered_keys is oldest first
+
+
+def sign_all(
+    jobs: Sequence[JobSpec | Envelope], private: Ed25519PrivateKey, *, issuer: str, audience: str
+) -> list[Envelope]:
+    """Each spec signed; each envelope as it is."""
+    return [
+        j
+        if isinstance(j, Envelope)
+        else manifest.sign(j, private, issuer=issuer, audience=audience)
+        for j in jobs
+    ]
+
+
+def signature_ids(envelope: Envelope) -> list[str]:
+    return [s.keyid for s in envelope.signatures]
+
+
+def verified_envelope(envelope: Envelope, registered: Sequence[KeyView]) -> tuple[KeyView, Claims]:
+    """The signature verified with the market's ``registered`` keys, then (only then) the
+    payload parsed; the key must be registered to the issuer the payload names."""
+    keys = {k.key_id: k for k in registered}
+
+    def find(kid: str) -> list[Ed25519PublicKey]:
+        return [keystore.public_key_from_b64(keys[kid].public_key)] if kid in keys else []
+
+    signature, _ = manifest.verify_signature(envelope, find)
+    key = keys[signature.keyid]
+    claims = manifest.parse_claims(envelope, signer_account=key.account)
+    if claims.issuer != key.account:
+        raise UnknownKeyError(
+            f"the envelope names issuer {claims.issuer!r}, but key {key.key_id} is "
+            f"registered to {key.account!r}: it cannot sign for {claims.issuer!r}"
+        )
+    return key, claims
+
+
+def checked_envelope(key: KeyView, claims: Claims, market_id: str) -> EnvelopeCheck:
+    """A verified envelope's key is usable now and its audience is this market."""
+    check_key_usable(_key_record(key), datetime.now(UTC))
+    if claims.audience != market_id:
+        raise ForeignAudienceError(
+            f"envelope is for marketplace {claims.audience!r}, not this one ({market_id})"
+        )
+    note = f"key {key.key_id} is registered to {key.account!r} and {key.state}"
+    return EnvelopeCheck(key.key_id, claims, True, note)
+
+
+def checked_offline(envelope: Envelope, local: dict[str, Ed25519PublicKey]) -> EnvelopeCheck:
+    """The signature checked with local public keys only; the issuer stays unverified."""
+    signature, _ = manifest.verify_signature(
+        envelope, lambda kid: [local[kid]] if kid in local else []
+    )
+    claims = manifest.parse_claims(envelope)
+    note = "offline: the key is not checked against any market's registry"
+    return EnvelopeCheck(signature.keyid, claims, False, note)
+
+
+def check_signed_as(claims: Claims, account: str) -> None:
+    """An envelope signed elsewhere is submitted ``--as`` the account it was signed for."""
+    if claims.issuer != account:
+        raise InputError(
+            f"the envelope is signed for account {claims.issuer!r}, not "
+            f"{account!r}: submit it without --as, or sign the manifest as that "
+            "account"
+        )
+
+
+def job_state(state: JobState | str) -> JobState:
+    try:
+        return JobState(state)
+    except ValueError:
+        raise InputError(f"unknown job state {state!r}: one of {', '.join(JobState)}") from None
+
+
+def node_spec(fields: dict[str, Any]) -> NodeSpec:
+    """A NodeSpec from keyword arguments, or an ``InputError`` saying what is wrong."""
+    try:
+        return NodeSpec.model_validate(fields)
+    except ValidationError as exc:
+        raise InputError(f"node: {describe_validation_error(exc)}") from None
+
+
 def _key_record(key: KeyView) -> KeyRecord:
     """A registered key as the market's own key checks take it."""
 
@@ -569,17 +638,3 @@ def _key_record(key: KeyView) -> KeyRecord:
         instant(key.not_before),
         instant(key.not_after),
     )
-
-
-def _job_state(state: JobState | str) -> JobState:
-    try:
-        return JobState(state)
-    except ValueError:
-        raise InputError(f"unknown job state {state!r}: one of {', '.join(JobState)}") from None
-
-
-def _validated(model: type[NodeSpec], fields: dict[str, Any], what: str) -> NodeSpec:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as exc:
-        raise InputError(f"{what}: {describe_validation_error(exc)}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import depin
 
 EXPECTED = [
+    "AsyncClient",
     "CapacityError",
     "Client",
     "ConfigError",
