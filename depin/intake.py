@@ -38,7 +38,7 @@ from depin.errors import (
     UnauthenticatedError,
 )
 from depin.idempotency import check_key, request_hash
-from depin.ledger import Balance, Ledger
+from depin.ledger import Ledger
 from depin.manifest import CLOCK_SKEW_S, Envelope
 from depin.nonces import SeenNonce
 from depin.submission import (
@@ -243,15 +243,13 @@ def _within_balances(
     ready: list[int],
 ) -> list[int]:
     """In arrival order, each account's holds while its balance covers them."""
-    balances: dict[int, Balance] = {}
-    spent: dict[int, int] = {}
+    accounts = {admissions[i].account_id for i in ready}  # type: ignore[union-attr]
+    balances = ledger.balances_of(accounts)  # one read for the group
+    spent = dict.fromkeys(accounts, 0)
     kept = []
     for i in ready:
         a = admissions[i]
         assert isinstance(a, Admitted)
-        if a.account_id not in balances:
-            balances[a.account_id] = ledger.balance(a.account_id)
-            spent[a.account_id] = 0
         balance = balances[a.account_id]
         if spent[a.account_id] + a.hold_micro > balance.available:
             outcomes[i] = InsufficientFundsError(short_of(balance, a.hold_micro, [a]))

@@ -195,6 +195,10 @@ class Entry(NamedTuple):
 
 
 _TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+_ADD_TOTALS = (
+    "UPDATE accounts SET debits_pending = debits_pending + ?, debits_posted = debits_posted + ?, "
+    "credits_pending = credits_pending + ?, credits_posted = credits_posted + ? WHERE id = ?"
+)
 _INSERT_ENTRY = (
     "INSERT INTO transfers (id, debit_account_id, credit_account_id, amount_micro_usd, kind, "
     "pending, pending_id, timeout_at, job_id, allocation_id, memo, created_at, prev_hash, hash) "
@@ -318,6 +322,15 @@ class Ledger:
         if acct is None:
             raise NotFoundError(f"no account named {name!r}: create it with `depin account create`")
         return acct
+
+    def balances_of(self, account_ids: set[int]) -> dict[int, Balance]:
+        """The current totals of several accounts, in one read."""
+        stmt = (
+            select(Account)
+            .where(Account.id.in_(sorted(account_ids)))
+            .execution_options(populate_existing=True)
+        )
+        return {a.id: Balance.of(a) for a in self.session.execute(stmt).scalars()}
 
     def balance(self, account_id: int) -> Balance:
         stmt = (
@@ -503,8 +516,7 @@ class Ledger:
             c = totals.setdefault(credit, [0, 0, 0, 0])
             c[2] += pend
             c[3] += post
-        for account_id, delta in totals.items():
-            self._add(account_id, **dict(zip(_TOTALS, delta, strict=True)))
+        self._add_totals(totals)
         return [r[0] for r in rows]
 
     def expired_holds(self, now: datetime, *, limit: int = 1000) -> list[Hold]:
@@ -558,17 +570,20 @@ class Ledger:
                     f"`depin account deposit {acct.name} USD`"
                 )
 
-    def _add(self, account_id: int, **deltas: int) -> None:
-        values = {name: getattr(Account, name) + delta for name, delta in deltas.items() if delta}
-        if not values:
-            return
+    def _add_totals(self, totals: dict[int, list[int]]) -> None:
+        """Move every touched account's four totals in one statement; the accounts loaded
+        in this session are expired, so a later read sees the new totals."""
+        rows = [(*delta, account_id) for account_id, delta in totals.items() if any(delta)]
         try:
-            self.session.execute(update(Account).where(Account.id == account_id).values(**values))
+            executemany(self.session, _ADD_TOTALS, rows)
         except IntegrityError as exc:
             # The CHECK had the last word: a concurrent writer spent the money first.
             raise InsufficientFundsError(
-                f"account #{account_id} cannot cover this transfer (a concurrent charge won)"
+                "an account cannot cover this transfer (a concurrent charge won)"
             ) from exc
+        for obj in list(self.session.identity_map.values()):
+            if isinstance(obj, Account) and obj.id in totals:
+                self.session.expire(obj)
 
 
 # -- reading and verifying -----------------------------------------------------------------

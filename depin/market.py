@@ -220,9 +220,13 @@ class Marketplace(Transactions):
         return self._read(registry.offers)
 
     def search(self, request: JobSpec, *, sort: str = "price", limit: int = 20) -> list[Hit]:
-        """Free capacity that could take ``request`` now, ranked (``depin offers``)."""
+        """Free capacity that could take ``request`` now, ranked (``depin offers``): the kept
+        fleet with this moment's free GPUs."""
+        fleet, free = self._read(lambda s: (self._fleet_of(s), registry.free_capacity(s)))
+        now = fleet.scratch()
+        now.set_free(*free)
         try:
-            return search(Request.of(request), Snapshot(self.offers()), sort=sort, limit=limit)
+            return search(Request.of(request), now, sort=sort, limit=limit)
         except ValueError as exc:
             raise InputError(str(exc)) from None
 
@@ -313,13 +317,20 @@ class Marketplace(Transactions):
         fleet changes: one cheap read of its version, not of every node)."""
 
         def read(s: Session) -> tuple[Any, Snapshot, dict[int, int]]:
-            version, cached = registry.version(s), self._fleet
-            if cached is None or cached[0] != version:
-                offers, prices = registry.offers_and_prices(s, full=True)
-                cached = self._fleet = (version, Snapshot(offers), prices)
-            return load_keys(s, key_ids), cached[1], cached[2]
+            fleet = self._fleet_of(s)
+            assert self._fleet is not None
+            return load_keys(s, key_ids), fleet, self._fleet[2]
 
         return self._read(read)
+
+    def _fleet_of(self, s: Session) -> Snapshot:
+        """Every registered node, all GPUs free (what could ever run where), kept until the
+        fleet changes; a caller that needs this moment's free GPUs sets them on a scratch."""
+        version, cached = registry.version(s), self._fleet
+        if cached is None or cached[0] != version:
+            offers, prices = registry.offers_and_prices(s, full=True)
+            cached = self._fleet = (version, Snapshot(offers), prices)
+        return cached[1]
 
     # -- jobs ----------------------------------------------------------------------------------
     def jobs(

@@ -16,6 +16,7 @@ sent, with a fresh nonce.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -27,7 +28,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ FLEET_NODES = 200
 READY_TIMEOUT_S = 60
 DEPOSIT_USD = 1_000_000
 PHASES = ("submit", "offers", "job_status")
+MAX_RATE_PER_CLIENT = 100  # submissions/s one client could send: envelopes signed ahead
 JOB = {
     "name": "bench",
     "command": ["true"],
@@ -124,30 +125,39 @@ def _setup(url: str, server_home: Path, client_home: Path, clients: int) -> list
 
 
 def _load(
-    url: str, home: str, accounts: list[str], phase: str, seconds: float, start_at: float
-) -> dict[str, Any]:
-    """One load process: a thread per account, each sending ``phase`` requests until time."""
+    url: str,
+    home: str,
+    accounts: list[str],
+    phase: str,
+    seconds: float,
+    everyone: Any,
+    results: Any,
+) -> None:
+    """One load process: a thread per account. Every client gets ready (signs its envelopes,
+    finds its jobs) before any starts; all send ``phase`` requests for ``seconds``."""
     latencies: list[float] = []
     errors: dict[str, int] = {"client": 0, "server": 0, "rate_limited": 0}
-    job_ids: list[int] = []
-    lock = threading.Lock()
+    lock, go = threading.Lock(), threading.Event()
+    ready = threading.Barrier(len(accounts) + 1)
+    window: list[float] = []
 
     def client_loop(account: str) -> None:
         with Client(url=url, home=home, account=account) as client:
             spec = JobSpec.model_validate(JOB)
-            key = client.signing_key_for(account)
-            ready: list[Any] = []
+            envelopes: list[Any] = []
             if phase == "submit":  # the developer's own work, done before the clock starts
-                ready = [client.sign(spec, key=key, account=account) for _ in range(4000)]
+                key = client.signing_key_for(account)
+                count = int(seconds * MAX_RATE_PER_CLIENT) + 1
+                envelopes = [client.sign(spec, key=key, account=account) for _ in range(count)]
             mine = client.jobs(account=account, limit=50) if phase == "job_status" else []
-            while time.time() < start_at:
-                time.sleep(0.001)
-            end, i = start_at + seconds, 0
-            while time.time() < end:
+            ready.wait()
+            go.wait()
+            end, i = window[0] + seconds, 0
+            while time.time() < end and (phase != "submit" or i < len(envelopes)):
                 began = time.perf_counter()
                 try:
                     if phase == "submit":
-                        job_ids.append(client.submit(ready[i % len(ready)]).id)
+                        client.submit(envelopes[i])
                     elif phase == "offers":
                         client.search(spec, limit=10)
                     else:
@@ -169,25 +179,34 @@ def _load(
     threads = [threading.Thread(target=client_loop, args=(a,)) for a in accounts]
     for t in threads:
         t.start()
+    ready.wait()  # this process's clients are ready ...
+    everyone.wait()  # ... and so are every other process's: start together
+    window.append(time.time())
+    go.set()
     for t in threads:
         t.join()
-    return {"latencies": latencies, "errors": errors, "jobs": len(job_ids)}
+    results.put({"latencies": latencies, "errors": errors})
 
 
 def _phase(
     url: str, home: Path, accounts: list[str], phase: str, seconds: float, processes: int
 ) -> dict[str, Any]:
-    start_at = time.time() + 3.0 + 0.05 * len(accounts)  # every client ready first
-    shares = [accounts[i::processes] for i in range(processes)]
-    with ProcessPoolExecutor(processes) as pool:
-        futures = [
-            pool.submit(_load, url, str(home), share, phase, seconds, start_at)
-            for share in shares
-            if share
-        ]
-        results = [f.result() for f in futures]
-    latencies = sorted(x for r in results for x in r["latencies"])
-    errors = {k: sum(r["errors"][k] for r in results) for k in ("client", "server", "rate_limited")}
+    shares = [share for share in (accounts[i::processes] for i in range(processes)) if share]
+    spawn = multiprocessing.get_context("spawn")
+    everyone, results = spawn.Barrier(len(shares)), spawn.Queue()
+    workers = [
+        spawn.Process(target=_load, args=(url, str(home), share, phase, seconds, everyone, results))
+        for share in shares
+    ]
+    for w in workers:
+        w.start()
+    outcomes = [results.get(timeout=seconds + 600) for _ in workers]
+    for w in workers:
+        w.join()
+    latencies = sorted(x for r in outcomes for x in r["latencies"])
+    errors = {
+        k: sum(r["errors"][k] for r in outcomes) for k in ("client", "server", "rate_limited")
+    }
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
     return {
         "requests": len(latencies),
