@@ -527,3 +527,14 @@ def test_a_session_prints_the_same_locally_and_over_http(
     local = transcript(tmp_path)
     for there, here in zip(remote, local, strict=True):
         assert there == here
+
+
+@pytest.mark.local_only("bench api starts its own depin serve")
+def test_bench_api_drives_a_live_server_through_the_sdk(home: Path) -> None:
+    data = as_json("bench", "api", "--clients", "2", "--seconds", "1", "--processes", "1")
+    for phase in ("submit", "offers", "job_status"):
+        figures = data[phase]  # type: ignore[index]
+        assert figures["requests"] > 0 and figures["requests_per_s"] > 0
+        assert figures["p99_ms"] >= figures["p50_ms"] > 0
+        assert figures["errors"] == {"client": 0, "server": 0, "rate_limited": 0}
+    assert data["ledger_ok"] is True  # type: ignore[index]
