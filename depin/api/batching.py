@@ -14,13 +14,13 @@ import queue
 import threading
 from dataclasses import dataclass, field
 
+from depin.db.group import STOP, next_batch
 from depin.errors import DepinError
 from depin.intake import Submission
 from depin.market import Marketplace
 from depin.views import JobView
 
 MAX_GROUP = 256  # submissions in one transaction at most
-_STOP = object()
 
 
 @dataclass
@@ -51,25 +51,12 @@ class SubmissionBatcher:
         return waiting.answer
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            group = [first]
-            while len(group) < self.max_group:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    self._queue.put(_STOP)
-                    break
-                group.append(more)
-            self._answer(group)  # type: ignore[arg-type]
+        while (group := next_batch(self._queue, self.max_group)) is not None:
+            self._answer(group)
 
     def _answer(self, group: list[_Waiting]) -> None:
         try:

@@ -30,7 +30,7 @@ from depin.db.engine import run_transaction
 
 T = TypeVar("T")
 MAX_BATCH = 512  # pieces of work in one transaction at most
-_STOP = object()
+STOP = object()  # put on a writer's queue to end its loop
 
 
 @dataclass
@@ -39,6 +39,25 @@ class _Work:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+
+
+def next_batch(waiting: queue.SimpleQueue[Any], most: int) -> list[Any] | None:
+    """The next batch from a writer's queue: wait for one item, then take whatever else has
+    queued, up to ``most``; None once ``STOP`` arrives (after what came before it)."""
+    first = waiting.get()
+    if first is STOP:
+        return None
+    batch = [first]
+    while len(batch) < most:
+        try:
+            more = waiting.get_nowait()
+        except queue.Empty:
+            break
+        if more is STOP:
+            waiting.put(STOP)  # answer this batch; the next call ends the loop
+            break
+        batch.append(more)
+    return batch
 
 
 class GroupCommit:
@@ -65,24 +84,11 @@ class GroupCommit:
         return item.result  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        self._queue.put(STOP)
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    self._commit(batch)
-                    return
-                batch.append(more)
+        while (batch := next_batch(self._queue, self.max_batch)) is not None:
             self._commit(batch)
 
     def _commit(self, batch: list[_Work]) -> None:
