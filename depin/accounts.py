@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from depin.db.models import Account, AccountKey, Setting, utcnow
-from depin.errors import ConflictError, InputError, NotFoundError
+from depin.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from depin.keys import key_id as compute_key_id
 from depin.keys import public_key_b64, public_key_from_b64
 from depin.ledger import WORLD_ACCOUNT, Ledger
@@ -46,6 +46,10 @@ class Signer:
     not_after: datetime | None
     revoked_at: datetime | None
     operator: bool = False
+
+    @property
+    def account_name(self) -> str:  # as the key checks name it (``submission.check_key_usable``)
+        return self.account
 
 
 def check_new_account(name: str, kind: str) -> None:
@@ -119,8 +123,9 @@ def rotate(
     return KeyView.of(key, acct), [KeyView.of(k, acct) for k in revoked]
 
 
-def revoke(s: Session, key_id: str) -> KeyView:
-    """Revoke a key: from now on nothing it signs is accepted."""
+def revoke(s: Session, key_id: str, *, by: str | None = None) -> KeyView:
+    """Revoke a key: from now on nothing it signs is accepted. With ``by`` (who asks), only
+    that account's own key."""
     Ledger(s).lock()
     row = s.execute(
         select(AccountKey, Account)
@@ -131,6 +136,8 @@ def revoke(s: Session, key_id: str) -> KeyView:
     if row is None:
         raise NotFoundError(f"no registered key {key_id!r}: see `depin keys list --account NAME`")
     key, acct = row
+    if by is not None and acct.name != by:
+        raise ForbiddenError(f"key {key_id} belongs to {acct.name!r}; you sign as {by!r}")
     if key.state != "revoked":
         key.state, key.revoked_at = "revoked", utcnow()
     s.flush()

@@ -51,10 +51,9 @@ from depin.client import (
     verified_envelope,
 )
 from depin.config import Settings
-from depin.errors import ConfigError, DatabaseError
+from depin.errors import ConfigError
 from depin.keys import KeyInfo
 from depin.ledger import Balance, VerifyReport
-from depin.limits import CLIENT_ATTEMPTS, CLIENT_BACKOFF_S
 from depin.manifest import Claims, Envelope
 from depin.money import usd_to_micro
 from depin.spec import JobSpec, NodeSpec
@@ -151,16 +150,10 @@ class AsyncClient:
         return await self.market.keys_of(account)
 
     async def _retrying(self, call: Callable[[str], Awaitable[T]], key: str | None) -> T:
-        """``Client._retrying`` with ``await``: one idempotency key for every try."""
-        key = uuid.uuid4().hex if key is None else key
-        for attempt in range(1, CLIENT_ATTEMPTS + 1):
-            try:
-                return await call(key)
-            except DatabaseError:
-                if attempt == CLIENT_ATTEMPTS:
-                    raise
-                await asyncio.sleep(CLIENT_BACKOFF_S * attempt)
-        raise AssertionError("unreachable")
+        """Call with an idempotency key (a fresh UUID unless given). The HTTP transport
+        retries what is safe to repeat, under that one key (``depin.api.remote``); retrying
+        again here would multiply the attempts."""
+        return await call(uuid.uuid4().hex if key is None else key)
 
     # -- accounts ------------------------------------------------------------------------------
     async def create_account(

@@ -210,14 +210,17 @@ class Client:
         """Call with an idempotency key (a fresh UUID unless given), retried on transient failures.
 
         A retry reuses the key, so a request that committed before its answer
-        was lost returns the first result instead of acting twice.
+        was lost returns the first result instead of acting twice. Only the embedded
+        market is retried here: over HTTP the transport retries already (``depin.api.remote``),
+        and retrying its 503s again would multiply the attempts.
         """
         key = uuid.uuid4().hex if key is None else key
-        for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        attempts = 1 if self.remote else CLIENT_ATTEMPTS
+        for attempt in range(1, attempts + 1):
             try:
                 return call(key)
             except DatabaseError:
-                if attempt == CLIENT_ATTEMPTS:
+                if attempt == attempts:
                     raise
                 time.sleep(CLIENT_BACKOFF_S * attempt)
         raise AssertionError("unreachable")

@@ -8,8 +8,16 @@ same idempotency key, so it acts once). Each try claims its idempotency key
 at most ``IDEMPOTENCY_ATTEMPTS`` times (a twin may hold it). Each claim is one
 transaction, which PostgreSQL may abort as a serialization failure or a
 deadlock and which is then run again, ``TRANSACTION_ATTEMPTS`` times at most.
-So one SDK call runs at most ``MAX_TRANSACTIONS_PER_CALL`` (72) transactions
-and sleeps at most ``MAX_BACKOFF_PER_CALL_S`` (6.69 s) between them.
+So one SDK call on the embedded market runs at most ``MAX_TRANSACTIONS_PER_CALL``
+(72) transactions and sleeps at most ``MAX_BACKOFF_PER_CALL_S`` (6.69 s) between
+them. Over HTTP the SDK does not retry itself: the transport sends a request that
+is safe to repeat (a GET, or a POST with an ``Idempotency-Key``) ``HTTP_ATTEMPTS``
+times at most on a connection error or a 502/503/504, each signed anew; on the
+server, that request is one transaction with the retries above (less the client's).
+
+Bounds of one component stay beside it where only it reads them (a receipt's
+longest run, an envelope's size and signature count, the API's body and page
+sizes, rate limits and group sizes).
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ MAX_BACKOFF_PER_CALL_S = sum(CLIENT_BACKOFF_S * n for n in range(1, CLIENT_ATTEM
     * IDEMPOTENCY_ATTEMPTS
     * sum(transaction_backoff_s(n) for n in range(1, TRANSACTION_ATTEMPTS))
 )
+
+HTTP_ATTEMPTS = 4
+HTTP_BACKOFF_S = 0.2  # before retry n: this x 2**(n-1)
+HTTP_TIMEOUT_S = 30.0  # to read an answer
+HTTP_CONNECT_TIMEOUT_S = 5.0
 
 # -- drivers (processes that launch work) --------------------------------------------------
 # A driver that has not heartbeated for this long is dead: its reserved and running

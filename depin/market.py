@@ -142,9 +142,12 @@ class Marketplace(Transactions):
         except IntegrityError as exc:
             raise ConflictError(f"key {compute_key_id(public_key)} is already registered") from exc
 
-    def revoke_key(self, key_id: str, *, nonce: SeenNonce | None = None) -> views.KeyView:
-        """Revoke a key: from now on nothing it signs is accepted."""
-        return self._tx(lambda s: accounts.revoke(s, key_id), nonce)
+    def revoke_key(
+        self, key_id: str, *, by: str | None = None, nonce: SeenNonce | None = None
+    ) -> views.KeyView:
+        """Revoke a key: from now on nothing it signs is accepted (with ``by``: if it is
+        that account's)."""
+        return self._tx(lambda s: accounts.revoke(s, key_id, by=by), nonce)
 
     def signer(self, key_id: str) -> accounts.Signer | None:
         """Who signs with ``key_id`` (a signed request's check): an account's key, the
@@ -347,6 +350,10 @@ class Marketplace(Transactions):
                 s, account=account, state=state, limit=limit, before_id=before_id
             )
         )
+
+    def job_owner(self, job_id: int) -> str:
+        """The account a job belongs to (one cheap read, for a check of who may act on it)."""
+        return self._read(lambda s: views.job_owner(s, job_id))
 
     def job(self, job_id: int) -> views.JobView:
         return self._read(lambda s: views.job_view(s, job_id))

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -249,7 +250,18 @@ def template_json(spec: JobSpec) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def check_key_usable(key: KeyRecord, now: datetime) -> None:
+class UsableKey(Protocol):
+    """What deciding whether a key may sign needs (a ``KeyRecord``, an ``accounts.Signer``)."""
+
+    key_id: str
+    account_name: str
+    state: str
+    revoked_at: datetime | None
+    not_before: datetime | None
+    not_after: datetime | None
+
+
+def check_key_usable(key: UsableKey, now: datetime) -> None:
     """A revoked key, or one outside its validity window, is good for nothing new.
 
     A revoked key is refused whatever issued-at its envelope claims: whoever

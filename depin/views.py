@@ -381,6 +381,15 @@ def job_views(
     ]
 
 
+def job_owner(s: Session, job_id: int) -> str:
+    owner = s.execute(
+        select(Account.name).join(Job, Job.account_id == Account.id).where(Job.id == job_id)
+    ).scalar()
+    if owner is None:
+        raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
+    return owner
+
+
 def job_view(s: Session, job_id: int) -> JobView:
     found = job_views(s, job_id=job_id, limit=1)
     if not found:

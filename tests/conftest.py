@@ -218,5 +218,6 @@ def signed_request(http: Any, method: str, path: str, key: str, home: Path, **op
     from depin.keys import load_private
 
     request = http.build_request(method, path, **options)
-    Ed25519Auth(load_private(key, home / "keys")).sign(request)
+    market_id = http.get("/v1/market").json()["market_id"]
+    Ed25519Auth(load_private(key, home / "keys"), market_id).sign(request)
     return request

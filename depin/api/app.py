@@ -150,6 +150,7 @@ def create_app(
         finally:
             if task is not None:
                 task.stop()
+            app.state.intake.close()  # after the loop: nothing submits any more
 
     app = FastAPI(
         title="depin",
@@ -162,7 +163,9 @@ def create_app(
     world_id = market.account("@world").id
     app.state.market = market
     app.state.intake = SubmissionBatcher(market)
-    app.state.auth = Authenticator(market.signer, world_id, limiter, address_limiter)
+    app.state.auth = Authenticator(
+        market.signer, world_id, market.market_id, limiter, address_limiter
+    )
     app.include_router(routes.router)
     _handle_errors(app)
     app.add_middleware(BodyLimit)  # type: ignore[arg-type]

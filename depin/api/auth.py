@@ -21,9 +21,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from depin.accounts import Signer
 from depin.api import signing
-from depin.errors import ForbiddenError, RateLimitedError, UnauthenticatedError
+from depin.errors import (
+    ForbiddenError,
+    RateLimitedError,
+    RevokedKeyError,
+    UnauthenticatedError,
+)
 from depin.manifest import CLOCK_SKEW_S
 from depin.nonces import SeenNonce, request_nonce
+from depin.submission import check_key_usable
 
 RATE_PER_S = 100.0  # sustained requests per key
 BURST = 200  # requests a quiet caller may send at once
@@ -55,6 +61,12 @@ class Caller:
         if not (self.operator or self.account == account):
             raise ForbiddenError(f"{what} belongs to {account!r}; you sign as {self.account!r}")
 
+    def must_own_job(self, owner: str, job_id: int) -> None:
+        """Only a job's owner (or the operator) may act on it. The refusal does not name the
+        owner: job ids are sequential, and who runs what is nobody else's business."""
+        if not (self.operator or self.account == owner):
+            raise ForbiddenError(f"job {job_id} is not yours; you sign as {self.account!r}")
+
     def must_be_operator(self, what: str) -> None:
         if not self.operator:
             raise ForbiddenError(f"only the market operator's key may {what}")
@@ -75,8 +87,9 @@ class RateLimiter:
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self, who: str) -> None:
-        """Spend one token of ``who``'s bucket, or raise ``RateLimitedError`` with the wait."""
+    def take(self, who: str, per: str) -> None:
+        """Spend one token of ``who``'s bucket (a ``per``: key, address), or raise
+        ``RateLimitedError`` with the wait."""
         now = time.monotonic()
         with self._lock:
             bucket = self._buckets.get(who)
@@ -89,7 +102,7 @@ class RateLimiter:
             if bucket.tokens < 1:
                 wait = (1 - bucket.tokens) / self.rate_per_s
                 raise RateLimitedError(
-                    f"too many requests: at most {self.rate_per_s:g}/s per key; retry in "
+                    f"too many requests: at most {self.rate_per_s:g}/s per {per}; retry in "
                     f"{wait:.2f} s",
                     retry_after_s=wait,
                 )
@@ -112,11 +125,13 @@ class Authenticator:
         self,
         find_signer: Callable[[str], Signer | None],
         world_account_id: int,
+        market_id: str,
         limiter: RateLimiter | None = None,
         address_limiter: RateLimiter | None = None,
     ) -> None:
         self.find_signer = find_signer
         self.world_account_id = world_account_id  # whose nonces a not yet registered key spends
+        self.market_id = market_id  # the market a signature must name (its tag)
         self.limiter = limiter or RateLimiter()
         self.address_limiter = address_limiter or RateLimiter(
             ADDRESS_RATE_PER_S, int(2 * ADDRESS_RATE_PER_S)
@@ -145,10 +160,16 @@ class Authenticator:
         headers: Iterable[tuple[str, str]],
         body: bytes,
         *,
+        address: str,
         new_key: Ed25519PublicKey | None = None,
     ) -> Caller:
-        """The verified caller of a request; ``new_key`` stands in for the registry when the
-        request registers that key (it proves possession by signing with it)."""
+        """The verified caller of a request from ``address``; ``new_key`` stands in for the
+        registry when the request registers that key (it proves possession by signing with it).
+
+        Every request draws from its address's bucket before anything is checked, so bad
+        signatures and fresh keys (a new account's) cost an attacker as much as good ones;
+        a verified request draws from its key's bucket too."""
+        self.address_limiter.take(address, "address")
         found: dict[str, Signer] = {}
 
         def find_key(kid: str) -> Ed25519PublicKey | None:
@@ -162,8 +183,8 @@ class Authenticator:
             found[kid] = signer
             return signer.public_key
 
-        verified = signing.verify(method, url, list(headers), body, find_key)
-        self.limiter.take(f"key:{verified.key_id}")
+        verified = signing.verify(method, url, list(headers), body, find_key, self.market_id)
+        self.limiter.take(verified.key_id, "key")
         signer = found.get(verified.key_id)
         if signer is None:  # a new key: it signs for nobody yet (its nonce is @world's)
             assert new_key is not None
@@ -171,23 +192,13 @@ class Authenticator:
                 verified.key_id, new_key, self.world_account_id, "", "", "active", None, None, None
             )
         else:
-            _check_usable(signer, datetime.now(UTC))
+            try:
+                check_key_usable(signer, datetime.now(UTC))
+            except RevokedKeyError as exc:  # the same checks as for a manifest's key
+                raise UnauthenticatedError(str(exc)) from None
         expires = verified.created + timedelta(seconds=2 * CLOCK_SKEW_S)
         return Caller(signer, request_nonce(verified.nonce, signer.account_id, expires))
 
     def anonymous(self, address: str) -> None:
         """An unsigned request from ``address`` draws from that address's bucket."""
-        self.address_limiter.take(address)
-
-
-def _check_usable(signer: Signer, now: datetime) -> None:
-    """A revoked key, or one outside its validity window, signs no request."""
-    skew = timedelta(seconds=CLOCK_SKEW_S)
-    if signer.state == "revoked":
-        raise UnauthenticatedError(f"key {signer.key_id} was revoked: sign with an active key")
-    if signer.not_after is not None and now > signer.not_after + skew:
-        raise UnauthenticatedError(f"key {signer.key_id} expired at {signer.not_after.isoformat()}")
-    if signer.not_before is not None and now < signer.not_before - skew:
-        raise UnauthenticatedError(
-            f"key {signer.key_id} is not valid before {signer.not_before.isoformat()}"
-        )
+        self.address_limiter.take(address, "address")

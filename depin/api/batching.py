@@ -10,6 +10,7 @@ for nobody.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from depin.intake import Submission
 from depin.market import Marketplace
 from depin.views import JobView
 
+log = logging.getLogger("depin.api")
 MAX_GROUP = 256  # submissions in one transaction at most
 
 
@@ -64,6 +66,7 @@ class SubmissionBatcher:
         except DepinError as exc:  # the group failed as a whole (the database): each is told
             answers = [exc] * len(group)
         except Exception as exc:  # a bug must not leave requests waiting for ever
+            log.exception("a group of %d submissions failed", len(group))
             answers = [DepinError(f"internal error: {type(exc).__name__}")] * len(group)
         for waiting, answer in zip(group, answers, strict=True):
             waiting.answer = answer

@@ -43,6 +43,7 @@ from depin.api import problems, wire
 from depin.api.signing import Ed25519Auth
 from depin.errors import DepinError, InputError, NotFoundError, RemoteError
 from depin.ledger import Balance, VerifyReport
+from depin.limits import HTTP_ATTEMPTS, HTTP_BACKOFF_S, HTTP_CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S
 from depin.manifest import Envelope
 from depin.spec import JobSpec, NodeSpec
 from depin.states import JobState
@@ -57,9 +58,8 @@ from depin.views import (
 )
 from scheduler.search import Hit
 
-ATTEMPTS = 4  # tries of a request that is safe to repeat (a GET, or a POST with a key)
-BACKOFF_S = 0.2  # before retry n: this x 2**(n-1)
-TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+ATTEMPTS, BACKOFF_S = HTTP_ATTEMPTS, HTTP_BACKOFF_S  # (module names a test may shorten)
+TIMEOUT = httpx.Timeout(HTTP_TIMEOUT_S, connect=HTTP_CONNECT_TIMEOUT_S)
 RETRY_STATUS = frozenset({502, 503, 504})
 
 # Who signs a call: nobody, an account (its newest active local key), the operator's key,
@@ -386,7 +386,7 @@ class KeyRing:
         if len(chosen) != 1:
             found = ", ".join(accounts) or "none"
             raise InputError(
-                f"say which account asks with --as ACCOUNT or DEPIN_ACCOUNT (local: {found})"
+                f"say which account asks with DEPIN_ACCOUNT=NAME (local accounts: {found})"
             )
         return self.for_account(chosen[0])
 
@@ -548,8 +548,13 @@ class _Base:
             "params": call.params,
             "json": call.json,
             "headers": headers,
-            "auth": None if private is None else Ed25519Auth(private),
+            "auth": None if private is None else Ed25519Auth(private, self._market_id()),
         }
+
+    def _market_id(self) -> str:
+        """The market a signature names; known before any signed call (``_key_for``)."""
+        assert self._info is not None, "a signed call learns the market's info first"
+        return self._info.market_id
 
     def _unreachable(self, exc: httpx.TransportError) -> RemoteError:
         return RemoteError(f"cannot reach the market at {self.url}: {exc}")
@@ -724,13 +729,16 @@ class HttpMarket(_Base):
 
     def export_ledger(self) -> Iterator[dict[str, Any]]:
         call = Calls.export_ledger()
-        with self.http.stream(**self._request(call, self._key_for(call.signer))) as response:
-            if not response.is_success:
-                response.read()
-                _raise_for(response)
-            for line in response.iter_lines():
-                if line:
-                    yield _entry(line)
+        try:
+            with self.http.stream(**self._request(call, self._key_for(call.signer))) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                for line in response.iter_lines():
+                    if line:
+                        yield _entry(line)
+        except httpx.TransportError as exc:  # the stream is not retried: it may be half read
+            raise self._unreachable(exc) from exc
 
     def verify_ledger(self) -> VerifyReport:
         return self._do(Calls.verify_ledger())  # type: ignore[no-any-return]
@@ -910,13 +918,16 @@ class AsyncHttpMarket(_Base):
     async def export_ledger(self) -> AsyncIterator[dict[str, Any]]:
         call = Calls.export_ledger()
         request = self._request(call, await self._key_for(call.signer))
-        async with self.http.stream(**request) as response:
-            if not response.is_success:
-                await response.aread()
-                _raise_for(response)
-            async for line in response.aiter_lines():
-                if line:
-                    yield _entry(line)
+        try:
+            async with self.http.stream(**request) as response:
+                if not response.is_success:
+                    await response.aread()
+                    _raise_for(response)
+                async for line in response.aiter_lines():
+                    if line:
+                        yield _entry(line)
+        except httpx.TransportError as exc:  # the stream is not retried: it may be half read
+            raise self._unreachable(exc) from exc
 
     async def verify_ledger(self) -> VerifyReport:
         return await self._do(Calls.verify_ledger())  # type: ignore[no-any-return]

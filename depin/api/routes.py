@@ -27,7 +27,7 @@ from depin import __version__
 from depin.api import problems, wire
 from depin.api.auth import Caller
 from depin.db.migrate import current_revision, head_revision
-from depin.errors import ForbiddenError, InputError
+from depin.errors import InputError
 from depin.intake import Submission
 from depin.keys import public_key_from_b64
 from depin.ledger import Balance, VerifyReport
@@ -97,14 +97,19 @@ async def signed(request: Request) -> Caller:
     body = await request.body()
     auth = request.app.state.auth
     headers = request.headers.items()
-    uri = target_uri(request)
-    return await run_in_threadpool(auth.caller, request.method, uri, headers, body)
+    uri, address = target_uri(request), _address(request)
+    return await run_in_threadpool(
+        lambda: auth.caller(request.method, uri, headers, body, address=address)
+    )
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 async def public(request: Request) -> None:
     """An unsigned request: it draws from its address's rate limit."""
-    host = request.client.host if request.client else "unknown"
-    request.app.state.auth.anonymous(host)
+    request.app.state.auth.anonymous(_address(request))
 
 
 Signed = Annotated[Caller, Depends(signed)]
@@ -124,6 +129,16 @@ def _int_cursor(cursor: str | None) -> int | None:
     if not (cursor.isascii() and cursor.isdigit()) or int(cursor) > wire.MAX_ID:
         raise InputError(f"cursor {cursor!r} is not one this list gave")
     return int(cursor)
+
+
+def _whose(caller: Caller, account: str | None, what: str) -> str | None:
+    """The account a private list is of: the one asked for, if the caller may read it; by
+    default the caller's own (the operator's default: everyone's)."""
+    if account is None and not caller.operator:
+        account = caller.account
+    if account is not None:
+        caller.must_be(account, f"account {account!r}'s {what}")
+    return account
 
 
 def _read_as(market: Marketplace, caller: Caller) -> None:
@@ -178,7 +193,12 @@ async def create_account(
     auth, market = request.app.state.auth, _market(request)
     caller = await run_in_threadpool(
         lambda: auth.caller(
-            request.method, target_uri(request), request.headers.items(), raw, new_key=public_key
+            request.method,
+            target_uri(request),
+            request.headers.items(),
+            raw,
+            address=_address(request),
+            new_key=public_key,
         )
     )
     return await run_in_threadpool(
@@ -246,10 +266,8 @@ def lookup_keys(
 
 @router.post(wire.KEY_REVOCATION, tags=["accounts"], responses=errors(SIGNED, INPUT, FOUND))
 def revoke_key(request: Request, key_id: str, market: Market, caller: Signed) -> KeyView:
-    found = market.registered_keys([key_id])
-    if found:
-        caller.must_be(found[0].account, f"key {key_id}")
-    revoked = market.revoke_key(key_id, nonce=caller.nonce)
+    by = None if caller.operator else caller.account  # checked with the key's row locked
+    revoked = market.revoke_key(key_id, by=by, nonce=caller.nonce)
     request.app.state.auth.forget()  # a revocation takes effect here at once
     return revoked
 
@@ -263,10 +281,7 @@ def balances(
     limit: Limit = 100,
 ) -> wire.Page[Balance]:
     """One account's balance; the operator may page through all of them."""
-    if account is None and not caller.operator:
-        account = caller.account
-    if account is not None:
-        caller.must_be(account, f"account {account!r}'s balance")
+    account = _whose(caller, account, "balance")
     _read_as(market, caller)
     items = market.balances(account, after=cursor, limit=limit)
     more = len(items) == limit and account is None
@@ -367,10 +382,7 @@ def jobs(
     limit: Limit = 100,
 ) -> wire.Page[JobView]:
     """An account's jobs, newest first; the operator may list everyone's."""
-    if account is None and not caller.operator:
-        account = caller.account
-    if account is not None:
-        caller.must_be(account, f"account {account!r}'s jobs")
+    account = _whose(caller, account, "jobs")
     _read_as(market, caller)
     items = market.jobs(account=account, state=state, limit=limit, before_id=_int_cursor(cursor))
     return wire.Page(items=items, next_cursor=str(items[-1].id) if len(items) == limit else None)
@@ -379,15 +391,12 @@ def jobs(
 def _own_job(market: Marketplace, caller: Caller, job_id: int) -> JobView:
     """The job, if the caller may see it: its owner, the operator, or a provider running it."""
     view = market.job(job_id)
-    if caller.operator or caller.account == view.account:
+    if caller.signer.account_kind == "provider" and caller.account in {
+        market.node(n).provider for n in {a.node_id for a in view.allocations}
+    }:
         return view
-    if caller.signer.account_kind == "provider" and any(
-        market.node(n).provider == caller.account for n in {a.node_id for a in view.allocations}
-    ):
-        return view
-    raise ForbiddenError(
-        f"job {job_id} belongs to {view.account!r}; you sign as {caller.account!r}"
-    )
+    caller.must_own_job(view.account, job_id)
+    return view
 
 
 @router.get(wire.JOB, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND), response_model=JobView)
@@ -399,7 +408,7 @@ def job(job_id: JobId, market: Market, caller: Signed) -> Response:
 
 @router.get(wire.JOB_EXPLAIN, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
 def explain(job_id: JobId, market: Market, caller: Signed) -> ExplainView:
-    caller.must_be(market.job(job_id).account, f"job {job_id}")
+    caller.must_own_job(market.job_owner(job_id), job_id)
     _read_as(market, caller)
     return market.explain(job_id)
 
@@ -414,14 +423,14 @@ def place(
     caller: Signed,
     idempotency_key: IdempotencyKey = None,
 ) -> wire.AllocationIds:
-    caller.must_be(market.job(job_id).account, f"job {job_id}")
+    caller.must_own_job(market.job_owner(job_id), job_id)
     ids = market.place(job_id, body.node_id, idempotency_key=idempotency_key, nonce=caller.nonce)
     return wire.AllocationIds(allocation_ids=ids)
 
 
 @router.post(wire.JOB_CANCEL, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
 def cancel(job_id: JobId, market: Market, caller: Signed) -> JobView:
-    caller.must_be(market.job(job_id).account, f"job {job_id}")
+    caller.must_own_job(market.job_owner(job_id), job_id)
     return market.cancel(job_id, nonce=caller.nonce)
 
 
@@ -435,10 +444,7 @@ def entries(
     limit: Limit = 100,
 ) -> wire.Page[EntryView]:
     """An account's entries, newest page first (each page oldest first); the operator's: all."""
-    if account is None and not caller.operator:
-        account = caller.account
-    if account is not None:
-        caller.must_be(account, f"account {account!r}'s entries")
+    account = _whose(caller, account, "entries")
     _read_as(market, caller)
     items = market.ledger_entries(account=account, limit=limit, before_id=_int_cursor(cursor))
     return wire.Page(items=items, next_cursor=str(items[0].id) if len(items) == limit else None)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from depin.api import auth
 from depin.api.app import create_app
 from depin.config import Settings
+from depin.errors import ConfigError
 from depin.market import Marketplace
 
 # Rate limits, sustained requests per second: per signing key, and per address for unsigned
@@ -22,7 +23,13 @@ ENV_RATE_PER_ADDRESS = "DEPIN_API_RATE_PER_ADDRESS"
 
 
 def _limiter(env: str, default: float) -> auth.RateLimiter:
-    rate = float(os.environ.get(env) or default)
+    text = os.environ.get(env) or str(default)
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = 0.0
+    if not 0 < rate < float("inf"):
+        raise ConfigError(f"{env} must be a positive number of requests per second (got {text!r})")
     return auth.RateLimiter(rate, max(1, int(2 * rate)))
 
 

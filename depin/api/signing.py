@@ -2,10 +2,11 @@
 
 Every signed request covers ``@method``, ``@target-uri`` and ``content-digest``
 (RFC 9530, SHA-256 of the body, empty included), with the parameters
-``created``, ``nonce``, ``keyid``, ``alg="ed25519"`` and the tag ``depin``:
+``created``, ``nonce``, ``keyid``, ``alg="ed25519"`` and the tag ``depin:<market id>``
+(so a request signed for one market cannot be replayed to another that knows the key):
 
     Signature-Input: depin=("@method" "@target-uri" "content-digest");created=...;
-                     keyid="<key id>";nonce="<128-bit hex>";alg="ed25519";tag="depin"
+                     keyid="<key id>";nonce="<128-bit hex>";alg="ed25519";tag="depin:<market id>"
 
 The client signs with ``Ed25519Auth`` (an ``httpx.Auth``; a retry runs it again,
 so each attempt carries a new nonce). The server verifies with ``verify``:
@@ -38,7 +39,12 @@ from depin.errors import UnauthenticatedError
 from depin.keys import key_id
 from depin.manifest import CLOCK_SKEW_S
 
-TAG = "depin"
+
+def tag_for(market_id: str) -> str:
+    """The signature tag of requests to ``market_id``: it names the market they are for."""
+    return f"depin:{market_id}"
+
+
 LABEL = "depin"
 COVERED = ("@method", "@target-uri")  # and content-digest, added with the body
 REQUIRED = ("@method", "@target-uri", "content-digest")
@@ -71,8 +77,9 @@ class Ed25519Auth(httpx.Auth):
 
     requires_request_body = True
 
-    def __init__(self, private: Ed25519PrivateKey) -> None:
+    def __init__(self, private: Ed25519PrivateKey, market_id: str) -> None:
         self._kid = key_id(private.public_key())
+        self._tag = tag_for(market_id)
         self._signer = HTTPMessageSigner(signature_algorithm=ED25519, key_resolver=_OneKey(private))
 
     def sign(self, request: httpx.Request) -> None:
@@ -85,7 +92,7 @@ class Ed25519Auth(httpx.Auth):
             key_id=self._kid,
             nonce=secrets.token_hex(16),
             label=LABEL,
-            tag=TAG,
+            tag=self._tag,
             covered_component_ids=COVERED,
             body=request.content,
         )
@@ -110,8 +117,10 @@ def verify(
     headers: Iterable[tuple[str, str]],
     body: bytes,
     find_key: Callable[[str], Ed25519PublicKey | None],
+    market_id: str,
 ) -> Verified:
-    """Check a request's signature; raise ``UnauthenticatedError`` with the reason if it fails.
+    """Check a request's signature for ``market_id``; raise ``UnauthenticatedError`` with the
+    reason if it fails.
 
     ``find_key`` maps a key id to the registered public key (None: not registered).
     """
@@ -135,7 +144,7 @@ def verify(
         results = verifier.verify(
             message,
             max_age=timedelta(0),  # created within the clock skew of now, either way
-            expect_tag=TAG,
+            expect_tag=tag_for(market_id),
             require_components=REQUIRED,
             body=body,
         )

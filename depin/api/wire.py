@@ -9,10 +9,9 @@ envelope, exactly as signed.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 from depin.spec import NAME_PATTERN
 from depin.views import KeyView
@@ -98,7 +97,7 @@ class NewKey(Body):
         description="base64 of the raw Ed25519 key",
         json_schema_extra=_states(KEY_B64),
     )
-    not_after: datetime | None = None
+    not_after: AwareDatetime | None = None  # a time without its zone is ambiguous: refused
     revoke_old: bool = False
 
 

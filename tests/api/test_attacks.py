@@ -224,7 +224,7 @@ def test_a_request_signed_by_a_revoked_key_is_401_and_writes_nothing(
     request = REVOKED[what](scene)  # signed while the key was good
     scene.client.rotate_key("dev", revoke_old=True)
     detail = refused(scene, served_market, request, 401)
-    assert detail.endswith("was revoked: sign with an active key")
+    assert "was revoked at" in detail and "sign with an active key" in detail
 
 
 def test_a_request_signed_by_an_unregistered_key_is_401(
@@ -247,11 +247,11 @@ def test_an_unsigned_deposit_is_401(scene: Scene, served_market: Marketplace) ->
 FORBIDDEN: dict[str, tuple[Attack, str]] = {
     "a developer reads another's job": (
         lambda s: s.sign("mallory", "GET", wire.JOB.format(job_id=s.job_id)),
-        "belongs to 'dev'; you sign as 'mallory'",
+        "is not yours; you sign as 'mallory'",
     ),
     "a developer explains another's job": (
         lambda s: s.sign("mallory", "GET", wire.JOB_EXPLAIN.format(job_id=s.job_id)),
-        "belongs to 'dev'; you sign as 'mallory'",
+        "is not yours; you sign as 'mallory'",
     ),
     "a developer lists another's jobs": (
         lambda s: s.sign("mallory", "GET", wire.JOBS, params={"account": "dev"}),
@@ -263,13 +263,13 @@ FORBIDDEN: dict[str, tuple[Attack, str]] = {
     ),
     "a developer cancels another's job": (
         lambda s: s.sign("mallory", "POST", wire.JOB_CANCEL.format(job_id=s.job_id)),
-        "belongs to 'dev'; you sign as 'mallory'",
+        "is not yours; you sign as 'mallory'",
     ),
     "a developer places another's job": (
         lambda s: s.sign(
             "mallory", "POST", wire.JOB_PLACEMENT.format(job_id=s.job_id), json={"node_id": 1}
         ),
-        "belongs to 'dev'; you sign as 'mallory'",
+        "is not yours; you sign as 'mallory'",
     ),
     "a developer adds a key to another's account": (
         lambda s: s.sign(

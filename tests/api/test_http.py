@@ -129,6 +129,56 @@ def test_a_caller_over_its_rate_is_429_with_retry_after(
         assert raised.value.retry_after_s > 0
 
 
+def test_bad_signatures_and_fresh_keys_draw_from_their_address_rate(
+    served_market: Marketplace, api_world: World, home: Path
+) -> None:
+    """A key's bucket is no help against requests that never verify or keys made for the
+    occasion: every request pays its address's token first."""
+    app = create_app(served_market, address_limiter=RateLimiter(rate_per_s=0.1, burst=3))
+    with TestClient(app, base_url=API_BASE_URL) as http:
+        unknown = http.get(wire.ACCOUNT.format(name="dev"), headers={"Signature-Input": "x=()"})
+        assert unknown.status_code == 401
+        statuses = [
+            http.get(
+                wire.ACCOUNT.format(name="dev"), headers={"Signature-Input": "x=()"}
+            ).status_code
+            for _ in range(3)
+        ]
+        assert statuses[-1] == 429
+
+
+def test_a_key_expiry_without_its_time_zone_is_422_not_500(
+    api: Http, api_world: World, home: Path
+) -> None:
+    before = api_world.client.registered_keys("dev")
+    public = api_world.client.new_key("next").public_key
+    body = {"public_key": public, "not_after": "2030-01-01T00:00:00"}  # no zone: ambiguous
+    response = send(api, home, "dev", "POST", wire.ACCOUNT_KEYS.format(name="dev"), json=body)
+    problem(response, 422, "input")
+    assert api_world.client.registered_keys("dev") == before
+
+
+def test_a_request_signed_for_another_market_is_401(
+    api: Http, api_world: World, home: Path
+) -> None:
+    request = api.build_request("GET", wire.ACCOUNT.format(name="dev"))
+    Ed25519Auth(load_private("dev", home / "keys"), "depin-elsewhere").sign(request)
+    body = problem(api.send(request), 401, "unauthenticated")
+    assert "tag" in body["detail"]
+
+
+def test_rate_limits_from_the_environment_must_be_positive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from depin.api.server import ENV_RATE_PER_KEY, _limiter
+    from depin.errors import ConfigError
+
+    for text in ("0", "-5", "many", "inf"):
+        monkeypatch.setenv(ENV_RATE_PER_KEY, text)
+        with pytest.raises(ConfigError, match=ENV_RATE_PER_KEY):
+            _limiter(ENV_RATE_PER_KEY, 100.0)
+
+
 def test_health_and_readiness(api: Http) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
@@ -307,7 +357,7 @@ def test_ed25519auth_signs_each_attempt_with_a_new_nonce(
 ) -> None:
     """Each attempt is a fresh request (``HttpMarket`` builds one per try) that the auth flow
     signs with a nonce of its own; the idempotency key is the request's and stays."""
-    auth = Ed25519Auth(load_private("operator", home / "keys"))
+    auth = Ed25519Auth(load_private("operator", home / "keys"), api_world.client.market_id)
     first = next(auth.sync_auth_flow(_deposit_request()))
     again = next(auth.sync_auth_flow(_deposit_request()))
     assert _nonce(again) != _nonce(first)
@@ -321,7 +371,7 @@ def test_ed25519auth_signs_each_attempt_with_a_new_nonce(
 def test_ed25519auth_signs_the_same_request_again_with_a_new_nonce(
     home: Path, api: Http, api_world: World
 ) -> None:
-    auth = Ed25519Auth(load_private("operator", home / "keys"))
+    auth = Ed25519Auth(load_private("operator", home / "keys"), api_world.client.market_id)
     request = _deposit_request()
     assert api.send(request, auth=auth).is_success
     assert api.send(request, auth=auth).is_success  # the same deposit, signed anew

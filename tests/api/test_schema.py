@@ -90,8 +90,8 @@ def _config() -> SchemathesisConfig:
 class SignedRequest(requests.auth.AuthBase):
     """Signs the request as prepared, the exact URL and body bytes sent, as the SDK would."""
 
-    def __init__(self, private: Ed25519PrivateKey) -> None:
-        self.auth = Ed25519Auth(private)
+    def __init__(self, private: Ed25519PrivateKey, market_id: str) -> None:
+        self.auth = Ed25519Auth(private, market_id)
 
     def __call__(self, prepared: requests.PreparedRequest) -> requests.PreparedRequest:
         body = prepared.body or b""
@@ -155,7 +155,7 @@ def api_schema(market_client: Client) -> Iterator[BaseSchema]:
     with LiveServer(market_client) as live:
         schema = schemathesis.openapi.from_url(f"{live.url}/openapi.json", config=_config())
         private = keystore.load_private("dev", market_client.settings.keys_dir)
-        schema.auth.set_from_requests(SignedRequest(private))
+        schema.auth.set_from_requests(SignedRequest(private, market_client.market_id))
         yield schema
 
 
@@ -210,7 +210,8 @@ def test_a_signed_request_to_a_percent_encoded_path_is_verified_as_sent(
     # The signature covers the URI as sent; the server once rebuilt it with the path decoded.
     private = keystore.load_private("dev", market_client.settings.keys_dir)
     with LiveServer(market_client) as live, httpx.Client(base_url=live.url) as http:
-        response = http.get("/v1/accounts/caf%C3%A9%20bar", auth=Ed25519Auth(private))
+        auth = Ed25519Auth(private, market_client.market_id)
+        response = http.get("/v1/accounts/caf%C3%A9%20bar", auth=auth)
     assert response.status_code == 403, response.text  # read, then refused: not the caller's
     assert "café bar" in response.json()["detail"]
 
