@@ -12,8 +12,6 @@ Each audit reads inside the caller's (read) transaction and returns problem line
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,11 +19,9 @@ from depin import receipts
 from depin.db.models import Allocation, Job, Node, Receipt
 from depin.ledger import open_holds
 from depin.money import usage_cost_micro
-from depin.settlement import allocation_facts, billed_ms, key_finder
-from depin.states import ALLOCATION_ACTIVE, AllocationState, JobState
+from depin.settlement import allocation_facts, billable, billed_ms, key_finder
+from depin.states import ALLOCATION_ACTIVE, JobState
 from providers import registry
-
-_ENDED = (AllocationState.SUCCEEDED, AllocationState.FAILED, AllocationState.LOST)
 
 
 def audit_receipts(s: Session, market_id: str) -> list[str]:
@@ -37,7 +33,7 @@ def audit_receipts(s: Session, market_id: str) -> list[str]:
     rows = s.execute(
         select(Allocation, Job)
         .join(Job, Job.id == Allocation.job_id)
-        .where(Allocation.state.in_(_ENDED))
+        .where(Allocation.state.not_in(ALLOCATION_ACTIVE))  # every ended one, cancelled too
         .order_by(Allocation.id)
     ).all()
     stored: dict[tuple[int, str], str] = {
@@ -52,14 +48,13 @@ def audit_receipts(s: Session, market_id: str) -> list[str]:
             continue  # unpaid work needs no receipt
         try:
             usage = receipts.verify_usage(usage_json, facts, find)
-            attested_ms = _overlap_ms(
-                (usage.started_at, usage.ended_at), (alloc.started_at, alloc.ended_at)
+            cost = usage_cost_micro(
+                alloc.price_micro_usd_per_gpu_hour, alloc.gpus, _billable_ms(usage, alloc)
             )
-            cost = usage_cost_micro(alloc.price_micro_usd_per_gpu_hour, alloc.gpus, attested_ms)
             if (alloc.cost_micro_usd or 0) > cost:
                 raise receipts.ReceiptError(
                     f"allocation {alloc.id}: paid {alloc.cost_micro_usd} micro-USD, more than "
-                    f"its usage receipt attests within the billed window ({cost})"
+                    f"its usage receipt attests within what the market saw ({cost})"
                 )
             if (alloc.id, "acceptance") in stored:
                 receipts.verify(stored[(alloc.id, "acceptance")], "acceptance", facts, find)
@@ -68,11 +63,12 @@ def audit_receipts(s: Session, market_id: str) -> list[str]:
     return problems
 
 
-def _overlap_ms(a: tuple[datetime, datetime], b: tuple[datetime | None, datetime | None]) -> int:
-    """How many milliseconds two windows share (none where the second is not recorded)."""
-    if b[0] is None or b[1] is None:
+def _billable_ms(usage: receipts.Usage, alloc: Allocation) -> int:
+    """What settlement may have billed: the receipt's run within the claim and the outcome's
+    arrival the allocation recorded (``settlement.billable``); nothing if it recorded none."""
+    if alloc.claimed_at is None or alloc.seen_at is None:
         return 0
-    return billed_ms(max(a[0], b[0]), min(a[1], b[1]))
+    return billed_ms(*billable(usage, alloc.claimed_at, alloc.seen_at))
 
 
 def audit_holds(s: Session) -> list[str]:

@@ -40,6 +40,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from depin.db.engine import db_time, executemany
 from depin.db.models import Account, LedgerHead, Transfer, utcnow
@@ -194,7 +195,6 @@ class Entry(NamedTuple):
     timeout_at: datetime | None = None
 
 
-_TOTALS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
 _ADD_TOTALS = (
     "UPDATE accounts SET debits_pending = debits_pending + ?, debits_posted = debits_posted + ?, "
     "credits_pending = credits_pending + ?, credits_posted = credits_posted + ? WHERE id = ?"
@@ -581,9 +581,10 @@ class Ledger:
             raise InsufficientFundsError(
                 "an account cannot cover this transfer (a concurrent charge won)"
             ) from exc
-        for obj in list(self.session.identity_map.values()):
-            if isinstance(obj, Account) and obj.id in totals:
-                self.session.expire(obj)
+        for account_id in totals:  # only the touched ones: a group commit's session is big
+            loaded = self.session.identity_map.get(identity_key(Account, account_id))
+            if loaded is not None:
+                self.session.expire(loaded)
 
 
 # -- reading and verifying -----------------------------------------------------------------

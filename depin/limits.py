@@ -54,6 +54,8 @@ HTTP_CONNECT_TIMEOUT_S = 5.0
 DRIVER_TIMEOUT_S = 30
 HEARTBEAT_INTERVAL_S = 5.0  # well inside DRIVER_TIMEOUT_S, for as long as a driver lives
 RECONCILE_INTERVAL_S = 10.0  # a long-lived scheduler reconciles this often
+MAX_UNSETTLED = 10_000  # outcomes a driver keeps to settle again after a database outage
+LOOP_BACKOFF_MAX_S = 30.0  # a server's scheduler loop waits at most this after a failed cycle
 
 # -- money held ----------------------------------------------------------------------------
 # Holds time out, as TigerBeetle's pending transfers do, and reconciliation voids them: a

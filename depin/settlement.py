@@ -88,6 +88,7 @@ def claim(
     launcher (``scheduler run --no-launch``, ``job place``). The claim's time
     is the start of what the market will pay for.
     """
+    Ledger(s).lock()  # as every writer of allocations does: a cancel is ordered before or after
     rows = s.execute(
         select(Allocation, Job)
         .join(Job, Job.id == Allocation.job_id)
@@ -104,6 +105,7 @@ def claim(
     launches = []
     for alloc, job in rows:
         alloc.state, alloc.started_at, alloc.driver_id = AllocationState.RUNNING, now, driver_id
+        alloc.claimed_at = now
         job.state, job.updated_at = JobState.RUNNING, now
         signer = ReceiptSigner(
             allocation_facts(alloc, job, market_id),
@@ -164,7 +166,8 @@ def _settle(
     whole hold; the hold bounds any bill.
     """
     hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
-    claimed_at = alloc.started_at or now
+    claimed_at = alloc.claimed_at or alloc.started_at or now
+    alloc.seen_at = now
     started, ended, used = claimed_at, now, 0
     error = _text(outcome.error)
     exit_code = outcome.exit_code if _is_exit_code(outcome.exit_code) else None
@@ -172,7 +175,8 @@ def _settle(
         facts = allocation_facts(alloc, job, market_id)
         keys = registry.provider_keys(s, [alloc.node_id], active_only=True).get(alloc.node_id, {})
         try:
-            usage = receipts.verify_usage(outcome.usage_json, facts, key_finder(keys))
+            usage_json = _text(outcome.usage_json)  # a node's word: text, or nothing
+            usage = receipts.verify_usage(usage_json, facts, key_finder(keys))
         except receipts.ReceiptError as exc:
             error = f"{error + '; ' if error else ''}provider not paid: {exc}"
         else:
@@ -181,7 +185,7 @@ def _settle(
             cost = usage_cost_micro(price, gpus, billed_ms(started, ended))
             used = min(hold.amount_micro_usd, cost)
             alloc.dispute = _dispute(usage, claimed_at, now, started, ended)
-            _store_receipts(s, alloc.id, outcome, usage.key_id, facts, keys)
+            _store_receipts(s, alloc.id, usage_json, outcome, usage.key_id, facts, keys)
     _pay(s, ledger, hold, used, alloc, job)
     registry.release_capacity(s, alloc.node_id, alloc.gpus)
     if outcome.lost:
@@ -258,6 +262,7 @@ def _text(value: object) -> str:
 def _store_receipts(
     s: Session,
     allocation_id: int,
+    usage_json: str,
     outcome: Outcome,
     usage_key: str,
     facts: AllocationFacts,
@@ -269,11 +274,12 @@ def _store_receipts(
             allocation_id=allocation_id,
             kind="usage",
             key_id=usage_key,
-            envelope_json=outcome.usage_json,
+            envelope_json=usage_json,
         )
     )
     try:
-        claims = receipts.verify(outcome.acceptance_json, "acceptance", facts, key_finder(keys))
+        acceptance = _text(outcome.acceptance_json)
+        claims = receipts.verify(acceptance, "acceptance", facts, key_finder(keys))
     except receipts.ReceiptError:
         return
     s.add(
@@ -281,7 +287,7 @@ def _store_receipts(
             allocation_id=allocation_id,
             kind="acceptance",
             key_id=claims["key_id"],
-            envelope_json=outcome.acceptance_json,
+            envelope_json=acceptance,
         )
     )
 

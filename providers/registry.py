@@ -19,6 +19,7 @@ from depin.db.engine import executemany
 from depin.db.models import AccountKey, Node, Setting, utcnow
 from depin.errors import CapacityError, ConflictError, NotFoundError
 from depin.keys import public_key_from_b64
+from depin.manifest import CLOCK_SKEW_S
 from depin.money import micro_to_usd, usd_to_micro
 from depin.spec import NodeSpec
 from scheduler.offers import Offer
@@ -211,17 +212,27 @@ def offers_and_prices(
 
 
 def provider_keys(
-    session: Session, node_ids: Sequence[int] | None, *, active_only: bool
+    session: Session,
+    node_ids: Sequence[int] | None,
+    *,
+    active_only: bool,
+    now: datetime | None = None,
 ) -> dict[int, dict[str, Ed25519PublicKey]]:
     """The public keys of the providers that own ``node_ids`` (None: every node), in one
-    query: node id -> key id -> public key."""
+    query: node id -> key id -> public key. ``active_only``: the keys that may sign now (not
+    revoked, within their validity, with the manifests' clock skew)."""
     stmt = select(Node.id, AccountKey.key_id, AccountKey.public_key).join(
         AccountKey, AccountKey.account_id == Node.provider_id
     )
     if node_ids is not None:
         stmt = stmt.where(Node.id.in_(sorted(set(node_ids))))
     if active_only:
-        stmt = stmt.where(AccountKey.state == "active")
+        at, skew = now or utcnow(), timedelta(seconds=CLOCK_SKEW_S)
+        stmt = stmt.where(
+            AccountKey.state == "active",
+            (AccountKey.not_after.is_(None)) | (AccountKey.not_after >= at - skew),
+            (AccountKey.not_before.is_(None)) | (AccountKey.not_before <= at + skew),
+        )
     out: dict[int, dict[str, Ed25519PublicKey]] = {}
     for node_id, key_id, public in session.execute(stmt):
         out.setdefault(node_id, {})[key_id] = public_key_from_b64(public)

@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -14,6 +15,7 @@ from depin.db.group import GroupCommit
 from depin.db.models import Job, Setting
 from depin.errors import (
     ConflictError,
+    DatabaseError,
     DepinError,
     ForbiddenError,
     InsufficientFundsError,
@@ -143,3 +145,17 @@ def test_group_commit_keeps_each_writers_work_or_error_to_itself(world: World) -
         kept = {k for (k,) in s.execute(select(Setting.key).where(Setting.key.like("test-%")))}
     assert kept == {f"test-{i}" for i in range(40) if i % 7 != 3}
     assert writer.batches < 40  # writers that queued together committed together
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_writer_that_stops_answers_every_waiter_and_refuses_new_work(world: World) -> None:
+    writer = GroupCommit(world.client.market.sessions)  # type: ignore[attr-defined]
+
+    def interrupted(s: Session) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        writer.run(interrupted)
+    writer._thread.join(timeout=10)
+    with pytest.raises(DatabaseError, match="writer stopped"):
+        writer.run(lambda s: 1)  # told at once, not left waiting for ever

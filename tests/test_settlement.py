@@ -190,3 +190,41 @@ def test_output_with_nul_bytes_and_lone_surrogates_is_stored(world: World) -> No
     alloc = world.client.job(launch.job_id).allocations[-1]
     assert alloc.output_tail == "a\ufffdb?c" and alloc.error == "e\ufffd"
     assert alloc.cost_micro_usd == 1_112  # $0.40/GPU-h x 10 s, rounded up
+
+
+def test_a_cancelled_run_is_paid_for_its_time_and_audited_like_any_other(world: World) -> None:
+    from sqlalchemy import text
+
+    launch = _claimed(world)
+    world.client.cancel(launch.job_id)  # running: its drivers stop it, then it is settled
+    world.client.market.finish(ended(launch, 10, start=T0), now=T0 + timedelta(seconds=10))
+    view = world.client.job(launch.job_id)
+    assert view.state == JobState.CANCELLED
+    assert view.allocations[-1].state == AllocationState.CANCELLED
+    assert view.allocations[-1].cost_micro_usd == 1_112  # $0.40/GPU-h x 10 s, rounded up
+    assert world.client.verify_ledger().ok
+    with world.client.market.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE allocations SET cost_micro_usd = 1000000"))
+    problems = world.client.verify_ledger().problems
+    assert any("more than its usage receipt attests" in p for p in problems), problems
+
+
+def test_receipts_that_are_not_text_settle_unpaid(world: World) -> None:
+    launch = _claimed(world)
+    outcome = replace(ended(launch, 10, start=T0), usage_json=12345, acceptance_json=["x"])  # type: ignore[arg-type]
+    world.client.market.finish(outcome, now=T0 + timedelta(seconds=10))  # must not raise
+    alloc = world.client.job(launch.job_id).allocations[-1]
+    assert alloc.cost_micro_usd == 0 and "provider not paid" in (alloc.error or "")
+    assert world.client.verify_ledger().ok
+
+
+def test_a_receipt_signed_by_an_expired_provider_key_is_not_paid(world: World) -> None:
+    from sqlalchemy import text
+
+    launch = _claimed(world)
+    outcome = ended(launch, 10, start=T0)
+    with world.client.market.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE account_keys SET not_after = :t"), {"t": T0 - timedelta(days=1)})
+    world.client.market.finish(outcome, now=T0 + timedelta(seconds=10))
+    alloc = world.client.job(launch.job_id).allocations[-1]
+    assert alloc.cost_micro_usd == 0 and "provider not paid" in (alloc.error or "")

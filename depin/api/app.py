@@ -28,6 +28,7 @@ from depin.api.auth import Authenticator, RateLimiter
 from depin.api.batching import SubmissionBatcher
 from depin.api.wire import MAX_BODY_BYTES
 from depin.errors import DepinError, InputError, NotFoundError, RequestTooLargeError
+from depin.limits import LOOP_BACKOFF_MAX_S
 from depin.market import Marketplace
 
 log = logging.getLogger("depin.api")
@@ -109,6 +110,20 @@ class SchedulerTask:
         self._thread.start()
 
     def _run(self) -> None:
+        """Run the loop until the app stops; a failed cycle (the database away, Ray down) is
+        logged and the loop starts again after a backoff, so the server never goes on
+        serving with a dead scheduler."""
+        backoff_s = 1.0
+        while not self._stop.is_set():
+            try:
+                self._drive()
+                return
+            except Exception:
+                log.exception("the scheduler loop failed; starting it again in %.0f s", backoff_s)
+            self._stop.wait(backoff_s)
+            backoff_s = min(LOOP_BACKOFF_MAX_S, 2 * backoff_s)
+
+    def _drive(self) -> None:
         from depin.runtime.loop import Driver
 
         driver = Driver(
@@ -116,8 +131,6 @@ class SchedulerTask:
         )
         try:
             driver.run(until=self._stop.is_set)
-        except Exception:  # the API keeps serving; the loop's error is in the log
-            log.exception("the scheduler loop stopped")
         finally:
             driver.stop()
 

@@ -106,10 +106,16 @@ def run_transaction(
             if is_retryable(exc) and attempt < attempts:
                 time.sleep(transaction_backoff_s(attempt))
                 continue
-            if isinstance(exc, OperationalError):
-                raise DatabaseError(f"database error: {str(exc.orig).splitlines()[0]}") from exc
-            raise
+            raise as_database_error(exc) from exc
     raise AssertionError("unreachable")
+
+
+def as_database_error(exc: DBAPIError) -> Exception:
+    """A driver error as depin raises it: an unreachable or failing database is a
+    ``DatabaseError`` (one line); a constraint the caller maps itself stays as it is."""
+    if isinstance(exc, OperationalError):
+        return DatabaseError(f"database error: {str(exc.orig).splitlines()[0]}")
+    return exc
 
 
 @contextmanager
@@ -117,8 +123,11 @@ def read_session(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """A session for reads; commits nothing. Closing it (not rolling back) keeps the
     loaded objects readable after the session ends."""
     with sessions() as session:
-        session.connection(execution_options={READ_ONLY: True})
-        yield session
+        try:
+            session.connection(execution_options={READ_ONLY: True})
+            yield session
+        except OperationalError as exc:  # as for writes: an unreachable database is one line
+            raise as_database_error(exc) from exc
 
 
 def reserve_ids(session: Session, table: str, n: int) -> list[int]:

@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from depin.db.engine import run_transaction
+from depin.db.engine import as_database_error, is_retryable, run_transaction
+from depin.errors import DatabaseError
 
 T = TypeVar("T")
 MAX_BATCH = 512  # pieces of work in one transaction at most
@@ -67,15 +68,19 @@ class GroupCommit:
         self.sessions = sessions
         self.max_batch = max_batch
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="depin-writer", daemon=True)
-        self._thread.start()
         self.batches = 0  # how many shared transactions committed (for the bench)
         self.committed = 0
+        self._stopped: str | None = None  # why the writer thread ended, if it did
+        self._thread = threading.Thread(target=self._loop, name="depin-writer", daemon=True)
+        self._thread.start()
 
     def run(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in the next shared transaction; its result once that has committed."""
-        if threading.current_thread() is self._thread:  # work that itself writes: run inline
-            return run_transaction(self.sessions, work)
+        if threading.current_thread() is self._thread:
+            # A transaction of its own would wait on the writer's (for ever, on PostgreSQL).
+            raise RuntimeError("work in a shared transaction may not open another")
+        if self._stopped is not None:
+            raise DatabaseError(f"the market's writer stopped ({self._stopped}): restart it")
         item = _Work(work)
         self._queue.put(item)
         item.done.wait()
@@ -88,32 +93,52 @@ class GroupCommit:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while (batch := next_batch(self._queue, self.max_batch)) is not None:
-            self._commit(batch)
+        try:
+            while (batch := next_batch(self._queue, self.max_batch)) is not None:
+                self._commit(batch)
+        except BaseException as exc:
+            self._stopped = type(exc).__name__
+            raise
+        finally:  # whoever still waits is told, not left waiting
+            self._stopped = self._stopped or "closed"
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not STOP:
+                    item.error = DatabaseError("the market's writer stopped: retry the request")
+                    item.done.set()
 
     def _commit(self, batch: list[_Work]) -> None:
+        alone: list[_Work] = []  # work to run again in a transaction of its own
         try:
             with self.sessions.begin() as session:
                 for item in batch:
                     try:
                         with session.begin_nested():
                             item.result = item.work(session)
+                    except DBAPIError as exc:
+                        if is_retryable(exc):  # a conflict: alone, it gets the usual retries
+                            alone.append(item)
+                        else:
+                            item.error, item.result = as_database_error(exc), None
                     except Exception as exc:  # this request's error, not the batch's
                         item.error, item.result = exc, None
             self.batches += 1
-            self.committed += len(batch)
+            self.committed += len(batch) - len(alone)
         except DBAPIError:  # the shared commit failed: each on its own, with the usual retries
-            for item in batch:
-                item.error = None
-                try:
-                    item.result = run_transaction(self.sessions, item.work)
-                except Exception as exc:
-                    item.error = exc
+            alone = batch
         except BaseException as exc:  # the writer must answer every waiter, whatever happened
             for item in batch:
                 item.error = item.error or exc
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            for item in batch:
                 item.done.set()
+            raise
+        for item in alone:
+            item.error = None
+            try:
+                item.result = run_transaction(self.sessions, item.work)
+            except Exception as exc:
+                item.error = exc
+        for item in batch:
+            item.done.set()

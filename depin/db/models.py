@@ -333,6 +333,10 @@ class Allocation(Base):
     cost_micro_usd: Mapped[int | None] = mapped_column(BigInteger)
     # Where the provider's usage receipt claimed more than the market saw, and what was paid.
     dispute: Mapped[str | None] = mapped_column(String(500))
+    # What the market itself saw: when a launcher claimed it, when its outcome arrived. The
+    # bill is the receipt's run within these (``settlement.billable``); the audit re-checks it.
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class Receipt(Base):

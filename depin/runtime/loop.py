@@ -12,14 +12,15 @@ reconciles the market on a timer: dead peers' work, expired holds, silent nodes.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from depin.errors import DepinError
-from depin.limits import HEARTBEAT_INTERVAL_S, RECONCILE_INTERVAL_S
+from depin.errors import DatabaseError
+from depin.limits import HEARTBEAT_INTERVAL_S, MAX_UNSETTLED, RECONCILE_INTERVAL_S
 from depin.runtime.cycle import schedule
 from depin.runtime.executor import RayExecutor
 from depin.runtime.work import CycleCommit, Launch, Outcome, PendingWork
@@ -27,6 +28,7 @@ from scheduler import Plan
 from scheduler.offers import Snapshot
 
 POLL_INTERVAL_S = 0.25
+log = logging.getLogger("depin.runtime")
 
 
 class CycleMarket(Protocol):
@@ -100,6 +102,7 @@ class Driver:
         self._snapshot: Snapshot | None = None
         self._nodes_version: int | None = None
         self._prices: dict[int, int] = {}
+        self._unsettled: list[Outcome] = []  # outcomes a database outage kept from settling
 
     # -- one step --------------------------------------------------------------------------
     def cycle(self, *, wait_s: float = 0.0) -> CycleReport:
@@ -138,11 +141,22 @@ class Driver:
         return report
 
     def _settle(self, report: CycleReport, wait_s: float) -> None:
-        for outcome in self.executor.poll(timeout_s=wait_s):
+        """Settle what ended, and what a transient failure kept from settling before: an
+        outcome is kept and tried again (``MAX_UNSETTLED`` at most) while the database is
+        away, and dropped, with the reason, when the market refuses it for good."""
+        ended = self._unsettled + self.executor.poll(timeout_s=wait_s)
+        self._unsettled = []
+        for outcome in ended:
             # One outcome the market refuses must not stop the others, nor the loop.
             try:
                 self.market.finish(outcome)
-            except DepinError as exc:
+            except DatabaseError as exc:
+                if len(self._unsettled) < MAX_UNSETTLED:
+                    self._unsettled.append(outcome)
+                report.errors.append(f"allocation {outcome.allocation_id}: {exc} (kept)")
+                continue
+            except Exception as exc:
+                log.exception("allocation %s could not be settled", outcome.allocation_id)
                 report.errors.append(f"allocation {outcome.allocation_id}: {exc}")
                 continue
             report.finished.append(outcome)

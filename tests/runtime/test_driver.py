@@ -9,9 +9,11 @@ from sqlalchemy import select, update
 
 from depin.db.models import Driver as DriverRow
 from depin.db.models import Job, Transfer
+from depin.errors import DatabaseError
 from depin.runtime.loop import CycleReport, Driver
+from depin.runtime.work import Outcome
 from depin.states import JobState
-from tests.factories import World, job
+from tests.factories import World, ended, job
 
 
 def _heartbeat_at(world: World, driver_id: str) -> datetime:
@@ -76,3 +78,55 @@ def test_run_once_heartbeats_while_it_waits_for_its_jobs(
     assert world.client.job(job_id).state == JobState.SUCCEEDED
     # Alive the whole time it waited: a peer never takes its running job for dead.
     assert beats[-1] - beats[0] >= timedelta(seconds=1)
+
+
+class _OneOutcome:
+    """An executor that reports one outcome once (the Ray side is not what is tested)."""
+
+    running = 0
+
+    def __init__(self, outcome: Outcome) -> None:
+        self._pending = [outcome]
+
+    def poll(self, timeout_s: float = 0.0) -> list[Outcome]:
+        out, self._pending = self._pending, []
+        return out
+
+    def abandon(self) -> list[Outcome]:
+        return []
+
+    def shutdown(self) -> None:
+        pass
+
+
+class _DatabaseAwayOnce:
+    """The real market, whose database is away for the first settlement."""
+
+    def __init__(self, market: object) -> None:
+        self._market, self._away = market, True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._market, name)
+
+    def finish(self, outcome: Outcome) -> None:
+        if self._away:
+            self._away = False
+            raise DatabaseError("database error: unable to open database file")
+        self._market.finish(outcome, now=outcome.ended_at)  # type: ignore[attr-defined]
+
+
+def test_an_outcome_a_database_outage_kept_from_settling_is_settled_next_time(
+    world: World,
+) -> None:
+    launch = world.claimed()
+    outcome = ended(launch, 10)
+    market = _DatabaseAwayOnce(world.client.market)
+    driver = Driver(market, executor=_OneOutcome(outcome), job_ids=[], launch=False)  # type: ignore[arg-type]
+    try:
+        first = driver.settle()
+        assert first.finished == [] and "kept" in first.errors[0]
+        second = driver.settle()
+        assert second.finished == [outcome]
+        assert world.client.job(launch.job_id).state == JobState.SUCCEEDED
+    finally:
+        driver.stop()
