@@ -13,6 +13,7 @@ joins the cluster and can reach the nodes whose agents have joined.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -21,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -57,15 +57,16 @@ def _interpreter(command: Sequence[str]) -> list[str]:
     return argv
 
 
-def _tail_reader(stream: Any, tail: deque[bytes]) -> None:
-    for chunk in iter(lambda: stream.read(_READ_CHUNK_BYTES), b""):
-        tail.append(chunk)
-        while sum(map(len, tail)) > 2 * OUTPUT_TAIL_BYTES and len(tail) > 1:
-            tail.popleft()
+def _tail_reader(stream: Any, tail: bytearray) -> None:
+    # read1: what has arrived, without waiting for a full chunk.
+    for chunk in iter(lambda: stream.read1(_READ_CHUNK_BYTES), b""):
+        tail += chunk
+        del tail[:-OUTPUT_TAIL_BYTES]
 
 
-# What a job's environment holds: built from nothing, so it never sees the driver's
-# DEPIN_HOME, database URL or keys. ``python`` resolves to the worker's interpreter.
+# What a job's environment holds: built from nothing, so the driver's DEPIN_HOME,
+# database URL or keys are not handed to it. Hygiene, not isolation: the job runs as
+# the worker's user. ``python`` resolves to the worker's interpreter.
 JOB_PATH = "/usr/local/bin:/usr/bin:/bin"
 JOB_LANG = "C.UTF-8"
 
@@ -74,6 +75,12 @@ def job_environment(home: str, ids: Mapping[str, str]) -> dict[str, str]:
     """PATH, LANG, HOME (the job's own working directory) and the job's ``DEPIN_*`` ids."""
     path = os.pathsep.join([os.path.dirname(sys.executable), JOB_PATH])
     return {"PATH": path, "LANG": JOB_LANG, "HOME": home, **ids}
+
+
+def _kill_group(pgid: int) -> None:
+    # ProcessLookupError: nothing of the group is left.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def run_command(
@@ -106,18 +113,21 @@ def run_command(
                 "output_tail": "",
                 "error": f"cannot start {argv[0]!r}: {exc.strerror}",
             }
-        tail: deque[bytes] = deque()
+        tail = bytearray()
         reader = threading.Thread(target=_tail_reader, args=(proc.stdout, tail), daemon=True)
         reader.start()
         error = None
         try:
             exit_code = proc.wait(timeout=time_limit_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc.pid)
             exit_code = proc.wait()
             error = f"killed at its time limit of {time_limit_s} s"
+        # The job ends with its command: what it left running in the background would
+        # outlive the allocation (unpaid) and hold the output pipe open.
+        _kill_group(proc.pid)
         reader.join(timeout=5)
-    output = b"".join(tail)[-OUTPUT_TAIL_BYTES:].decode("utf-8", errors="replace")
+    output = bytes(tail).decode("utf-8", errors="replace")
     return {
         "started_at": started,
         "ended_at": datetime.now(UTC),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -92,3 +94,26 @@ def test_a_job_sees_an_environment_built_from_nothing_in_a_fresh_directory(
     assert seen["env"]["HOME"] == seen["cwd"] and seen["files"] == []
     assert Path(seen["cwd"]).resolve() != tmp_path.resolve()
     assert not Path(seen["cwd"]).exists()  # removed once the job ended
+
+
+def test_what_a_job_leaves_running_ends_with_it_and_its_output_is_kept() -> None:
+    # The child keeps the output pipe open; without ending the group the job would
+    # wait for it (or lose its output) and the child would outlive the allocation.
+    script = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen(['sleep', '60']); "
+        "print(child.pid, flush=True); print('done', flush=True)"
+    )
+    result = run_command(["python", "-c", script], {}, 30)
+    child_pid, last = result["output_tail"].split()
+    assert result["exit_code"] == 0 and last == "done"
+    assert (result["ended_at"] - result["started_at"]).total_seconds() < 5
+    with pytest.raises(ProcessLookupError):
+        _wait_gone(int(child_pid))
+
+
+def _wait_gone(pid: int) -> None:
+    """Signal 0 to ``pid`` until it is gone (ProcessLookupError), for up to 5 s."""
+    for _ in range(50):
+        os.kill(pid, 0)
+        time.sleep(0.1)
