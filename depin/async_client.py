@@ -27,14 +27,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from depin import keys as keystore
 from depin import manifest
 from depin.api.remote import AsyncHttpMarket
 from depin.client import (
     WAIT_POLL_S,
     EnvelopeCheck,
+    LocalKeys,
     account_of_key,
     check_signed_as,
     checked_envelope,
@@ -72,7 +71,7 @@ from scheduler.search import Hit
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(LocalKeys):
     """Submit, watch and pay for work on a depin market served over HTTP, from asyncio."""
 
     def __init__(
@@ -117,17 +116,7 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # -- keys (local files) --------------------------------------------------------------------
-    def new_key(self, name: str) -> KeyInfo:
-        self.settings.ensure_home()
-        return keystore.generate(name, self.settings.keys_dir)
-
-    def local_keys(self) -> list[KeyInfo]:
-        return keystore.list_keys(self.settings.keys_dir)
-
-    def public_key(self, key: str) -> Ed25519PublicKey:
-        return keystore.load_public(key, self.settings.keys_dir)
-
+    # -- keys (new_key, local_keys, public_key: local files, from LocalKeys) -------------------
     async def rotate_key(
         self, account: str, *, revoke_old: bool = False, expires_in_days: int | None = None
     ) -> tuple[KeyInfo, list[KeyView]]:

@@ -83,7 +83,23 @@ class EnvelopeCheck:
     note: str  # how the issuer was (or was not) verified
 
 
-class Client:
+class LocalKeys:
+    """The keys in this machine's ``DEPIN_HOME``: files, never sent anywhere (both clients)."""
+
+    settings: Settings
+
+    def new_key(self, name: str) -> KeyInfo:
+        self.settings.ensure_home()
+        return keystore.generate(name, self.settings.keys_dir)
+
+    def local_keys(self) -> list[KeyInfo]:
+        return keystore.list_keys(self.settings.keys_dir)
+
+    def public_key(self, key: str) -> Ed25519PublicKey:
+        return keystore.load_public(key, self.settings.keys_dir)
+
+
+class Client(LocalKeys):
     """Submit, watch and pay for work on a depin marketplace."""
 
     def __init__(
@@ -162,25 +178,11 @@ class Client:
         assert isinstance(market, Marketplace)
         if market.operator_key() is not None:
             return
-        names = {k.name for k in self.local_keys()}
-        info = (
-            keystore.generate(OPERATOR_KEY, self.settings.keys_dir)
-            if OPERATOR_KEY not in names
-            else None
-        )
-        market.set_operator_key(self.public_key(OPERATOR_KEY if info is None else info.name))
+        if OPERATOR_KEY not in {k.name for k in self.local_keys()}:
+            self.new_key(OPERATOR_KEY)
+        market.set_operator_key(self.public_key(OPERATOR_KEY))
 
-    # -- keys (local files) --------------------------------------------------------------------
-    def new_key(self, name: str) -> KeyInfo:
-        self.settings.ensure_home()
-        return keystore.generate(name, self.settings.keys_dir)
-
-    def local_keys(self) -> list[KeyInfo]:
-        return keystore.list_keys(self.settings.keys_dir)
-
-    def public_key(self, key: str) -> Ed25519PublicKey:
-        return keystore.load_public(key, self.settings.keys_dir)
-
+    # -- keys -------------------------------------------------------------------------------
     def rotate_key(
         self, account: str, *, revoke_old: bool = False, expires_in_days: int | None = None
     ) -> tuple[KeyInfo, list[KeyView]]:

@@ -316,9 +316,3 @@ class Snapshot:
         other._stale_max = set(self._stale_max)
         return other
 
-    def copy_free(self) -> np.ndarray:
-        return self.gpus_free.copy()
-
-    def restore_free(self, saved: np.ndarray) -> None:
-        self.gpus_free[:] = saved
-        self._refresh_cells()

@@ -65,17 +65,37 @@ def test_the_facades_stay_small(path: str, most: int) -> None:
     assert len((ROOT / path).read_text().splitlines()) <= most
 
 
+def _conforms(cls: type, protocol: type) -> None:
+    """Every method of ``protocol`` on ``cls``, with the same parameters, kinds and defaults."""
+    for name, wanted in inspect.getmembers(protocol, inspect.isfunction):
+        if name.startswith("_"):
+            continue
+        assert hasattr(cls, name), f"{cls.__name__} lacks {name}"
+        have = inspect.signature(getattr(cls, name)).parameters
+        for param in inspect.signature(wanted).parameters.values():
+            assert param.name in have, f"{cls.__name__}.{name} lacks {param.name}"
+            assert have[param.name].kind == param.kind, f"{cls.__name__}.{name}({param.name})"
+            assert have[param.name].default == param.default, f"{cls.__name__}.{name}({param.name})"
+
+
 def test_the_marketplace_implements_the_sdks_market_protocol(sqlite_client: object) -> None:
     from depin.market import Marketplace
     from depin.protocol import Market
 
     market = sqlite_client.market  # type: ignore[attr-defined]
     assert isinstance(market, Marketplace) and isinstance(market, Market)
-    for name, wanted in inspect.getmembers(Market, inspect.isfunction):
-        if name.startswith("_"):
-            continue
-        have = inspect.signature(getattr(Marketplace, name)).parameters
-        for param in inspect.signature(wanted).parameters.values():
-            assert param.name in have, f"Marketplace.{name} lacks {param.name}"
-            assert have[param.name].kind == param.kind, f"Marketplace.{name}({param.name})"
-            assert have[param.name].default == param.default, f"Marketplace.{name}({param.name})"
+    _conforms(Marketplace, Market)
+
+
+def test_the_http_market_implements_the_sdks_market_protocol() -> None:
+    from depin.api.remote import HttpMarket
+    from depin.protocol import Market
+
+    _conforms(HttpMarket, Market)
+
+
+def test_the_marketplace_gives_the_driver_what_it_calls() -> None:
+    from depin.market import Marketplace
+    from depin.runtime.loop import CycleMarket
+
+    _conforms(Marketplace, CycleMarket)

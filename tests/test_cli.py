@@ -537,4 +537,16 @@ def test_bench_api_drives_a_live_server_through_the_sdk(home: Path) -> None:
         assert figures["requests"] > 0 and figures["requests_per_s"] > 0
         assert figures["p99_ms"] >= figures["p50_ms"] > 0
         assert figures["errors"] == {"client": 0, "server": 0, "rate_limited": 0}
+        assert figures["idle_clients"] == {"no_jobs": 0, "out_of_envelopes": 0}
     assert data["ledger_ok"] is True  # type: ignore[index]
+
+
+def test_bench_api_counts_an_error_by_its_status_not_its_transport() -> None:
+    from depin.bench.api import _error_kind
+    from depin.errors import DatabaseError, NotFoundError, RateLimitedError, RemoteError
+
+    # A 503 reaches the SDK as the server's own class, not as a RemoteError.
+    assert _error_kind(DatabaseError("the database is unreachable")) == "server"
+    assert _error_kind(RemoteError("cannot reach the market")) == "server"
+    assert _error_kind(NotFoundError("no job 7")) == "client"
+    assert _error_kind(RateLimitedError("slow down")) == "rate_limited"

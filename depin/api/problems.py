@@ -36,8 +36,6 @@ STATUS: dict[type[DepinError], int] = {
     errors.ExecutionError: 503,
     errors.DatabaseError: 503,
     errors.RemoteError: 502,
-    errors.ConfigError: 500,
-    errors.LedgerError: 500,
     errors.DepinError: 500,
 }
 

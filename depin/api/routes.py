@@ -48,7 +48,7 @@ from scheduler.search import Hit
 
 # The errors a route may answer with, each an RFC 9457 problem document (``errors``).
 PUBLIC = (429,)  # an unsigned request draws from its address's rate limit
-SIGNED = (401, 403, 409, 429)  # bad signature, not yours, a replayed nonce, rate limit
+SIGNED = (401, 403, 409, 429)  # bad or replayed signature, not yours, a conflict, rate limit
 BODY = (400, 413, 422)  # not JSON, too large, not valid
 INPUT = (422,)  # a path or query parameter out of range
 FOUND = (404,)  # the account, key, node or job named does not exist

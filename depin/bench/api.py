@@ -7,7 +7,10 @@ status), each for ``seconds`` by ``clients`` concurrent clients, each client
 its own account and key. The clients are the SDK (``depin.Client(url=...)``)
 in load processes of their own, so they compete with the server for this
 machine's cores as real clients on it would. Every request is counted with
-its latency; an error is either the client's doing (4xx other than 429) or not.
+its latency; an error is the rate limit's (429), the client's doing (another
+4xx) or the server's (5xx, unreachable, an answer outside the contract). A
+client that had nothing left to send (no jobs to read, every envelope sent) is
+counted, so a phase's rate is never a ceiling of the harness's making.
 
 Envelopes are signed before a phase starts (signing a manifest is the
 developer's work, not the market's); every HTTP request is signed as it is
@@ -33,6 +36,7 @@ from typing import Any
 
 import httpx
 
+from depin.api.problems import status_of
 from depin.client import Client
 from depin.config import redact_url
 from depin.errors import DepinError, RateLimitedError, RemoteError
@@ -124,6 +128,17 @@ def _setup(url: str, server_home: Path, client_home: Path, clients: int) -> list
     return names
 
 
+ERROR_KINDS = ("client", "server", "rate_limited")
+
+
+def _error_kind(exc: DepinError) -> str:
+    """429 is the rate limit; another 4xx the client's doing; the rest (5xx, and a server
+    that could not be reached or answered outside its contract) the server's."""
+    if isinstance(exc, RateLimitedError):
+        return "rate_limited"
+    return "server" if status_of(exc) >= 500 else "client"
+
+
 def _load(
     url: str,
     home: str,
@@ -136,10 +151,15 @@ def _load(
     """One load process: a thread per account. Every client gets ready (signs its envelopes,
     finds its jobs) before any starts; all send ``phase`` requests for ``seconds``."""
     latencies: list[float] = []
-    errors: dict[str, int] = {"client": 0, "server": 0, "rate_limited": 0}
+    errors: dict[str, int] = dict.fromkeys(ERROR_KINDS, 0)
+    idle = {"no_jobs": 0, "out_of_envelopes": 0}  # clients that stopped sending early
     lock, go = threading.Lock(), threading.Event()
     ready = threading.Barrier(len(accounts) + 1)
     window: list[float] = []
+
+    def count(table: dict[str, int], kind: str) -> None:
+        with lock:
+            table[kind] += 1
 
     def client_loop(account: str) -> None:
         with Client(url=url, home=home, account=account) as client:
@@ -147,13 +167,19 @@ def _load(
             envelopes: list[Any] = []
             if phase == "submit":  # the developer's own work, done before the clock starts
                 key = client.signing_key_for(account)
-                count = int(seconds * MAX_RATE_PER_CLIENT) + 1
-                envelopes = [client.sign(spec, key=key, account=account) for _ in range(count)]
+                signed = int(seconds * MAX_RATE_PER_CLIENT) + 1
+                envelopes = [client.sign(spec, key=key, account=account) for _ in range(signed)]
             mine = client.jobs(account=account, limit=50) if phase == "job_status" else []
             ready.wait()
             go.wait()
             end, i = window[0] + seconds, 0
-            while time.time() < end and (phase != "submit" or i < len(envelopes)):
+            if phase == "job_status" and not mine:
+                count(idle, "no_jobs")
+                return
+            while time.time() < end:
+                if phase == "submit" and i == len(envelopes):
+                    count(idle, "out_of_envelopes")
+                    return
                 began = time.perf_counter()
                 try:
                     if phase == "submit":
@@ -162,14 +188,11 @@ def _load(
                         client.search(spec, limit=10)
                     else:
                         client.job(mine[i % len(mine)].id)
-                except RateLimitedError:
-                    with lock:
-                        errors["rate_limited"] += 1
+                except DepinError as exc:
+                    count(errors, _error_kind(exc))
                     continue
-                except (RemoteError, DepinError) as exc:
-                    kind = "server" if isinstance(exc, RemoteError) else "client"
-                    with lock:
-                        errors[kind] += 1
+                except Exception:  # the SDK broke its contract: the server's answer was odd
+                    count(errors, "server")
                     continue
                 finally:
                     i += 1
@@ -185,7 +208,7 @@ def _load(
     go.set()
     for t in threads:
         t.join()
-    results.put({"latencies": latencies, "errors": errors})
+    results.put({"latencies": latencies, "errors": errors, "idle_clients": idle})
 
 
 def _phase(
@@ -204,9 +227,8 @@ def _phase(
     for w in workers:
         w.join()
     latencies = sorted(x for r in outcomes for x in r["latencies"])
-    errors = {
-        k: sum(r["errors"][k] for r in outcomes) for k in ("client", "server", "rate_limited")
-    }
+    errors = {k: sum(r["errors"][k] for r in outcomes) for k in ERROR_KINDS}
+    idle = {k: sum(r["idle_clients"][k] for r in outcomes) for k in outcomes[0]["idle_clients"]}
     quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
     return {
         "requests": len(latencies),
@@ -214,6 +236,7 @@ def _phase(
         "p50_ms": round(quantiles[49] * 1000, 2),
         "p99_ms": round(quantiles[98] * 1000, 2),
         "errors": errors,
+        "idle_clients": idle,
     }
 
 

@@ -78,10 +78,13 @@ def _print_scheduler_bench(data: dict[str, Any]) -> None:
         q = data[key]
         kind = "single-GPU jobs" if q["single_gpu"] else "jobs"
         title = f"quality, cost-only objective ({q['jobs']:,} {kind} on {q['nodes']:,} nodes)"
-        table = Table("strategy", "placed", "vs exact", "USD/h", "cost gap %", "s", title=title)
+        table = Table(
+            "strategy", "valid", "placed", "vs exact", "USD/h", "cost gap %", "s", title=title
+        )
         for name, r in q["strategies"].items():
             table.add_row(
                 name,
+                "yes" if r["valid"] else f"[red]no: {r['problems']} problems[/red]",
                 str(r["placed"]),
                 f"{r['placed_vs_exact']:+d}",
                 f"{r['cost_usd_per_hour']:.2f}",
@@ -181,8 +184,9 @@ def bench_api(as_json: bool, **options: Any) -> None:
             "p50 ms",
             "p99 ms",
             "client errors",
-            "other errors",
+            "server errors",
             "rate limited",
+            "idle clients",
             title=f"{data['clients']} clients, {data['database']}",
         )
         for phase in PHASES:
@@ -196,6 +200,7 @@ def bench_api(as_json: bool, **options: Any) -> None:
                 str(e["client"]),
                 str(e["server"]),
                 str(e["rate_limited"]),
+                str(sum(r["idle_clients"].values())),
             )
         console.print(table)
         console.print(f"ledger ok: {data['ledger_ok']}")
