@@ -315,4 +315,3 @@ class Snapshot:
         other._cell_free_max = self._cell_free_max.copy()
         other._stale_max = set(self._stale_max)
         return other
-

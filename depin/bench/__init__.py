@@ -1,10 +1,10 @@
 """``depin bench``: the measuring behind every performance target.
 
-    cli.py        the commands: parse options, print (``--json`` for machines)
-    workload.py   synthetic demand: job templates near users in real cities
-    scheduler.py  decision latency, batch placements/s with the commit, plan quality
-    exact.py      the quality reference (CP-SAT), sharing no code with ``scheduler/``
-    ledger.py     allocations committed per second against one per transaction
-    manifest.py   envelopes verified per second against raw Ed25519
-    api.py        a live ``depin serve`` driven through the SDK
+cli.py        the commands: parse options, print (``--json`` for machines)
+workload.py   synthetic demand: job templates near users in real cities
+scheduler.py  decision latency, batch placements/s with the commit, plan quality
+exact.py      the quality reference (CP-SAT), sharing no code with ``scheduler/``
+ledger.py     allocations committed per second against one per transaction
+manifest.py   envelopes verified per second against raw Ed25519
+api.py        a live ``depin serve`` driven through the SDK
 """
