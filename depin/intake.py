@@ -108,7 +108,7 @@ def queue_each(
     ledger.lock()
     outcomes: list[Outcome | None] = [a if isinstance(a, DepinError) else None for a in admissions]
     ready = [i for i, o in enumerate(outcomes) if o is None]
-    ready = _answer_retries(s, subs, admissions, outcomes, ready)
+    ready, twins = _answer_retries(s, subs, admissions, outcomes, ready)
     ready = _spend_nonces(s, subs, admissions, outcomes, ready)
     ready = _recheck(s, admissions, outcomes, ready, now)
     ready = _within_balances(ledger, admissions, outcomes, ready)
@@ -119,17 +119,24 @@ def queue_each(
             outcomes[i] = job_id
             key = subs[i].idempotency_key
             if key is not None:
-                digest = request_hash(OPERATION, [request_of(admissions[i].claims)])  # type: ignore[union-attr]
                 rows.append(
                     {
                         "key": key,
                         "operation": OPERATION,
-                        "request_hash": digest,
+                        "request_hash": _digest(admissions[i]),
                         "response_json": json.dumps([job_id]),
                     }
                 )
         if rows and not _insert_keys(s, rows):
             raise RaceLost
+    for i, first in twins.items():
+        key, queued = subs[i].idempotency_key, outcomes[first]
+        if isinstance(queued, int):  # as if the first's key had been stored before
+            answer = json.dumps([queued])
+            first_was = (OPERATION, _digest(admissions[first]), answer)
+            outcomes[i] = _retry_outcome(key, first_was, _digest(admissions[i]))  # type: ignore[arg-type]
+        else:  # the first was refused and claimed nothing: this one may try again
+            outcomes[i] = ConflictError(f"idempotency key {key!r} is busy: retry the request")
     assert all(o is not None for o in outcomes)
     return outcomes  # type: ignore[return-value]
 
@@ -140,38 +147,51 @@ def _answer_retries(
     admissions: Sequence[Admission],
     outcomes: list[Outcome | None],
     ready: list[int],
-) -> list[int]:
-    """A key seen before answers with its first job (same request) or refuses (another)."""
+) -> tuple[list[int], dict[int, int]]:
+    """A key seen before answers with its first job (same request) or refuses (another).
+
+    Returns the submissions left to queue, and the twins: a later submission in
+    this group with the same key as an earlier one, to be answered as it is.
+    """
     wanted = {subs[i].idempotency_key for i in ready} - {None}
     if not wanted:
-        return ready
+        return ready, {}
     for key in wanted:
         check_key(key)  # type: ignore[arg-type]
     done = {
-        k.key: k
+        k.key: (k.operation, k.request_hash, k.response_json)
         for k in s.execute(select(IdempotencyKey).where(IdempotencyKey.key.in_(wanted))).scalars()
     }
-    left, claimed = [], set()
+    left, twins, first_with = [], {}, {}
     for i in ready:
         key = subs[i].idempotency_key
         if key is None:
             left.append(i)
         elif key in done:
-            first = done[key]
-            digest = request_hash(OPERATION, [request_of(admissions[i].claims)])  # type: ignore[union-attr]
-            if first.operation == OPERATION and first.request_hash == digest:
-                outcomes[i] = json.loads(first.response_json)[0]
-            else:
-                outcomes[i] = ConflictError(
-                    f"idempotency key {key!r} was already used for a different request "
-                    f"({first.operation}); use a new key for a new request"
-                )
-        elif key in claimed:  # the same key twice in one group: a retry of one still queued
-            outcomes[i] = ConflictError(f"idempotency key {key!r} is busy: retry the request")
+            outcomes[i] = _retry_outcome(key, done[key], _digest(admissions[i]))
+        elif key in first_with:  # the same key twice in one group: answered as the first
+            twins[i] = first_with[key]
         else:
-            claimed.add(key)
+            first_with[key] = i
             left.append(i)
-    return left
+    return left, twins
+
+
+def _digest(admission: Admission | DepinError) -> str:
+    return request_hash(OPERATION, [request_of(admission.claims)])  # type: ignore[union-attr]
+
+
+def _retry_outcome(key: str, first: tuple[str, str, str], digest: str) -> Outcome:
+    """What a key already answered gives a retry: its job, or a refusal for another request.
+
+    ``first``: the key's operation, request hash and answer (JSON)."""
+    operation, first_digest, answer = first
+    if operation == OPERATION and first_digest == digest:
+        return int(json.loads(answer)[0])
+    return ConflictError(
+        f"idempotency key {key!r} was already used for a different request "
+        f"({operation}); use a new key for a new request"
+    )
 
 
 def _spend_nonces(

@@ -93,6 +93,24 @@ def test_a_retry_with_its_idempotency_key_gets_the_first_job_back(world: World) 
     assert _jobs(world) == 1
 
 
+def test_twins_in_one_group_see_one_act_and_both_get_its_job(world: World) -> None:
+    # A retry can reach the server while its first attempt still waits in the same group.
+    first, resent = world.sign(job("once")), world.sign(job("once"))
+    other = world.sign(job("another"))
+    answers = world.client.market.submit_each(  # type: ignore[attr-defined]
+        [
+            Submission(first, idempotency_key="twin-key-0001"),
+            Submission(resent, idempotency_key="twin-key-0001"),
+            Submission(other, idempotency_key="twin-key-0001"),
+        ]
+    )
+    assert isinstance(answers[0], JobView) and isinstance(answers[1], JobView)
+    assert answers[1].id == answers[0].id
+    assert isinstance(answers[2], ConflictError) and "different request" in str(answers[2])
+    assert _jobs(world) == 1
+    assert world.client.verify_ledger().ok
+
+
 def test_a_key_revoked_after_admission_fails_its_submission(world: World) -> None:
     envelope = world.sign(job())
     market = world.client.market
