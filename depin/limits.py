@@ -56,6 +56,8 @@ HEARTBEAT_INTERVAL_S = 5.0  # well inside DRIVER_TIMEOUT_S, for as long as a dri
 RECONCILE_INTERVAL_S = 10.0  # a long-lived scheduler reconciles this often
 MAX_UNSETTLED = 10_000  # outcomes a driver keeps to settle again after a database outage
 LOOP_BACKOFF_MAX_S = 30.0  # a server's scheduler loop waits at most this after a failed cycle
+STOP_POLL_S = 1.0  # a running allocation asks its driver this often whether to stop
+ABANDON_WAIT_S = 5.0  # a stopping driver waits this long for its allocations to end
 
 # -- money held ----------------------------------------------------------------------------
 # Holds time out, as TigerBeetle's pending transfers do, and reconciliation voids them: a

@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,10 +32,12 @@ import ray
 import ray.exceptions
 
 from depin.errors import ExecutionError
+from depin.limits import ABANDON_WAIT_S, STOP_POLL_S
 from depin.receipts import ReceiptSigner, sign_acceptance, sign_usage
 from depin.runtime.work import Launch, Outcome
 
 RESOURCE_PREFIX = "depin_node:"
+STOPPED = "stopped: its owner cancelled the job"
 OUTPUT_TAIL_BYTES = 4096
 _READ_CHUNK_BYTES = 65536
 # Ray errors that mean the node or worker died, not the job: the allocation is lost.
@@ -84,9 +88,13 @@ def _kill_group(pgid: int) -> None:
 
 
 def run_command(
-    command: Sequence[str], ids: Mapping[str, str], time_limit_s: int
+    command: Sequence[str],
+    ids: Mapping[str, str],
+    time_limit_s: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run ``command`` to completion or its time limit; keep the tail of its output.
+    """Run ``command`` to completion, its time limit, or until ``should_stop()`` (asked
+    every ``STOP_POLL_S``); keep the tail of its output.
 
     It runs in a fresh working directory (its HOME too, removed afterwards) with
     an environment built from nothing (``job_environment``). This is the body
@@ -116,16 +124,12 @@ def run_command(
         tail = bytearray()
         reader = threading.Thread(target=_tail_reader, args=(proc.stdout, tail), daemon=True)
         reader.start()
-        error = None
         try:
-            exit_code = proc.wait(timeout=time_limit_s)
-        except subprocess.TimeoutExpired:
+            exit_code, error = _wait(proc, time_limit_s, should_stop)
+        finally:
+            # The job ends with its command, and with this task (a cancel interrupts it):
+            # what it left running would outlive the allocation and hold the pipe open.
             _kill_group(proc.pid)
-            exit_code = proc.wait()
-            error = f"killed at its time limit of {time_limit_s} s"
-        # The job ends with its command: what it left running in the background would
-        # outlive the allocation (unpaid) and hold the output pipe open.
-        _kill_group(proc.pid)
         reader.join(timeout=5)
     output = bytes(tail).decode("utf-8", errors="replace")
     return {
@@ -137,8 +141,33 @@ def run_command(
     }
 
 
+def _wait(
+    proc: subprocess.Popen[bytes], time_limit_s: int, should_stop: Callable[[], bool] | None
+) -> tuple[int, str | None]:
+    """The command's exit code, and why it was killed (if it was)."""
+    deadline = time.monotonic() + time_limit_s
+    while True:
+        left_s = deadline - time.monotonic()
+        try:
+            return proc.wait(timeout=max(0.0, min(left_s, STOP_POLL_S))), None
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            why = f"killed at its time limit of {time_limit_s} s"
+        elif should_stop is not None and should_stop():
+            why = STOPPED
+        else:
+            continue
+        _kill_group(proc.pid)
+        return proc.wait(), why
+
+
 def run_with_receipts(
-    command: Sequence[str], ids: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
+    command: Sequence[str],
+    ids: Mapping[str, str],
+    time_limit_s: int,
+    signer: ReceiptSigner | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run an allocation on this node, signing its acceptance first and its usage after.
 
@@ -149,7 +178,7 @@ def run_with_receipts(
     acceptance = None
     if private is not None and signer is not None:
         acceptance = sign_acceptance(private, signer.facts, at=datetime.now(UTC)).to_json()
-    result = run_command(command, ids, time_limit_s)
+    result = run_command(command, ids, time_limit_s, should_stop)
     result["acceptance_json"], result["usage_json"] = acceptance, None
     if private is not None and signer is not None:
         usage = sign_usage(
@@ -163,11 +192,52 @@ def run_with_receipts(
     return result
 
 
+@ray.remote(num_cpus=0)
+class StopList:
+    """The allocations a driver wants stopped (their owners cancelled the jobs). Running
+    allocations ask it; a stopped one ends like any other, with its receipts, so the
+    provider is paid for the time it ran."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+
+    def stop(self, allocation_ids: Sequence[int]) -> None:
+        self._ids.update(allocation_ids)
+
+    def stopped(self, allocation_id: int) -> bool:
+        return allocation_id in self._ids
+
+
+def _asker(stop_list: str, allocation_id: int) -> Callable[[], bool]:
+    """``should_stop`` for one allocation. The driver makes its stop list (a named actor)
+    only when it first stops something; until then, or once the driver is gone, the
+    answer is no."""
+    found: list[Any] = []
+
+    def should_stop() -> bool:
+        try:
+            if not found:
+                found.append(ray.get_actor(stop_list))
+            return bool(ray.get(found[0].stopped.remote(allocation_id), timeout=STOP_POLL_S))
+        except ValueError:  # no such actor (yet)
+            return False
+        except (ray.exceptions.RayError, TimeoutError):
+            found.clear()
+            return False
+
+    return should_stop
+
+
 @ray.remote(num_cpus=0, max_retries=0)
 def _run_allocation(
-    command: Sequence[str], ids: Mapping[str, str], time_limit_s: int, signer: ReceiptSigner | None
+    command: Sequence[str],
+    ids: Mapping[str, str],
+    time_limit_s: int,
+    signer: ReceiptSigner | None,
+    stop_list: str,
+    allocation_id: int,
 ) -> dict[str, Any]:
-    return run_with_receipts(command, ids, time_limit_s, signer)
+    return run_with_receipts(command, ids, time_limit_s, signer, _asker(stop_list, allocation_id))
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -190,6 +260,8 @@ class RayExecutor:
         self._owns_ray = False
         self._advertised: set[int] = set()
         self._running: dict[ray.ObjectRef, Launch] = {}
+        self._stop_list = f"depin-stops-{uuid.uuid4().hex}"  # the StopList actor's name
+        self._stops: Any = None  # the actor, made when something is first stopped
 
     # -- the cluster ----------------------------------------------------------------------
     def start(self, node_gpus: Mapping[int, int]) -> None:
@@ -227,14 +299,16 @@ class RayExecutor:
         if set(node_gpus) <= self._advertised:
             return False
         ray.shutdown()
-        self._owns_ray = False
+        self._owns_ray, self._stops = False, None
         self.start(node_gpus)
         return True
 
     def shutdown(self) -> None:
+        if self._stops is not None and ray.is_initialized():
+            ray.kill(self._stops)
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
-        self._owns_ray = False
+        self._owns_ray, self._stops = False, None
 
     # -- allocations ----------------------------------------------------------------------
     @property
@@ -251,14 +325,36 @@ class RayExecutor:
         ref = _run_allocation.options(
             resources={node_resource(launch.node_id): launch.gpus},
             name=f"depin-job-{launch.job_id}-alloc-{launch.allocation_id}",
-        ).remote(launch.command, ids, launch.time_limit_s, launch.receipts)
+        ).remote(
+            launch.command,
+            ids,
+            launch.time_limit_s,
+            launch.receipts,
+            self._stop_list,
+            launch.allocation_id,
+        )
         self._running[ref] = launch
 
+    def stop(self, allocation_ids: Sequence[int]) -> None:
+        """Ask these running allocations to stop; each ends within ``STOP_POLL_S`` or so and
+        is reported by ``poll`` like any other."""
+        mine = {launch.allocation_id for launch in self._running.values()}
+        wanted = [a for a in allocation_ids if a in mine]
+        if not wanted:
+            return
+        if self._stops is None:
+            self._stops = StopList.options(name=self._stop_list).remote()  # type: ignore[attr-defined]
+        self._stops.stop.remote(wanted)
+
     def abandon(self) -> list[Launch]:
-        """Cancel every running allocation; returns what was running."""
+        """Cancel every running allocation, waiting up to ``ABANDON_WAIT_S`` for their
+        commands to be killed; returns what was running."""
         launches = list(self._running.values())
-        for ref in self._running:
-            ray.cancel(ref, force=True)
+        refs = list(self._running)
+        for ref in refs:
+            ray.cancel(ref)  # a KeyboardInterrupt in the task: it kills its command's group
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=ABANDON_WAIT_S)
         self._running.clear()
         return launches
 

@@ -12,6 +12,7 @@ reconciles the market on a timer: dead peers' work, expired holds, silent nodes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from depin.errors import DatabaseError
-from depin.limits import HEARTBEAT_INTERVAL_S, MAX_UNSETTLED, RECONCILE_INTERVAL_S
+from depin.limits import (
+    HEARTBEAT_INTERVAL_S,
+    MAX_UNSETTLED,
+    RECONCILE_INTERVAL_S,
+    STOP_POLL_S,
+)
 from depin.runtime.cycle import schedule
 from depin.runtime.executor import RayExecutor
 from depin.runtime.work import CycleCommit, Launch, Outcome, PendingWork
@@ -53,6 +59,8 @@ class CycleMarket(Protocol):
     def retire_driver(self, driver_id: str) -> None: ...
 
     def reconcile(self) -> list[int]: ...
+
+    def cancellations(self, driver_id: str) -> list[int]: ...
 
 
 @dataclass(slots=True)
@@ -103,6 +111,7 @@ class Driver:
         self._nodes_version: int | None = None
         self._prices: dict[int, int] = {}
         self._unsettled: list[Outcome] = []  # outcomes a database outage kept from settling
+        self._last_stop_check = 0.0
 
     # -- one step --------------------------------------------------------------------------
     def cycle(self, *, wait_s: float = 0.0) -> CycleReport:
@@ -144,6 +153,7 @@ class Driver:
         """Settle what ended, and what a transient failure kept from settling before: an
         outcome is kept and tried again (``MAX_UNSETTLED`` at most) while the database is
         away, and dropped, with the reason, when the market refuses it for good."""
+        self._stop_cancelled()
         ended = self._unsettled + self.executor.poll(timeout_s=wait_s)
         self._unsettled = []
         for outcome in ended:
@@ -160,6 +170,16 @@ class Driver:
                 report.errors.append(f"allocation {outcome.allocation_id}: {exc}")
                 continue
             report.finished.append(outcome)
+
+    def _stop_cancelled(self) -> None:
+        """Stop what this driver runs for jobs their owners cancelled (checked at most every
+        ``STOP_POLL_S``); each then ends and settles like any other, paid for its time."""
+        now = time.monotonic()
+        if not self.executor.running or now - self._last_stop_check < STOP_POLL_S:
+            return
+        self._last_stop_check = now
+        with contextlib.suppress(DatabaseError):  # asked again at the next check
+            self.executor.stop(self.market.cancellations(self.driver_id))
 
     def reconcile_if_due(self) -> list[int]:
         """Reconcile the market when the interval has passed (and on the first call)."""

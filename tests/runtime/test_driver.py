@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -10,6 +13,7 @@ from sqlalchemy import select, update
 from depin.db.models import Driver as DriverRow
 from depin.db.models import Job, Transfer
 from depin.errors import DatabaseError
+from depin.runtime.executor import STOPPED
 from depin.runtime.loop import CycleReport, Driver
 from depin.runtime.work import Outcome
 from depin.states import JobState
@@ -130,3 +134,55 @@ def test_an_outcome_a_database_outage_kept_from_settling_is_settled_next_time(
         assert world.client.job(launch.job_id).state == JobState.SUCCEEDED
     finally:
         driver.stop()
+
+
+@pytest.mark.ray
+def test_a_running_job_its_owner_cancels_is_stopped_and_paid_for_the_time_it_ran(
+    ray_session: None, sqlite_world: World
+) -> None:
+    world = sqlite_world
+    command = ["python", "-c", "import time; print('started', flush=True); time.sleep(120)"]
+    job_id = world.submit(job(command=command, resources={"gpus": 1, "gpu_models": ["L4"]}))
+    driver = Driver(world.client.market, kind="scheduler")
+    try:
+        assert driver.cycle().launched
+        time.sleep(2)  # it runs
+        assert world.client.cancel(job_id).state == JobState.RUNNING  # the node must stop it
+        driver.run(until=lambda: world.client.job(job_id).state.terminal, timeout_s=60)
+    finally:
+        driver.stop()
+    view = world.client.job(job_id)
+    assert view.state == JobState.CANCELLED
+    alloc = view.allocation
+    assert alloc is not None and alloc.error == STOPPED and "started" in alloc.output_tail
+    assert alloc.ended_at is not None and alloc.started_at is not None
+    ran = datetime.fromisoformat(alloc.ended_at) - datetime.fromisoformat(alloc.started_at)
+    assert ran < timedelta(seconds=60)
+    # Paid for the seconds it ran, not for the two minutes it asked for; the rest refunded.
+    assert alloc.cost_micro_usd is not None and 0 < alloc.cost_micro_usd < view.max_cost_micro_usd
+    assert world.client.account("dev").balance.debits_pending == 0
+    assert world.client.verify_ledger().ok
+
+
+@pytest.mark.ray
+def test_a_driver_that_stops_kills_the_commands_it_was_running(
+    ray_session: None, sqlite_world: World, tmp_path: Path
+) -> None:
+    world = sqlite_world
+    pid_file = tmp_path / "pid"
+    script = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    )
+    job_id = world.submit(job(command=["python", "-c", script], resources={"gpus": 1}))
+    driver = Driver(world.client.market, kind="scheduler")
+    try:
+        assert driver.cycle().launched
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        pid = int(pid_file.read_text())
+    finally:
+        driver.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # gone, not orphaned
+    assert world.client.job(job_id).state == JobState.PENDING  # lost: queued again

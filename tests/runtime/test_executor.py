@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import ray.exceptions
 
-from depin.runtime.executor import OUTPUT_TAIL_BYTES, error_line, run_command
+from depin.runtime.executor import OUTPUT_TAIL_BYTES, STOPPED, error_line, run_command
 
 
 def test_a_command_runs_with_the_allocation_environment() -> None:
@@ -117,3 +117,17 @@ def _wait_gone(pid: int) -> None:
     for _ in range(50):
         os.kill(pid, 0)
         time.sleep(0.1)
+
+
+def test_a_command_asked_to_stop_is_killed_with_its_children_and_says_why() -> None:
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        asked.append(time.monotonic())
+        return len(asked) >= 2
+
+    script = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    result = run_command(["python", "-c", script], {}, 60, should_stop)
+    assert result["exit_code"] == -9
+    assert result["error"] == STOPPED
+    assert (result["ended_at"] - result["started_at"]).total_seconds() < 10
