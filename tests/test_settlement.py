@@ -21,17 +21,13 @@ T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 L4 = {"gpus": 1, "gpu_models": ["L4"]}  # Tokyo's L4 at $0.40 per GPU-hour
 
 
-def _claimed(world: World, at: datetime = T0) -> Launch:
-    return world.claimed(at=at)
-
-
 def _allocation(world: World, job_id: int | None = None) -> Any:
     views = world.client.jobs(limit=1) if job_id is None else [world.client.job(job_id)]
     return views[0].allocation
 
 
 def test_a_receipt_within_what_the_market_saw_is_paid_in_full(world: World) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     world.client.market.finish(ended(launch, 90, start=T0), now=T0 + timedelta(seconds=90))
     alloc = _allocation(world)
     assert alloc.cost_micro_usd == 10_000  # $0.40 per GPU-hour x 90 s = $0.01
@@ -42,7 +38,7 @@ def test_a_receipt_within_what_the_market_saw_is_paid_in_full(world: World) -> N
 def test_a_provider_is_not_paid_for_time_it_claims_but_the_market_did_not_see(
     world: World,
 ) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     # A one-second run whose receipt claims ten minutes: the market saw the outcome at T0 + 1 s.
     world.client.market.finish(ended(launch, 600, start=T0), now=T0 + timedelta(seconds=1))
     alloc = _allocation(world)
@@ -56,7 +52,7 @@ def test_a_provider_is_not_paid_for_time_it_claims_but_the_market_did_not_see(
 
 
 def test_a_receipt_that_starts_before_the_claim_is_paid_from_the_claim(world: World) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     early = T0 - timedelta(hours=1)
     world.client.market.finish(ended(launch, 3610, start=early), now=T0 + timedelta(seconds=10))
     alloc = _allocation(world)
@@ -67,7 +63,7 @@ def test_a_receipt_that_starts_before_the_claim_is_paid_from_the_claim(world: Wo
 
 
 def test_a_receipt_wholly_outside_what_the_market_saw_pays_nothing(world: World) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     last_year = T0 - timedelta(days=365)
     world.client.market.finish(ended(launch, 60, start=last_year), now=T0 + timedelta(seconds=60))
     alloc = _allocation(world)
@@ -81,7 +77,7 @@ def test_ledger_verify_flags_a_payment_above_what_the_receipt_attests_in_the_win
 ) -> None:
     from sqlalchemy import text
 
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     world.client.market.finish(ended(launch, 600, start=T0), now=T0 + timedelta(seconds=1))
     with world.client.market.engine.begin() as conn:  # type: ignore[attr-defined]
         conn.execute(text("UPDATE allocations SET cost_micro_usd = 66667"))
@@ -160,7 +156,7 @@ def _hostile(launch: Launch, h: dict[str, Any]) -> Outcome:
 def test_no_receipt_or_outcome_a_node_sends_stops_settlement(
     world: World, hostility: dict[str, Any]
 ) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     world.client.market.finish(_hostile(launch, hostility), now=T0 + timedelta(seconds=60))
     view = world.client.job(launch.job_id)
     alloc = view.allocations[-1]
@@ -173,7 +169,7 @@ def test_no_receipt_or_outcome_a_node_sends_stops_settlement(
 
 
 def test_a_lost_outcome_with_a_stranger_error_requeues_the_job(world: World) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     lost = Outcome(launch.allocation_id, T0, T0, None, "", {"not": "text"}, lost=True)  # type: ignore[arg-type]
     world.client.market.finish(lost, now=T0)
     view = world.client.job(launch.job_id)
@@ -184,7 +180,7 @@ def test_a_lost_outcome_with_a_stranger_error_requeues_the_job(world: World) -> 
 
 
 def test_output_with_nul_bytes_and_lone_surrogates_is_stored(world: World) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     outcome = replace(ended(launch, 10, start=T0), output_tail="a\x00b\ud800c", error="e\x00")
     world.client.market.finish(outcome, now=T0 + timedelta(seconds=10))
     alloc = world.client.job(launch.job_id).allocations[-1]
@@ -195,7 +191,7 @@ def test_output_with_nul_bytes_and_lone_surrogates_is_stored(world: World) -> No
 def test_a_cancelled_run_is_paid_for_its_time_and_audited_like_any_other(world: World) -> None:
     from sqlalchemy import text
 
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     world.client.cancel(launch.job_id)  # running: its drivers stop it, then it is settled
     world.client.market.finish(ended(launch, 10, start=T0), now=T0 + timedelta(seconds=10))
     view = world.client.job(launch.job_id)
@@ -210,7 +206,7 @@ def test_a_cancelled_run_is_paid_for_its_time_and_audited_like_any_other(world: 
 
 
 def test_receipts_that_are_not_text_settle_unpaid(world: World) -> None:
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     outcome = replace(ended(launch, 10, start=T0), usage_json=12345, acceptance_json=["x"])  # type: ignore[arg-type]
     world.client.market.finish(outcome, now=T0 + timedelta(seconds=10))  # must not raise
     alloc = world.client.job(launch.job_id).allocations[-1]
@@ -221,7 +217,7 @@ def test_receipts_that_are_not_text_settle_unpaid(world: World) -> None:
 def test_a_receipt_signed_by_an_expired_provider_key_is_not_paid(world: World) -> None:
     from sqlalchemy import text
 
-    launch = _claimed(world)
+    launch = world.claimed(at=T0)
     outcome = ended(launch, 10, start=T0)
     with world.client.market.engine.begin() as conn:  # type: ignore[attr-defined]
         conn.execute(text("UPDATE account_keys SET not_after = :t"), {"t": T0 - timedelta(days=1)})

@@ -29,7 +29,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -79,17 +79,16 @@ class Call:
     json: Any = None
     signer: str = PUBLIC  # PUBLIC, OPERATOR, ACTING, "account:<name>" or "key:<id>"
     idempotency_key: str | None = None
-    reads_only: bool = False  # a POST that changes nothing (its question needs a body)
 
     @property
     def repeatable(self) -> bool:
-        return self.method == "GET" or self.reads_only or self.idempotency_key is not None
+        return self.method == "GET" or self.idempotency_key is not None
 
     def page(self, cursor: str | None) -> Call:
         params = dict(self.params)
         if cursor is not None:
             params["cursor"] = cursor
-        return replace(self, params=params)
+        return Call(self.method, self.path, self.returns, params, self.json, self.signer)
 
 
 def _as(account: str) -> str:
@@ -201,7 +200,7 @@ class Calls:
     @staticmethod
     def search(request: JobSpec, sort: str, limit: int) -> Call:
         body = wire.Search(request=request.to_json_dict(), sort=sort, limit=limit)  # type: ignore[arg-type]
-        return Call("POST", wire.OFFERS, list[Hit], json=body.model_dump(), reads_only=True)
+        return Call("POST", wire.OFFERS, list[Hit], json=body.model_dump())
 
     @staticmethod
     def submit(envelope: Envelope, issuer: str, idempotency_key: str | None) -> Call:

@@ -431,28 +431,6 @@ def test_a_request_without_an_idempotency_key_is_not_retried(
     assert api_world.client.job(job_id).state == "pending"
 
 
-def test_a_search_is_a_read_and_is_retried_though_it_is_a_post(
-    api: Http, api_world: World, home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("depin.api.remote.BACKOFF_S", 0.0)
-    searches: list[httpx.Request] = []
-
-    def flaky_search(request: httpx.Request) -> httpx.Response:
-        if not request.url.path.endswith("/offers/search"):
-            return _forward(api, request)
-        searches.append(request)
-        return (
-            httpx.Response(502, text="bad gateway")
-            if len(searches) == 1
-            else _forward(api, request)
-        )
-
-    http = httpx.Client(transport=httpx.MockTransport(flaky_search))
-    sdk = Client(market=HttpMarket(API_BASE_URL, home / "keys", http=http))
-    assert sdk.search(job(), limit=3)
-    assert len(searches) == 2
-
-
 def _forward(api: Http, request: httpx.Request) -> httpx.Response:
     """Send ``request``'s exact bytes on to the app; its answer as a fresh response."""
     answer = api.send(
