@@ -130,6 +130,7 @@ def run_command(
             # The job ends with its command, and with this task (a cancel interrupts it):
             # what it left running would outlive the allocation and hold the pipe open.
             _kill_group(proc.pid)
+            proc.wait()  # reaped: at once after the kill, or already
         reader.join(timeout=5)
     output = bytes(tail).decode("utf-8", errors="replace")
     return {
