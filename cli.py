@@ -29,6 +29,7 @@ from depin.render import console, emit
 from depin.spec import NETWORKS, TIERS, search_request
 from depin.states import JobState
 from depin.views import AccountView
+from providers.agent.cli import agent
 from providers.catalog import CATALOG
 
 
@@ -85,6 +86,7 @@ def cli(api: str | None) -> None:
 
 cli.add_command(bench)
 cli.add_command(serve)
+cli.add_command(agent)
 
 
 # -- init, db, gpus ----------------------------------------------------------------------------

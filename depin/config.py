@@ -17,12 +17,15 @@ from pathlib import Path
 import platformdirs
 
 from depin.errors import ConfigError
+from depin.limits import NODE_GRACE_S, NODE_TTL_S
 
 ENV_HOME = "DEPIN_HOME"
 ENV_DATABASE_URL = "DEPIN_DATABASE_URL"
 ENV_RAY_ADDRESS = "DEPIN_RAY_ADDRESS"
 ENV_API_URL = "DEPIN_API_URL"
 ENV_ACCOUNT = "DEPIN_ACCOUNT"
+ENV_NODE_TTL_S = "DEPIN_NODE_TTL_S"
+ENV_NODE_GRACE_S = "DEPIN_NODE_GRACE_S"
 DATABASE_FILE_NAME = "depin.db"
 KEYS_DIR_NAME = "keys"
 
@@ -36,6 +39,9 @@ class Settings:
     ray_address: str | None
     api_url: str | None = None  # a market over HTTP (``depin serve``) instead of the database
     account: str | None = None  # who asks, where several local accounts could
+    # A node whose agent is silent for node_ttl_s + node_grace_s goes offline.
+    node_ttl_s: float = NODE_TTL_S
+    node_grace_s: float = NODE_GRACE_S
 
     @property
     def keys_dir(self) -> Path:
@@ -71,7 +77,9 @@ class Settings:
         if api is not None and not api.startswith(("http://", "https://")):
             raise ConfigError(f"the market's API URL must start with http:// or https:// ({api!r})")
         who = account or os.environ.get(ENV_ACCOUNT) or None
-        return cls(home_path, url, address, api, who)
+        ttl_s = _seconds(ENV_NODE_TTL_S, NODE_TTL_S)
+        grace_s = _seconds(ENV_NODE_GRACE_S, NODE_GRACE_S)
+        return cls(home_path, url, address, api, who, ttl_s, grace_s)
 
     def ensure_home(self) -> None:
         """Create DEPIN_HOME and its keys directory (0700: they hold private keys)."""
@@ -81,6 +89,19 @@ class Settings:
             self.keys_dir.chmod(0o700)  # mkdir's mode does not reach a directory that existed
         except OSError as exc:
             raise ConfigError(f"cannot create DEPIN_HOME {self.home}: {exc.strerror}") from exc
+
+
+def _seconds(env: str, default: float) -> float:
+    text = os.environ.get(env) or ""
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86_400:
+        raise ConfigError(f"{env} must be a number of seconds from 0 to 86400 (got {text!r})")
+    return value
 
 
 def redact_url(url: str) -> str:

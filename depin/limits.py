@@ -59,6 +59,24 @@ LOOP_BACKOFF_MAX_S = 30.0  # a server's scheduler loop waits at most this after 
 STOP_POLL_S = 1.0  # a running allocation asks its driver this often whether to stop
 ABANDON_WAIT_S = 5.0  # a stopping driver waits this long for its allocations to end
 
+# -- node agents, after Nomad's client TTLs -----------------------------------------------
+# An agent heartbeats every interval; a node silent for TTL + grace goes offline and its
+# allocations are lost (DEPIN_NODE_TTL_S and DEPIN_NODE_GRACE_S change the two on a
+# coordinator). An agent that cannot reach the coordinator for as long stops its jobs
+# itself: the market has given them to another node by then.
+AGENT_HEARTBEAT_INTERVAL_S = 5.0
+NODE_TTL_S = 15.0
+NODE_GRACE_S = 10.0
+NODE_CHECK_INTERVAL_S = 1.0  # a driver looks for silent nodes this often
+# A lost allocation queues its job again at most this many times: the first at once, then
+# after REQUEUE_BACKOFF_S x 2**(n-2) before attempt n + 1 (1 s, 2 s).
+MAX_REQUEUES = 3
+REQUEUE_BACKOFF_S = 1.0
+LONG_POLL_MAX_S = 30.0  # the longest an agent's request for work is held open
+LONG_POLL_CHECK_S = 0.5  # how often a held request looks again without a wake-up
+LOG_BYTES_PER_ALLOCATION = 1 << 20  # streamed output kept per allocation; the rest dropped
+LOG_CHUNK_BYTES = 64 << 10  # one report of output at most
+
 # -- money held ----------------------------------------------------------------------------
 # Holds time out, as TigerBeetle's pending transfers do, and reconciliation voids them: a
 # job's submission hold after a week unscheduled, an allocation's an hour past its limit.

@@ -25,25 +25,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from depin import accounts, audit, drivers, intake, nonces, reserve, settlement, views
+from depin import accounts, agents, audit, drivers, intake, nonces, reserve, settlement, views
+from depin.agentdesk import AgentDesk
 from depin.db.engine import read_session
 from depin.db.models import Account, IdempotencyKey, utcnow
-from depin.errors import (
-    ConflictError,
-    DepinError,
-    ForbiddenError,
-    InputError,
-)
+from depin.errors import ConflictError, DepinError, ForbiddenError, InputError
 from depin.gcpause import gc_paused
 from depin.idempotency import check_key
 from depin.keys import key_id as compute_key_id
-from depin.ledger import (
-    Balance,
-    Ledger,
-    VerifyReport,
-    entry_record,
-    iter_entries,
-)
+from depin.ledger import Balance, Ledger, VerifyReport, entry_record, iter_entries
 from depin.ledger import verify as verify_chain
 from depin.limits import DRIVER_TIMEOUT_S, MAX_BATCH_JOBS, MAX_CLAIM_LAUNCHES
 from depin.manifest import Envelope
@@ -52,7 +42,7 @@ from depin.runtime.work import CycleCommit, Launch, Outcome, PendingWork
 from depin.spec import JobSpec, NodeSpec
 from depin.states import JobState
 from depin.submission import Verifier, admit_envelopes, load_keys, queue, request_of
-from depin.transactions import Transactions
+from depin.wakeups import JOBS, WORK
 from providers import registry
 from scheduler import Offer, Plan, Snapshot
 from scheduler.request import Request
@@ -61,7 +51,7 @@ from scheduler.search import Hit, search
 T = TypeVar("T")
 
 
-class Marketplace(Transactions):
+class Marketplace(AgentDesk):
     """Accounts, nodes, jobs, allocations and the ledger, over one database."""
 
     # -- accounts and keys ---------------------------------------------------------------------
@@ -284,9 +274,11 @@ class Marketplace(Transactions):
         if wrong:
             raise ForbiddenError(f"you sign as {issuer!r}; the envelope is {wrong[0]!r}'s")
         request = [request_of(a.claims) for a in admitted]
-        return self._once(
+        ids: list[int] = self._once(
             idempotency_key, "submit", request, lambda s: queue(s, admitted, now=now), nonce
         )
+        self.wakeups.notify(JOBS)
+        return ids
 
     def submit_each(self, subs: Sequence[intake.Submission]) -> list[views.JobView | DepinError]:
         """Many separate requests' submissions, each with its own outcome, in one transaction
@@ -301,6 +293,8 @@ class Marketplace(Transactions):
         except intake.RaceLost:
             outcomes = [self._one(u) for u in subs]
         ids = [o for o in outcomes if isinstance(o, int)]
+        if ids:
+            self.wakeups.notify(JOBS)
         found = {v.id: v for v in self._read(lambda s: views.job_views(s, job_ids=ids))}
         return [found[o] if isinstance(o, int) else o for o in outcomes]
 
@@ -392,6 +386,7 @@ class Marketplace(Transactions):
     def cancel(self, job_id: int, *, nonce: SeenNonce | None = None) -> views.JobView:
         """Cancel a job: at once unless it runs, else once its drivers have stopped it."""
         self._tx(lambda s: settlement.cancel(s, job_id, now=utcnow()), nonce)
+        self.wakeups.notify(WORK)  # an agent running it hears at once
         return self.job(job_id)
 
     # -- scheduling: one cycle is pending_work -> plan -> commit_plan --------------------------
@@ -411,7 +406,10 @@ class Marketplace(Transactions):
     def commit_plan(self, work: PendingWork, result: Plan, *, driver_id: str | None) -> CycleCommit:
         """Reserve every placement of ``result`` in one transaction (see ``depin.reserve``)."""
         with gc_paused():
-            return self._tx(lambda s: reserve.reserve(s, work, result, driver_id=driver_id))
+            commit = self._tx(lambda s: reserve.reserve(s, work, result, driver_id=driver_id))
+        if commit.reserved:
+            self.wakeups.notify(WORK)
+        return commit
 
     def claim_reserved(
         self, driver_id: str, *, limit: int = MAX_CLAIM_LAUNCHES, now: datetime | None = None
@@ -460,7 +458,8 @@ class Marketplace(Transactions):
 
         def work(s: Session) -> list[int]:
             lost = settlement.reconcile(s, now=at, driver_cutoff=cutoff)
-            registry.mark_silent_nodes_offline(s, now=at)
+            timeout_s = self.settings.node_ttl_s + self.settings.node_grace_s
+            lost += agents.expire_silent(s, now=at, timeout_s=timeout_s)
             nonces.prune(s, at)
             return lost
 

@@ -61,6 +61,17 @@ class AllocationFacts:
     price_micro_usd_per_gpu_hour: int
     manifest_digest: str
     market: str
+    # The allocation's fence token, where a node agent runs it: a receipt for an earlier
+    # attempt does not verify for a later one.
+    fence: str | None = None
+
+
+def fact_claims(facts: AllocationFacts) -> dict[str, Any]:
+    """The facts as a receipt's payload carries them (no fence field where there is none)."""
+    claims = asdict(facts)
+    if claims["fence"] is None:
+        del claims["fence"]
+    return claims
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +114,7 @@ def _sign(private: Ed25519PrivateKey, kind: str, claims: dict[str, Any]) -> Enve
 def sign_acceptance(
     private: Ed25519PrivateKey, facts: AllocationFacts, *, at: datetime
 ) -> Envelope:
-    return _sign(private, "acceptance", {**asdict(facts), "accepted_at": at.isoformat()})
+    return _sign(private, "acceptance", {**fact_claims(facts), "accepted_at": at.isoformat()})
 
 
 def sign_usage(
@@ -118,7 +129,7 @@ def sign_usage(
         private,
         "usage",
         {
-            **asdict(facts),
+            **fact_claims(facts),
             "started_at": started_at.isoformat(),
             "ended_at": ended_at.isoformat(),
             "gpu_seconds": gpu_seconds(facts.gpus, started_at, ended_at),
@@ -193,7 +204,7 @@ def _signed_claims(
         ) from exc
     if not isinstance(claims, dict):
         raise _refused(where, f"payload must be a JSON object (got {_shown(claims)})")
-    expected = asdict(facts)
+    expected = fact_claims(facts)
     # Types too: a JSON 7.0 or true equals 7 or 1 in Python, but it is not what was signed for.
     wrong = [k for k, v in expected.items() if type(claims.get(k)) is not type(v) or claims[k] != v]
     if claims.get("kind") != kind or wrong:

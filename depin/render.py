@@ -115,6 +115,8 @@ def nodes(console: Console, views: list[NodeView]) -> None:
         "tier",
         "region",
         "net",
+        "reliability",
+        "agent",
         "status",
     )
     for v in views:
@@ -129,6 +131,8 @@ def nodes(console: Console, views: list[NodeView]) -> None:
             v.tier,
             v.region,
             v.network,
+            f"{v.reliability:.3f}",
+            (v.agent or "-") + (" (simulated GPUs)" if v.simulated else ""),
             v.status,
         )
     console.print(table)

@@ -14,6 +14,7 @@ to a savepoint and the same path runs job by job, skipping what was taken.
 from __future__ import annotations
 
 import json
+import secrets
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -71,8 +72,8 @@ _INSERT_RECORD = (
 _WAIT = "UPDATE jobs SET plan_record_id = ? WHERE id = ? AND state = 'pending'"
 _INSERT_ALLOCATION = (
     "INSERT INTO allocations (id, job_id, node_id, gpus, price_micro_usd_per_gpu_hour, "
-    "time_limit_s, hold_transfer_id, rtt_ms, score, state, driver_id, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "time_limit_s, hold_transfer_id, rtt_ms, score, state, driver_id, created_at, fence) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -244,6 +245,7 @@ def _entries(
                     "reserved",
                     c.driver_id,
                     stamp,
+                    secrets.token_hex(16),  # the fence token its agent presents
                 )
             )
             if limit not in timeouts:
@@ -369,15 +371,19 @@ def pending_work(
         )
         .join(JobManifest, JobManifest.job_id == Job.id)
         .where(Job.state == JobState.PENDING)
+        # A requeued job waits out its backoff.
+        .where(Job.not_before.is_(None) | (Job.not_before <= utcnow()))
     )
     if job_ids is not None:
         stmt = stmt.where(Job.id.in_(list(job_ids)))
     rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
     version = registry.version(s)
+    pull: frozenset[int] = frozenset()
     if nodes_version == version:
         offers, prices, free = None, {}, registry.free_capacity(s)
     else:
         (offers, prices), free = registry.offers_and_prices(s), None
+        pull = registry.pull_nodes(s)
     templates: dict[str, JobSpec] = {}  # jobs of one template parse it once
     jobs = []
     for r in rows:
@@ -387,4 +393,4 @@ def pending_work(
             base = templates[r.template_json] = JobSpec.model_validate(data)
         spec = base if base.name == r.name else base.model_copy(update={"name": r.name})
         jobs.append(PendingJob(r.id, r.account_id, r.hold_transfer_id, r.max_cost_micro_usd, spec))
-    return PendingWork(jobs, offers, prices, version, free)
+    return PendingWork(jobs, offers, prices, version, free, pull)

@@ -27,15 +27,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from depin import receipts
-from depin.db.models import Allocation, Driver, Job, JobManifest, Receipt, utcnow
+from depin.db.models import Allocation, Driver, Job, JobManifest, Node, Receipt, utcnow
 from depin.errors import ConflictError, NotFoundError
 from depin.ledger import Hold, Ledger
 from depin.lifecycle import end_job
 from depin.limits import (
     ERROR_CHARS,
+    MAX_REQUEUES,
     OUTPUT_TAIL_CHARS,
     PENDING_HOLD_TIMEOUT_S,
     RECEIPT_CLOCK_SKEW_S,
+    REQUEUE_BACKOFF_S,
 )
 from depin.money import usage_cost_micro
 from depin.receipts import AllocationFacts, ReceiptSigner, Usage
@@ -58,6 +60,7 @@ def allocation_facts(alloc: Allocation, job: Job, market_id: str) -> AllocationF
         price_micro_usd_per_gpu_hour=alloc.price_micro_usd_per_gpu_hour,
         manifest_digest=job.manifest_digest,
         market=market_id,
+        fence=alloc.fence,
     )
 
 
@@ -92,9 +95,12 @@ def claim(
     rows = s.execute(
         select(Allocation, Job)
         .join(Job, Job.id == Allocation.job_id)
+        .join(Node, Node.id == Allocation.node_id)
         .where(
             Allocation.state == AllocationState.RESERVED,
             (Allocation.driver_id == driver_id) | Allocation.driver_id.is_(None),
+            # A pull agent's node takes its work over HTTP (``depin.agents``), not from Ray.
+            Node.agent.is_(None) | (Node.agent != "pull"),
         )
         .order_by(Allocation.id)
         .limit(limit)
@@ -145,9 +151,14 @@ def finish(s: Session, outcome: Outcome, *, market_id: str, now: datetime) -> No
     assert job is not None
     spec = specs_of(s, [job.id])[job.id]
     if outcome.lost and spec.replicas == 1 and job.cancel_requested_at is None:
-        requeue(s, ledger, alloc, job, _text(outcome.error) or "node lost", spec)
+        requeue(s, ledger, alloc, job, clean_text(outcome.error) or "node lost", spec)
+        registry.record_outcome(s, alloc.node_id, node_fault=True)
         return
-    _settle(s, ledger, alloc, job, outcome, market_id, now)
+    paid = _settle(s, ledger, alloc, job, outcome, market_id, now)
+    # The node's record: a job's own failure is not the node's; a loss, a run the node could
+    # not start, or one it would not sign for is.
+    fault = outcome.lost or outcome.node_fault or not paid
+    registry.record_outcome(s, alloc.node_id, node_fault=fault)
     _end_if_done(s, ledger, job, spec)
 
 
@@ -159,23 +170,23 @@ def _settle(
     outcome: Outcome,
     market_id: str,
     now: datetime,
-) -> None:
+) -> bool:
     """Pay what the usage receipt attests within what the market saw; free the GPUs.
 
     A missing or invalid receipt ends the allocation unpaid and returns the
-    whole hold; the hold bounds any bill.
+    whole hold; the hold bounds any bill. True when the receipt verified.
     """
     hold = ledger.pending_transfer(alloc.hold_transfer_id or 0)
     claimed_at = alloc.claimed_at or alloc.started_at or now
     alloc.seen_at = now
-    started, ended, used = claimed_at, now, 0
-    error = _text(outcome.error)
+    started, ended, used, verified = claimed_at, now, 0, False
+    error = clean_text(outcome.error)
     exit_code = outcome.exit_code if _is_exit_code(outcome.exit_code) else None
     if not outcome.lost:
         facts = allocation_facts(alloc, job, market_id)
         keys = registry.provider_keys(s, [alloc.node_id], active_only=True).get(alloc.node_id, {})
         try:
-            usage_json = _text(outcome.usage_json)  # a node's word: text, or nothing
+            usage_json = clean_text(outcome.usage_json)  # a node's word: text, or nothing
             usage = receipts.verify_usage(usage_json, facts, key_finder(keys))
         except receipts.ReceiptError as exc:
             error = f"{error + '; ' if error else ''}provider not paid: {exc}"
@@ -186,6 +197,7 @@ def _settle(
             used = min(hold.amount_micro_usd, cost)
             alloc.dispute = _dispute(usage, claimed_at, now, started, ended)
             _store_receipts(s, alloc.id, usage_json, outcome, usage.key_id, facts, keys)
+            verified = True
     _pay(s, ledger, hold, used, alloc, job)
     registry.release_capacity(s, alloc.node_id, alloc.gpus)
     if outcome.lost:
@@ -197,9 +209,10 @@ def _settle(
     else:
         alloc.state = AllocationState.FAILED
     alloc.started_at, alloc.ended_at = started, ended
-    alloc.exit_code, alloc.error = exit_code, _text(error)[:ERROR_CHARS] or None
-    alloc.output_tail = _text(outcome.output_tail)[-OUTPUT_TAIL_CHARS:]
+    alloc.exit_code, alloc.error = exit_code, clean_text(error)[:ERROR_CHARS] or None
+    alloc.output_tail = clean_text(outcome.output_tail)[-OUTPUT_TAIL_CHARS:]
     alloc.cost_micro_usd = used
+    return verified
 
 
 def billable(usage: Usage, claimed_at: datetime, seen_at: datetime) -> tuple[datetime, datetime]:
@@ -251,7 +264,7 @@ def _is_exit_code(value: object) -> bool:
     return type(value) is int and value in _EXIT_CODE_RANGE
 
 
-def _text(value: object) -> str:
+def clean_text(value: object) -> str:
     """A node's free text as a string any database stores: '' for none or for anything that is
     not text; lone surrogates and NUL (which PostgreSQL's text refuses) replaced."""
     if not isinstance(value, str):
@@ -278,7 +291,7 @@ def _store_receipts(
         )
     )
     try:
-        acceptance = _text(outcome.acceptance_json)
+        acceptance = clean_text(outcome.acceptance_json)
         claims = receipts.verify(acceptance, "acceptance", facts, key_finder(keys))
     except receipts.ReceiptError:
         return
@@ -401,6 +414,11 @@ def requeue(
     if spec.replicas > 1 or job.cancel_requested_at is not None:
         _end_if_done(s, ledger, job, spec)
         return
+    job.attempts += 1
+    if job.attempts > MAX_REQUEUES:
+        why = f"{reason}; not requeued: lost {job.attempts} times (at most {MAX_REQUEUES} retries)"
+        end_job(ledger, job, JobState.FAILED, [why])
+        return
     if ledger.balance(job.account_id).available < job.max_cost_micro_usd:
         why = f"{reason}; not requeued: the balance no longer covers the hold"
         end_job(ledger, job, JobState.FAILED, [why])
@@ -416,6 +434,13 @@ def requeue(
         timeout_at=now + timedelta(seconds=PENDING_HOLD_TIMEOUT_S),
     )
     job.state, job.updated_at, job.plan_record_id = JobState.PENDING, now, None
+    job.not_before = now + timedelta(seconds=requeue_backoff_s(job.attempts))
+
+
+def requeue_backoff_s(attempt: int) -> float:
+    """How long a job lost ``attempt`` times waits before it is planned again: the first
+    retry at once (a node failed, most likely not the job), then 1 s, 2 s ..."""
+    return 0.0 if attempt <= 1 else REQUEUE_BACKOFF_S * 2 ** (attempt - 2)
 
 
 def expire_holds(s: Session, ledger: Ledger, now: datetime) -> list[int]:
@@ -452,6 +477,8 @@ def reconcile(s: Session, *, now: datetime, driver_cutoff: datetime) -> list[int
                 Allocation.state.in_(ALLOCATION_ACTIVE),
                 Allocation.driver_id.is_not(None),
                 Allocation.driver_id.not_in(live),
+                # A pull agent's allocation lives with its node's heartbeats, not a driver's.
+                Allocation.node_id.not_in(select(Node.id).where(Node.agent == "pull")),
             )
         )
         .scalars()

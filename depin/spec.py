@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     ValidationError,
     field_validator,
@@ -60,6 +61,9 @@ class Resources(_Strict):
     vram_gib: float | None = Field(default=None, ge=0, le=1024)
     gpu_models: tuple[str, ...] = ()
     accelerator: AcceleratorKind = "gpu"
+    # Host memory for the job's processes, enforced by the node's sandbox (default: the
+    # agent's, 4 GiB).
+    memory_gib: float | None = Field(default=None, gt=0, le=4096)
 
     @field_validator("gpu_models", mode="before")
     @classmethod
@@ -139,6 +143,7 @@ class JobSpec(_Strict):
     objective: Objective = Objective()
     max_duration_s: StrictInt = Field(default=DEFAULT_DURATION_S, ge=1, le=MAX_DURATION_S)
     replicas: StrictInt = Field(default=1, ge=1, le=MAX_REPLICAS)
+    network: StrictBool = False  # the job may open network connections (sandboxed: none)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The canonical, JSON-ready form (what gets signed)."""

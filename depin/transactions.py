@@ -25,6 +25,7 @@ from depin.errors import ConflictError, UnauthenticatedError
 from depin.idempotency import KeyTaken, once
 from depin.limits import IDEMPOTENCY_ATTEMPTS
 from depin.nonces import SeenNonce
+from depin.wakeups import Wakeups
 from scheduler import Snapshot
 
 T = TypeVar("T")
@@ -44,6 +45,7 @@ class Transactions:
         self.sessions = session_factory(self.engine)
         self._writer = GroupCommit(self.sessions) if group_commit else None
         self._fleet: tuple[int, Snapshot, dict[int, int]] | None = None  # as admission sees it
+        self.wakeups = Wakeups()
         self.market_id: str = self._read(lambda s: s.get_one(Setting, "market_id").value)
 
     def close(self) -> None:

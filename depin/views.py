@@ -22,6 +22,7 @@ from depin.db.models import (
     Account,
     AccountKey,
     Allocation,
+    AllocationLog,
     Job,
     JobManifest,
     Node,
@@ -117,6 +118,8 @@ class NodeView:
     reliability: float
     status: str
     last_heartbeat_at: str | None
+    agent: str | None = None  # "pull", "ray", or None (no agent: the embedded market's Ray)
+    simulated: bool = False  # its agent stands in GPUs it does not have (--simulate-gpus)
 
     @property
     def price_usd_per_gpu_hour(self) -> float:
@@ -142,6 +145,8 @@ class NodeView:
             reliability=node.reliability,
             status=node.status,
             last_heartbeat_at=_iso(node.last_heartbeat_at),
+            agent=node.agent,
+            simulated=node.simulated,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,6 +290,22 @@ class ExplainView:
     node_ids: list[int]
     metric: dict[str, Any]
     reasons: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """A page of a job's output as its agents streamed it (``depin job logs``)."""
+
+    job_id: int
+    state: JobState
+    chunks: list[tuple[int, int, str]]  # (cursor, allocation id, text), oldest first
+    next_after: int  # the cursor to ask after for what follows
+    done: bool  # the job has ended and every chunk of it has been read
+    # Output of ended allocations that streamed none (run by the market's own Ray): its tail.
+    tails: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -453,6 +474,33 @@ def entry_views(
         )
         for t in reversed(s.execute(stmt).scalars().all())
     ]
+
+
+def log_page(s: Session, job_id: int, *, after_id: int, limit: int) -> LogPage:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}: see `depin job list`")
+    allocs = list(
+        s.execute(select(Allocation).where(Allocation.job_id == job_id).order_by(Allocation.id))
+        .scalars()
+        .all()
+    )
+    rows = s.execute(
+        select(AllocationLog.id, AllocationLog.allocation_id, AllocationLog.data)
+        .where(AllocationLog.allocation_id.in_([a.id for a in allocs]), AllocationLog.id > after_id)
+        .order_by(AllocationLog.id)
+        .limit(limit)
+    ).all()
+    chunks = [(r.id, r.allocation_id, r.data) for r in rows]
+    state = JobState(job.state)
+    done = state.terminal and len(chunks) < limit
+    tails = [
+        a.output_tail
+        for a in allocs
+        if done and not a.log_bytes and a.output_tail and not AllocationState(a.state).active
+    ]
+    next_after = chunks[-1][0] if chunks else after_id
+    return LogPage(job_id, state, chunks, next_after, done, tails)
 
 
 def allocation_views(

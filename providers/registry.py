@@ -19,13 +19,16 @@ from depin.db.engine import executemany
 from depin.db.models import AccountKey, Node, Setting, utcnow
 from depin.errors import CapacityError, ConflictError, NotFoundError
 from depin.keys import public_key_from_b64
+from depin.limits import NODE_GRACE_S, NODE_TTL_S
 from depin.manifest import CLOCK_SKEW_S
 from depin.money import micro_to_usd, usd_to_micro
 from depin.spec import NodeSpec
+from providers import reliability
 from scheduler.offers import Offer
 
 # A node whose agent has heartbeated before, but not for this long, is offline.
-HEARTBEAT_TIMEOUT_S = 60
+HEARTBEAT_TIMEOUT_S = NODE_TTL_S + NODE_GRACE_S
+RELIABILITY_STEP = 0.01
 
 
 def _row(provider_id: int, spec: NodeSpec) -> dict[str, object]:
@@ -44,6 +47,7 @@ def _row(provider_id: int, spec: NodeSpec) -> dict[str, object]:
         "region": spec.region,
         "network": spec.network,
         "reliability": spec.reliability,
+        "declared_reliability": spec.reliability,
         "status": "active",
     }
 
@@ -113,27 +117,82 @@ def list_nodes(session: Session, *, status: str | None = None) -> list[Node]:
     return list(session.execute(stmt).scalars())
 
 
-def heartbeat(session: Session, node_id: int, *, now: datetime | None = None) -> None:
-    """Record that the node's agent is alive; an offline node comes back."""
+def heartbeat(
+    session: Session,
+    node_id: int,
+    *,
+    now: datetime | None = None,
+    agent: str | None = None,
+    simulated: bool | None = None,
+    interval_s: float | None = None,
+) -> Node:
+    """Record that the node's agent is alive (an offline node comes back), how it serves the
+    node, and the heartbeat in its uptime."""
     node = get_node(session, node_id)
-    came_back = node.status == "offline"
-    session.execute(
-        update(Node)
-        .where(Node.id == node_id)
-        .values(last_heartbeat_at=now or utcnow(), status="active")
-    )
-    if came_back:
+    at = now or utcnow()
+    values: dict[str, object] = {"last_heartbeat_at": at, "status": "active"}
+    changed = node.status == "offline" or (agent is not None and agent != node.agent)
+    if agent is not None:
+        values["agent"] = agent
+    if simulated is not None:
+        values["simulated"] = simulated
+    if interval_s is not None:
+        last = node.last_heartbeat_at
+        gap_s = None if last is None else (at - last).total_seconds()
+        record = reliability.after_heartbeat(_record(node), gap_s=gap_s, interval_s=interval_s)
+        values["uptime"] = record.uptime
+        changed |= _set_reliability(values, node, record)
+    session.execute(update(Node).where(Node.id == node_id).values(**values))
+    if changed:
         bump_version(session)
+    return node
 
 
-def mark_silent_nodes_offline(session: Session, *, now: datetime | None = None) -> list[int]:
-    """Nodes whose agent stopped heartbeating go offline; returns their ids.
+def record_outcome(session: Session, node_id: int, *, node_fault: bool) -> None:
+    """An allocation on the node ended: learn from it (``providers.reliability``)."""
+    node = get_node(session, node_id)
+    record = reliability.after_outcome(_record(node), node_fault=node_fault)
+    values: dict[str, object] = {"outcomes_good": record.good, "outcomes_bad": record.bad}
+    if _set_reliability(values, node, record):
+        bump_version(session)
+    session.execute(update(Node).where(Node.id == node_id).values(**values))
+
+
+def _record(node: Node) -> reliability.Record:
+    return reliability.Record(
+        node.declared_reliability, node.outcomes_good, node.outcomes_bad, node.uptime
+    )
+
+
+def _set_reliability(values: dict[str, object], node: Node, record: reliability.Record) -> bool:
+    """Store the learned reliability; True when it moved enough for the scheduler's cached
+    snapshot to be rebuilt (a hundredth: finer moves wait for the next rebuild)."""
+    learned = round(record.reliability, 4)
+    values["reliability"] = learned
+    return abs(learned - node.reliability) >= RELIABILITY_STEP
+
+
+def mark_silent_nodes_offline(
+    session: Session, *, now: datetime | None = None, timeout_s: float = HEARTBEAT_TIMEOUT_S
+) -> list[int]:
+    """Nodes whose agent stopped heartbeating for ``timeout_s`` go offline; returns their ids.
 
     Nodes that never heartbeated (registered without an agent, as in the
     embedded demo) are left alone.
     """
-    cutoff = (now or utcnow()) - timedelta(seconds=HEARTBEAT_TIMEOUT_S)
-    silent = list(
+    silent = silent_nodes(session, now=now, timeout_s=timeout_s)
+    if silent:
+        session.execute(update(Node).where(Node.id.in_(silent)).values(status="offline"))
+        bump_version(session)
+    return silent
+
+
+def silent_nodes(
+    session: Session, *, now: datetime | None = None, timeout_s: float = HEARTBEAT_TIMEOUT_S
+) -> list[int]:
+    """Active nodes whose agent has heartbeated before, but not for ``timeout_s``."""
+    cutoff = (now or utcnow()) - timedelta(seconds=timeout_s)
+    return list(
         session.execute(
             select(Node.id).where(
                 Node.status == "active",
@@ -142,10 +201,11 @@ def mark_silent_nodes_offline(session: Session, *, now: datetime | None = None) 
             )
         ).scalars()
     )
-    if silent:
-        session.execute(update(Node).where(Node.id.in_(silent)).values(status="offline"))
-        bump_version(session)
-    return silent
+
+
+def pull_nodes(session: Session) -> frozenset[int]:
+    """Nodes whose agents pull their work over HTTP: no Ray driver launches on them."""
+    return frozenset(session.execute(select(Node.id).where(Node.agent == "pull")).scalars())
 
 
 _TAKE = (

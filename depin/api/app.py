@@ -23,13 +23,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from depin import __version__
-from depin.api import problems, routes, wire
+from depin.api import agent_routes, problems, routes, wire
 from depin.api.auth import Authenticator, RateLimiter
 from depin.api.batching import SubmissionBatcher
 from depin.api.wire import MAX_BODY_BYTES
 from depin.errors import DepinError, InputError, NotFoundError, RequestTooLargeError
 from depin.limits import LOOP_BACKOFF_MAX_S
 from depin.market import Marketplace
+from depin.wakeups import JOBS
 
 log = logging.getLogger("depin.api")
 REQUEST_THREADS = 200  # requests handled (or waiting on a commit) at once
@@ -127,7 +128,10 @@ class SchedulerTask:
         from depin.runtime.loop import Driver
 
         driver = Driver(
-            self.market, ray_address=self.market.settings.ray_address, launch=self.launch
+            self.market,
+            ray_address=self.market.settings.ray_address,
+            launch=self.launch,
+            idle=self.market.wakeups.sleeper(JOBS),  # a submission starts the next cycle
         )
         try:
             driver.run(until=self._stop.is_set)
@@ -179,7 +183,9 @@ def create_app(
     app.state.auth = Authenticator(
         market.signer, world_id, market.market_id, limiter, address_limiter
     )
+    app.state.node_owners = {}  # node id -> its provider, read once (``agent_routes``)
     app.include_router(routes.router)
+    app.include_router(agent_routes.router)
     _handle_errors(app)
     app.add_middleware(BodyLimit)  # type: ignore[arg-type]
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

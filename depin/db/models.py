@@ -41,6 +41,7 @@ NAMING_CONVENTION = {
 ACCOUNT_KINDS = ("developer", "provider", "escrow", "external")
 NODE_STATES = ("active", "draining", "offline")
 KEY_STATES = ("active", "revoked")
+AGENT_MODES = ("pull", "ray")
 
 
 # 64-bit ids; on SQLite plain INTEGER, so a primary key is the rowid instead of a second index.
@@ -211,6 +212,7 @@ class Node(Base):
         CheckConstraint(_in("tier", ("device", "edge", "regional")), name="tier"),
         CheckConstraint(_in("network", ("fiber", "5g", "lte", "wifi")), name="network"),
         CheckConstraint(_in("status", NODE_STATES), name="status"),
+        CheckConstraint(_in("agent", AGENT_MODES), name="agent"),
         UniqueConstraint("provider_id", "name", name="uq_nodes_provider_name"),
     )
 
@@ -233,6 +235,16 @@ class Node(Base):
     status: Mapped[str] = mapped_column(String(16), default="active")
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # How its agent serves it: "pull" (asks the coordinator for work over HTTP), "ray" (its
+    # raylet joined the operator's cluster), or None (no agent yet: the embedded market's Ray).
+    agent: Mapped[str | None] = mapped_column(String(8))
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)  # --simulate-gpus, no GPU
+    # What ``reliability`` is learned from (``providers.reliability``): outcomes decayed toward
+    # the recent, and heartbeat uptime.
+    outcomes_good: Mapped[float] = mapped_column(Float, default=0.0)
+    outcomes_bad: Mapped[float] = mapped_column(Float, default=0.0)
+    uptime: Mapped[float] = mapped_column(Float, default=1.0)
+    declared_reliability: Mapped[float] = mapped_column(Float, default=0.99)  # the prior
 
 
 class Job(Base):
@@ -257,6 +269,9 @@ class Job(Base):
     reasons_json: Mapped[str | None] = mapped_column(Text)  # reasons of the job's own (failures)
     # Its owner asked to cancel it while it ran: its drivers stop it, then it ends cancelled.
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Allocations of it lost so far; each requeue waits until ``not_before`` (a backoff).
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
@@ -337,6 +352,21 @@ class Allocation(Base):
     # bill is the receipt's run within these (``settlement.billable``); the audit re-checks it.
     claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     seen_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The token an agent presents with every report on this allocation (and its receipts
+    # sign): a report for an allocation the market has moved on from is told apart.
+    fence: Mapped[str | None] = mapped_column(String(32))
+    log_bytes: Mapped[int] = mapped_column(Integer, default=0)  # streamed output kept so far
+
+
+class AllocationLog(Base):
+    """A chunk of an allocation's output, as its agent streamed it (``depin job logs``)."""
+
+    __tablename__ = "allocation_logs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    allocation_id: Mapped[int] = mapped_column(ForeignKey("allocations.id"), index=True)
+    data: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Receipt(Base):

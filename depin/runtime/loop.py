@@ -24,6 +24,7 @@ from depin.errors import DatabaseError
 from depin.limits import (
     HEARTBEAT_INTERVAL_S,
     MAX_UNSETTLED,
+    NODE_CHECK_INTERVAL_S,
     RECONCILE_INTERVAL_S,
     STOP_POLL_S,
 )
@@ -62,6 +63,8 @@ class CycleMarket(Protocol):
 
     def cancellations(self, driver_id: str) -> list[int]: ...
 
+    def expire_silent_nodes(self) -> list[int]: ...
+
 
 @dataclass(slots=True)
 class CycleReport:
@@ -93,7 +96,10 @@ class Driver:
         mode: str = "auto",
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         reconcile_interval_s: float = RECONCILE_INTERVAL_S,
+        idle: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``idle`` waits between cycles when there is nothing to do: a server passes one
+        that a submission cuts short (``depin.wakeups``)."""
         self.market = market
         self.executor = executor or RayExecutor(ray_address)
         self.kind = kind
@@ -112,6 +118,9 @@ class Driver:
         self._prices: dict[int, int] = {}
         self._unsettled: list[Outcome] = []  # outcomes a database outage kept from settling
         self._last_stop_check = 0.0
+        self._last_node_check = 0.0
+        self._pull_nodes: frozenset[int] = frozenset()  # their agents pull work: not Ray's
+        self._idle = idle
 
     # -- one step --------------------------------------------------------------------------
     def cycle(self, *, wait_s: float = 0.0) -> CycleReport:
@@ -120,7 +129,11 @@ class Driver:
         report = CycleReport()
         snap, work = self._refresh()
         report.pending = len(work.job_ids)
-        node_gpus = dict(zip(snap.node_id.tolist(), snap.gpus_total.tolist(), strict=True))
+        node_gpus = {
+            n: g
+            for n, g in zip(snap.node_id.tolist(), snap.gpus_total.tolist(), strict=True)
+            if n not in self._pull_nodes
+        }
         self.executor.restart_if_idle(node_gpus)
         if work.job_ids:
             # Nodes Ray cannot reach yet are busy, not gone: jobs wait for them.
@@ -181,6 +194,15 @@ class Driver:
         with contextlib.suppress(DatabaseError):  # asked again at the next check
             self.executor.stop(self.market.cancellations(self.driver_id))
 
+    def check_nodes_if_due(self) -> list[int]:
+        """Every ``NODE_CHECK_INTERVAL_S``: nodes silent past TTL + grace go offline, and their
+        allocations are lost (returned)."""
+        now = time.monotonic()
+        if now - self._last_node_check < NODE_CHECK_INTERVAL_S:
+            return []
+        self._last_node_check = now
+        return self.market.expire_silent_nodes()
+
     def reconcile_if_due(self) -> list[int]:
         """Reconcile the market when the interval has passed (and on the first call)."""
         now = time.monotonic()
@@ -219,12 +241,13 @@ class Driver:
         while until is None or not until():
             if deadline is not None and time.monotonic() > deadline:
                 break
-            requeued = self.reconcile_if_due()
+            requeued = self.reconcile_if_due() + self.check_nodes_if_due()
             report = self.cycle(wait_s=POLL_INTERVAL_S if self.executor.running else 0.0)
             report.requeued = requeued
             _tell(on_report, report)
-            if not self.executor.running and not report.launched and not report.finished:
-                time.sleep(POLL_INTERVAL_S)
+            idle = not (report.launched or report.finished or report.commit.reserved)
+            if not self.executor.running and idle:
+                self._idle(POLL_INTERVAL_S)
 
     def stop(self) -> None:
         """Give up: allocations still running are lost and their jobs requeued."""
@@ -250,6 +273,7 @@ class Driver:
             assert work.offers is not None
             self._snapshot = Snapshot(work.offers)
             self._nodes_version, self._prices = work.nodes_version, work.price_micro
+            self._pull_nodes = work.pull_nodes
         else:
             assert work.free is not None
             self._snapshot.set_free(*work.free)

@@ -35,6 +35,7 @@ class PendingWork:
     price_micro: dict[int, int]  # node id -> price the plan saw, re-checked at reserve
     nodes_version: int = 0
     free: tuple[list[int], list[int]] | None = None
+    pull_nodes: frozenset[int] = frozenset()  # nodes whose agents pull work (read with offers)
 
     @property
     def job_ids(self) -> list[int]:
@@ -85,6 +86,7 @@ class Outcome:
     lost: bool = False
     acceptance_json: str | None = None  # the provider's signed receipts, as the node sent them
     usage_json: str | None = None
+    node_fault: bool = False  # the node could not run it (not the job's own failure)
 
     @property
     def succeeded(self) -> bool:

@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 from depin.db.models import Driver as DriverRow
 from depin.db.models import Job, Transfer
 from depin.errors import DatabaseError
-from depin.runtime.executor import STOPPED
 from depin.runtime.loop import CycleReport, Driver
+from depin.runtime.process import STOPPED
 from depin.runtime.work import Outcome
 from depin.states import JobState
 from tests.factories import World, ended, job

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import ray.exceptions
 
-from depin.runtime.executor import OUTPUT_TAIL_BYTES, STOPPED, error_line, run_command
+from depin.runtime.executor import error_line
+from depin.runtime.process import OUTPUT_TAIL_BYTES, STOPPED, run_command
 
 
 def test_a_command_runs_with_the_allocation_environment() -> None:

@@ -1,0 +1,47 @@
+"""In-process wake-ups: a submission wakes the scheduler loop, a reservation or a cancel
+wakes the agents' held requests for work.
+
+Only waiters in the same process are woken (a ``depin serve`` worker and its scheduler
+loop); waiters elsewhere look again on their own timer, so a missed wake-up costs a
+poll interval, never a lost job.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+JOBS = "jobs"  # a job was queued: plan again
+WORK = "work"  # an allocation was reserved, or a running one cancelled: agents, look
+
+
+class Wakeups:
+    """A counter per topic, and a condition to wait for it to move."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._seq: dict[str, int] = {JOBS: 0, WORK: 0}
+
+    def notify(self, topic: str) -> None:
+        with self._changed:
+            self._seq[topic] += 1
+            self._changed.notify_all()
+
+    def seq(self, topic: str) -> int:
+        with self._changed:
+            return self._seq[topic]
+
+    def wait(self, topic: str, since: int, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for ``topic`` to move past ``since``; True if it did."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._seq[topic] != since, timeout_s)
+
+    def sleeper(self, topic: str) -> Callable[[float], None]:
+        """A ``time.sleep`` stand-in that returns early when ``topic`` moves."""
+        seen = [self.seq(topic)]
+
+        def sleep(timeout_s: float) -> None:
+            self.wait(topic, seen[0], timeout_s)
+            seen[0] = self.seq(topic)
+
+        return sleep

@@ -1,0 +1,147 @@
+"""The coordinator as an agent sees it: signed HTTP requests with the provider's key.
+
+The same methods as the embedded market's (``depin.agentdesk.AgentDesk``), so the
+agent runs unchanged against either; ``Coordinator`` is that common shape. The
+provider's private key stays on this machine: it signs each request (RFC 9421, a
+fresh nonce per attempt) and each receipt, and is never sent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol, TypeVar
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
+
+from depin.api import problems, wire
+from depin.api.signing import Ed25519Auth
+from depin.errors import RemoteError
+from depin.limits import HTTP_CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S, LONG_POLL_MAX_S
+from depin.runtime.agentwire import (
+    Acceptance,
+    Control,
+    HeartbeatReply,
+    LogChunk,
+    NodeReport,
+    Report,
+    WorkReply,
+)
+from depin.views import NodeView
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Coordinator(Protocol):
+    """What an agent asks of the market, embedded or over HTTP."""
+
+    @property
+    def market_id(self) -> str: ...
+
+    def node(self, node_id: int) -> NodeView: ...
+
+    def node_heartbeat(self, node_id: int, report: NodeReport) -> HeartbeatReply: ...
+
+    def agent_work(self, node_id: int, *, wait_s: float = 0.0) -> WorkReply: ...
+
+    def accept_allocation(self, node_id: int, allocation_id: int, body: Acceptance) -> None: ...
+
+    def allocation_log(self, node_id: int, allocation_id: int, body: LogChunk) -> Control: ...
+
+    def report_allocation(self, node_id: int, allocation_id: int, body: Report) -> None: ...
+
+
+class HttpCoordinator:
+    """The coordinator at ``url``; every request but the market's info is signed."""
+
+    def __init__(self, url: str, private: Ed25519PrivateKey) -> None:
+        self.url = url.rstrip("/")
+        # Read timeouts leave room for the longest long-poll the server holds.
+        timeout = httpx.Timeout(HTTP_TIMEOUT_S + LONG_POLL_MAX_S, connect=HTTP_CONNECT_TIMEOUT_S)
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        info = self._send("GET", wire.MARKET, wire.MarketInfo, signed=False)
+        self.market_id = info.market_id
+        self._auth = Ed25519Auth(private, self.market_id)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def node(self, node_id: int) -> NodeView:
+        page = self._send("GET", wire.NODES, dict, params={"cursor": node_id - 1, "limit": 1})
+        items = [NodeView(**item) for item in page["items"] if item["id"] == node_id]
+        if not items:
+            raise RemoteError(f"the market at {self.url} has no node {node_id}")
+        return items[0]
+
+    def node_heartbeat(self, node_id: int, report: NodeReport) -> HeartbeatReply:
+        path = wire.NODE_HEARTBEAT.format(node_id=node_id)
+        return self._send("POST", path, HeartbeatReply, body=report)
+
+    def agent_work(self, node_id: int, *, wait_s: float = 0.0) -> WorkReply:
+        path = wire.NODE_WORK.format(node_id=node_id)
+        return self._send("GET", path, WorkReply, params={"wait_s": wait_s})
+
+    def accept_allocation(self, node_id: int, allocation_id: int, body: Acceptance) -> None:
+        path = wire.ALLOCATION_ACCEPTANCE.format(node_id=node_id, allocation_id=allocation_id)
+        self._send("POST", path, None, body=body)
+
+    def allocation_log(self, node_id: int, allocation_id: int, body: LogChunk) -> Control:
+        path = wire.ALLOCATION_LOG.format(node_id=node_id, allocation_id=allocation_id)
+        return self._send("POST", path, Control, body=body)
+
+    def report_allocation(self, node_id: int, allocation_id: int, body: Report) -> None:
+        path = wire.ALLOCATION_REPORT.format(node_id=node_id, allocation_id=allocation_id)
+        self._send("POST", path, None, body=body)
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        returns: Any,
+        *,
+        body: BaseModel | None = None,
+        params: dict[str, Any] | None = None,
+        signed: bool = True,
+    ) -> Any:
+        """One request; a refusal comes back as the market's own error class and line."""
+        try:
+            response = self.http.request(
+                method,
+                path,
+                params=params,
+                content=None if body is None else body.model_dump_json(),
+                headers={"content-type": "application/json"} if body is not None else None,
+                auth=self._auth if signed else None,
+            )
+        except httpx.TransportError as exc:
+            raise RemoteError(f"cannot reach the market at {self.url}: {exc}") from exc
+        if response.status_code >= 500:  # a bug or the database away: try again later
+            raise RemoteError(f"the market at {self.url} answered HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise problems.error_of(_json(response), response.status_code)
+        if returns is None:
+            return None
+        if returns is dict:
+            return response.json()
+        return returns.model_validate_json(response.content)
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def retry(call: Any, *, attempts: int, backoff_s: float, until: float | None = None) -> Any:
+    """``call()`` until it returns, on ``RemoteError`` (the coordinator away) at most
+    ``attempts`` times, doubling the sleep; other errors (a refusal) pass at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except RemoteError:
+            if attempt == attempts or (until is not None and time.monotonic() > until):
+                raise
+        time.sleep(min(30.0, backoff_s * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
