@@ -465,6 +465,17 @@ def job_cancel(ctx: click.Context, job_id: int, as_json: bool) -> None:
     emit(as_json, view.to_dict(), lambda: click.echo(f"job {view.id}: {view.state}"))
 
 
+@job.command("logs")
+@click.argument("job_id", type=_ID)
+@click.option("-f", "--follow", is_flag=True, help="Print output as it comes, until the job ends.")
+@click.pass_context
+def job_logs(ctx: click.Context, job_id: int, follow: bool) -> None:
+    """Print a job's output, as its node streamed it (through the API when remote)."""
+    for text in _client(ctx).logs(job_id, follow=follow):
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+
+
 @job.command("explain")
 @click.argument("job_id", type=_ID)
 @json_option
@@ -573,7 +584,7 @@ def scheduler_run(ctx: click.Context, once: bool, no_launch: bool, as_json: bool
     """Schedule pending jobs until interrupted (a long-lived Ray driver)."""
     driver = _client(ctx).driver(kind="scheduler", launch=not no_launch)
     summary = {"placed": 0, "unschedulable": 0, "conflicts": 0, "succeeded": 0, "failed": 0}
-    log = _cycle_logger(summary, as_json)
+    log = render.cycle_logger(summary, as_json)
     try:
         if once:
             driver.run_once(on_report=log)
@@ -586,32 +597,6 @@ def scheduler_run(ctx: click.Context, once: bool, no_launch: bool, as_json: bool
         driver.stop()
     if as_json:
         click.echo(json.dumps(summary))
-
-
-def _cycle_logger(summary: dict[str, int], as_json: bool) -> Any:
-    """What a cycle did: added to ``summary``, and one line per event on stderr."""
-
-    def log(report: Any) -> None:
-        summary["placed"] += len(report.commit.reserved)
-        summary["unschedulable"] += len(report.commit.unschedulable)
-        summary["conflicts"] += report.commit.conflicts
-        for outcome in report.finished:
-            summary["succeeded" if outcome.succeeded else "failed"] += 1
-        if as_json:
-            return
-        if report.requeued:
-            click.echo(f"requeued {len(report.requeued)} allocation(s) given up on", err=True)
-        if report.commit.reserved:
-            click.echo(f"reserved {len(report.commit.reserved)} allocation(s)", err=True)
-        for job_id in report.commit.unschedulable:
-            click.echo(f"job {job_id}: unschedulable", err=True)
-        for outcome in report.finished:
-            state = "succeeded" if outcome.succeeded else ("lost" if outcome.lost else "failed")
-            click.echo(f"allocation {outcome.allocation_id}: {state}", err=True)
-        for error in report.errors:
-            click.echo(f"not settled: {error}", err=True)
-
-    return log
 
 
 # -- ledger ------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from depin.views import (
     ExplainView,
     JobView,
     KeyView,
+    LogPage,
     NodeView,
 )
 from scheduler.search import Hit
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 WAIT_POLL_S = 0.5
+LOG_POLL_S = 0.2  # a followed log, read from the embedded market, looks again this often
 OPERATOR_KEY = "operator"  # the coordinator's local key that signs deposits
 
 
@@ -407,6 +409,21 @@ class Client(LocalKeys):
         """Cancel a job: at once unless it runs, else once its node has stopped it."""
         return self.market.cancel(job_id)
 
+    def logs(self, job_id: int, *, follow: bool = False) -> Iterator[str]:
+        """The job's output as its node streamed it; with ``follow``, as it is printed, until
+        the job ends. A job run by the market's own Ray streams none: its tail comes last."""
+        follower = getattr(self.market, "follow_logs", None)
+        pages = (
+            follower(job_id)
+            if follow and follower is not None
+            else _polled_logs(self.market, job_id, follow)
+        )
+        for page in pages:
+            for _, _, text in page.chunks:
+                yield text
+            if page.done:
+                yield from page.tails
+
     def allocations(self, node_id: int, *, limit: int = 100) -> list[AllocationView]:
         """The allocations on a node, newest first: what its provider may read."""
         return self.market.allocations(node_id, limit=limit)
@@ -643,3 +660,16 @@ def _key_record(key: KeyView) -> KeyRecord:
         instant(key.not_before),
         instant(key.not_after),
     )
+
+
+def _polled_logs(market: Market, job_id: int, follow: bool) -> Iterator[LogPage]:
+    """Pages of a job's output after each other; following, polled until the job has ended."""
+    after = 0
+    while True:
+        page = market.job_logs(job_id, after_id=after)
+        yield page
+        if page.done or (not follow and not page.chunks):
+            return
+        after = page.next_after
+        if not page.chunks:
+            time.sleep(LOG_POLL_S)

@@ -24,6 +24,7 @@ from depin.views import (
     ExplainView,
     JobView,
     KeyView,
+    LogPage,
     NodeView,
 )
 from scheduler.search import Hit
@@ -108,6 +109,8 @@ class Market(Protocol):
     ) -> list[int]: ...
 
     def cancel(self, job_id: int) -> JobView: ...
+
+    def job_logs(self, job_id: int, *, after_id: int = 0, limit: int = 1000) -> LogPage: ...
 
     def allocations(self, node_id: int, *, limit: int = 100) -> list[AllocationView]: ...
 

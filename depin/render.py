@@ -324,3 +324,29 @@ def writing(path: Path | None) -> Iterator[TextIO]:
             partial.unlink(missing_ok=True)
     except OSError as exc:
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def cycle_logger(summary: dict[str, int], as_json: bool) -> Any:
+    """What a cycle did: added to ``summary``, and one line per event on stderr."""
+
+    def log(report: Any) -> None:
+        summary["placed"] += len(report.commit.reserved)
+        summary["unschedulable"] += len(report.commit.unschedulable)
+        summary["conflicts"] += report.commit.conflicts
+        for outcome in report.finished:
+            summary["succeeded" if outcome.succeeded else "failed"] += 1
+        if as_json:
+            return
+        if report.requeued:
+            click.echo(f"requeued {len(report.requeued)} allocation(s) given up on", err=True)
+        if report.commit.reserved:
+            click.echo(f"reserved {len(report.commit.reserved)} allocation(s)", err=True)
+        for job_id in report.commit.unschedulable:
+            click.echo(f"job {job_id}: unschedulable", err=True)
+        for outcome in report.finished:
+            state = "succeeded" if outcome.succeeded else ("lost" if outcome.lost else "failed")
+            click.echo(f"allocation {outcome.allocation_id}: {state}", err=True)
+        for error in report.errors:
+            click.echo(f"not settled: {error}", err=True)
+
+    return log

@@ -36,6 +36,7 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import TypeAdapter
 
 from depin import keys as keystore
 from depin import manifest
@@ -54,10 +55,12 @@ from depin.views import (
     ExplainView,
     JobView,
     KeyView,
+    LogPage,
     NodeView,
 )
 from scheduler.search import Hit
 
+_LOG_PAGE = TypeAdapter(LogPage)
 ATTEMPTS, BACKOFF_S = HTTP_ATTEMPTS, HTTP_BACKOFF_S  # (module names a test may shorten)
 TIMEOUT = httpx.Timeout(HTTP_TIMEOUT_S, connect=HTTP_CONNECT_TIMEOUT_S)
 RETRY_STATUS = frozenset({502, 503, 504})
@@ -259,6 +262,11 @@ class Calls:
     @staticmethod
     def cancel(job_id: int) -> Call:
         return Call("POST", wire.JOB_CANCEL.format(job_id=job_id), JobView, signer=ACTING)
+
+    @staticmethod
+    def job_logs(job_id: int, after_id: int, limit: int) -> Call:
+        params = {"after": after_id}
+        return Call("GET", wire.JOB_LOGS.format(job_id=job_id), LogPage, params, signer=ACTING)
 
     @staticmethod
     def allocations(node_id: int, provider: str, limit: int) -> Call:
@@ -716,6 +724,26 @@ class HttpMarket(_Base):
 
     def cancel(self, job_id: int) -> JobView:
         return self._do(Calls.cancel(job_id))  # type: ignore[no-any-return]
+
+    def job_logs(self, job_id: int, *, after_id: int = 0, limit: int = 1000) -> LogPage:
+        return self._do(Calls.job_logs(job_id, after_id, limit))  # type: ignore[no-any-return]
+
+    def follow_logs(self, job_id: int, *, after_id: int = 0) -> Iterator[LogPage]:
+        """The job's output as the server streams it (JSON lines), until the job has ended."""
+        call = Calls.job_logs(job_id, after_id, wire.MAX_PAGE)
+        call.params["follow"] = "true"
+        request = self._request(call, self._key_for(call.signer))
+        timeout = httpx.Timeout(None, connect=TIMEOUT.connect)  # a quiet job sends nothing
+        try:
+            with self.http.stream(**request, timeout=timeout) as response:
+                if not response.is_success:
+                    response.read()
+                    _raise_for(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield _LOG_PAGE.validate_json(line)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
 
     def allocations(self, node_id: int, *, limit: int = 100) -> list[AllocationView]:
         provider = _provider_of(self.nodes(), node_id)

@@ -48,8 +48,7 @@ def serve_ray(
         interval_s=interval_s,
     )
     coordinator.node_heartbeat(node_id, report)  # a refused node ends here, before Ray starts
-    with Raylet(spec, address, token_path=token_path, ray_bin=ray_bin) as raylet:
-        raylet.start()
+    with Raylet(spec, address, token_path=token_path, ray_bin=ray_bin) as raylet:  # started
         if not raylet.wait_started(JOIN_TIMEOUT_S):
             raise ExecutionError(
                 f"the raylet did not join the cluster at {address}: {_last_line(raylet)}"

@@ -112,7 +112,11 @@ def _serve_env(home: Path, database_url: str | None, ray_address: str | None) ->
 
 @contextmanager
 def serving(
-    home: Path, *args: str, database_url: str | None = None, ray_address: str | None = None
+    home: Path,
+    *args: str,
+    database_url: str | None = None,
+    ray_address: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Served]:
     """``depin serve --port <free> *args``, ready; killed on the way out if still running."""
     home.mkdir(parents=True, exist_ok=True)
@@ -122,7 +126,7 @@ def serving(
         process = subprocess.Popen(
             [sys.executable, "-m", "cli", "serve", "--port", str(port), *args],
             cwd=REPO,
-            env=_serve_env(home, database_url, ray_address),
+            env=_serve_env(home, database_url, ray_address) | (env or {}),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
