@@ -31,7 +31,6 @@ from depin.limits import LOG_BYTES_PER_ALLOCATION
 from depin.runtime.agentwire import (
     Acceptance,
     Control,
-    Facts,
     HeartbeatReply,
     LogChunk,
     NodeReport,
@@ -113,7 +112,6 @@ def work(s: Session, node_id: int, *, market_id: str, limit: int) -> WorkReply:
     items = []
     for alloc, job in rows:
         spec = specs[job.id]
-        facts = settlement.allocation_facts(alloc, job, market_id)
         items.append(
             Work(
                 allocation_id=alloc.id,
@@ -125,19 +123,11 @@ def work(s: Session, node_id: int, *, market_id: str, limit: int) -> WorkReply:
                 network=spec.network,
                 memory_gib=spec.resources.memory_gib,
                 fence=alloc.fence or "",
-                facts=Facts.model_validate(receipts.fact_claims(facts)),
+                facts=settlement.allocation_facts(alloc, job, market_id),
             )
         )
-    stop = s.execute(
-        select(Allocation.id)
-        .join(Job, Job.id == Allocation.job_id)
-        .where(
-            Allocation.node_id == node_id,
-            Allocation.state == AllocationState.RUNNING,
-            Job.cancel_requested_at.is_not(None),
-        )
-    ).scalars()
-    return WorkReply(work=items, stop=list(stop))
+    stop = settlement.cancelled_running(s, Allocation.node_id == node_id)
+    return WorkReply(work=items, stop=stop)
 
 
 def _fenced(s: Session, node_id: int, allocation_id: int, fence: str) -> Allocation:

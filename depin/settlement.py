@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from depin import receipts
@@ -375,12 +375,17 @@ def cancel(s: Session, job_id: int, *, now: datetime) -> None:
 
 def cancellations(s: Session, driver_id: str) -> list[int]:
     """The running allocations of ``driver_id`` whose jobs their owners cancelled."""
+    return cancelled_running(s, Allocation.driver_id == driver_id)
+
+
+def cancelled_running(s: Session, where: ColumnElement[bool]) -> list[int]:
+    """Running allocations (of those ``where`` picks) whose jobs their owners cancelled."""
     return list(
         s.execute(
             select(Allocation.id)
             .join(Job, Job.id == Allocation.job_id)
             .where(
-                Allocation.driver_id == driver_id,
+                where,
                 Allocation.state == AllocationState.RUNNING,
                 Job.cancel_requested_at.is_not(None),
             )

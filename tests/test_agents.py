@@ -15,7 +15,7 @@ from depin.errors import ConflictError, ForbiddenError, InputError
 from depin.keys import load_private
 from depin.limits import MAX_REQUEUES
 from depin.market import Marketplace
-from depin.receipts import AllocationFacts, sign_acceptance, sign_usage
+from depin.receipts import sign_acceptance, sign_usage
 from depin.runtime.agentwire import Acceptance, LogChunk, NodeReport, Report, Work
 from depin.states import AllocationState, JobState
 from tests.factories import World, job
@@ -42,15 +42,11 @@ def take(world: World, node: str = "tokyo-l4") -> Work:
     return reply.work[0]
 
 
-def facts(work: Work) -> AllocationFacts:
-    return AllocationFacts(**work.facts.model_dump())
-
-
 def accept(world: World, work: Work) -> None:
     private = load_private("acme", world.client.settings.keys_dir)
     body = Acceptance(
         fence=work.fence,
-        acceptance_json=sign_acceptance(private, facts(work), at=datetime.now(UTC)).to_json(),
+        acceptance_json=sign_acceptance(private, work.facts, at=datetime.now(UTC)).to_json(),
     )
     market(world).accept_allocation(work.facts.node_id, work.allocation_id, body)
 
@@ -60,7 +56,7 @@ def report(world: World, work: Work, *, exit_code: int = 0, seconds: float = 2.0
     end = datetime.now(UTC)
     usage = sign_usage(
         private,
-        facts(work),
+        work.facts,
         started_at=end - timedelta(seconds=seconds),
         ended_at=end,
         exit_code=exit_code,

@@ -206,3 +206,120 @@ def bench_api(as_json: bool, **options: Any) -> None:
         console.print(f"ledger ok: {data['ledger_ok']}")
 
     _emit(as_json, data, render)
+
+
+@bench.command("lifecycle")
+@click.option("--agents", type=click.IntRange(2, 16), default=4, show_default=True)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 500),
+    default=200,
+    show_default=True,
+    help="Jobs submitted one at a time on idle capacity.",
+)
+@click.option(
+    "--long-jobs",
+    type=click.IntRange(0, 200),
+    default=36,
+    show_default=True,
+    help="1-second jobs that keep half the agents busy (a short job after every third).",
+)
+@click.option("--throughput-jobs", type=click.IntRange(1, 1000), default=100, show_default=True)
+@click.option("--submitters", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--failover/--no-failover", default=True, show_default=True)
+@click.option(
+    "--ttl-s",
+    type=click.FloatRange(0.5, 60),
+    default=3.0,
+    show_default=True,
+    help="The coordinator's node TTL for this run (DEPIN_NODE_TTL_S).",
+)
+@click.option(
+    "--grace-s",
+    type=click.FloatRange(0, 60),
+    default=2.0,
+    show_default=True,
+    help="The coordinator's node grace for this run (DEPIN_NODE_GRACE_S).",
+)
+@click.option(
+    "--heartbeat-interval-s", type=click.FloatRange(0.1, 60), default=1.0, show_default=True
+)
+@json_option
+def bench_lifecycle(as_json: bool, **options: Any) -> None:
+    """A live `depin serve` and node agents: submit to running, failover, jobs/s."""
+    from depin.bench.lifecycle import run
+
+    say = None if as_json else (lambda msg: click.echo(f"... {msg}", err=True))
+    data = run(progress=say, **options)
+    _emit(as_json, data, lambda: _print_lifecycle_bench(data))
+
+
+def _print_lifecycle_bench(data: dict[str, Any]) -> None:
+    s = data["settings"]
+    table = Table(
+        "jobs",
+        "n",
+        "ok",
+        "market p50",
+        "market p99",
+        "client p50",
+        "client p99",
+        "reserve p50",
+        "dispatch p50",
+        title=(
+            f"submit -> running, ms ({s['agents']} agents x {s['gpus_per_agent']} GPUs; "
+            "market: job created -> agent's acceptance; client: before submit -> seen running)"
+        ),
+    )
+    rows = [("idle capacity, one at a time", data["idle_capacity"])]
+    rows += [(f"under load: {k.replace('_', ' ')}", v) for k, v in data["under_load"].items()]
+    for name, r in rows:
+        if not isinstance(r, dict):
+            continue
+        table.add_row(
+            name,
+            str(r["jobs"]),
+            str(r["succeeded"]),
+            *(
+                str(r[f"{clock}_ms"][q])
+                for clock, q in (
+                    ("market", "p50"),
+                    ("market", "p99"),
+                    ("client", "p50"),
+                    ("client", "p99"),
+                    ("reserve", "p50"),
+                    ("dispatch", "p50"),
+                )
+            ),
+        )
+    console.print(table)
+    t = data["throughput"]
+    console.print(
+        f"throughput: {t['succeeded']} of {t['jobs']} jobs succeeded from {t['submitters']} "
+        f"threads in {t['all_settled_in_s']} s -> [bold]{t['jobs_per_s']} jobs/s[/bold] "
+        f"submit -> run -> settled ({t['submissions_per_s']} submissions/s)"
+    )
+    f = data["failover"]
+    if "skipped" in f:
+        console.print(f"failover: skipped ({f['skipped']})")
+    elif not f["completed"]:
+        console.print(f"[red]failover: did not complete: {f['error']}[/red]")
+    else:
+        console.print(
+            f"failover after SIGKILL of node {f['killed_node']}'s agent: running on node "
+            f"{f['new_node']} after [bold]{f['market_s']} s[/bold] (client {f['client_s']} s; "
+            f"declared lost {f['declared_lost_after_s']} s, reserved again "
+            f"{f['rereserved_after_s']} s) against TTL {s['node_ttl_s']:g} + grace "
+            f"{s['node_grace_s']:g} + 2 = {f['budget_s']:g} s"
+        )
+    table = Table("target", "figure", "target", "ratio", "met", title="targets")
+    for name, r in data["targets"].items():
+        met = "[green]yes[/green]" if r["met"] else "[red]no[/red]"
+        table.add_row(name, str(r["figure"]), f"{r['target']:g}", str(r["ratio"]), met)
+    console.print(table)
+    j = data["jobs"]
+    console.print(
+        f"jobs: {j['succeeded']} of {j['submitted']} succeeded ({j['states']}), throughput "
+        f"{j['throughput']['succeeded']} of {j['throughput']['submitted']}; "
+        f"ledger ok: {data['ledger_ok']}; {data['elapsed_s']} s in all"
+    )

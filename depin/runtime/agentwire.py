@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from depin.limits import LOG_CHUNK_BYTES, OUTPUT_TAIL_CHARS
+from depin.receipts import AllocationFacts
 
 MAX_REPORTED = 1024  # allocation ids one heartbeat may list
 MAX_RECEIPT_CHARS = 16_384  # a DSSE receipt is well under 2 kB
@@ -48,19 +49,6 @@ class HeartbeatReply(_Message):
     stop: list[int] = Field(default_factory=list)
 
 
-class Facts(_Message):
-    """What the allocation's receipts sign (``depin.receipts.AllocationFacts``)."""
-
-    allocation_id: int
-    job_id: int
-    node_id: int
-    gpus: int
-    price_micro_usd_per_gpu_hour: int
-    manifest_digest: str
-    market: str
-    fence: str
-
-
 class Work(_Message):
     """An allocation reserved on the node: run it."""
 
@@ -73,7 +61,7 @@ class Work(_Message):
     network: bool
     memory_gib: float | None
     fence: str
-    facts: Facts
+    facts: AllocationFacts  # what its receipts sign
 
 
 class WorkReply(_Message):

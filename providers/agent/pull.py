@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from depin.errors import ConflictError, DepinError
 from depin.limits import AGENT_HEARTBEAT_INTERVAL_S, NODE_GRACE_S, NODE_TTL_S
-from depin.receipts import AllocationFacts, sign_acceptance, sign_usage
+from depin.receipts import sign_acceptance, sign_usage
 from depin.runtime.agentwire import Acceptance, LogChunk, NodeReport, Report, Work
 from depin.runtime.process import run_command
 from depin.runtime.sandbox import Sandbox
@@ -172,7 +172,7 @@ class PullAgent:
                 self._free_gpus.extend(run.gpus)
 
     def _accept(self, work: Work) -> bool:
-        facts = _facts(work)
+        facts = work.facts
         body = Acceptance(
             fence=work.fence,
             acceptance_json=sign_acceptance(self.private, facts, at=_now()).to_json(),
@@ -213,7 +213,7 @@ class PullAgent:
             error = run.why
         usage = sign_usage(
             self.private,
-            _facts(work),
+            work.facts,
             started_at=result["started_at"],
             ended_at=result["ended_at"],
             exit_code=result["exit_code"],
@@ -293,10 +293,6 @@ class _LogPump:
                 return
             if control.stop:
                 self.stop.set()
-
-
-def _facts(work: Work) -> AllocationFacts:
-    return AllocationFacts(**work.facts.model_dump())
 
 
 def _now() -> datetime:
