@@ -10,7 +10,7 @@ import base64
 import contextlib
 import json
 import math
-from dataclasses import asdict
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from depin.receipts import (
     AllocationFacts,
     ReceiptError,
     Usage,
+    fact_claims,
     gpu_seconds,
     sign_acceptance,
     sign_usage,
@@ -58,7 +59,7 @@ def usage_claims(**changes: Any) -> dict[str, Any]:
     """The claims of a valid usage receipt, with ``changes`` laid over them."""
     claims = {
         "kind": "usage",
-        **asdict(FACTS),
+        **fact_claims(FACTS),
         "started_at": STARTED.isoformat(),
         "ended_at": ENDED.isoformat(),
         "gpu_seconds": gpu_seconds(FACTS.gpus, STARTED, ENDED),
@@ -229,7 +230,7 @@ def test_a_signed_acceptance_verifies() -> None:
 
 @pytest.mark.parametrize("accepted_at", [NAIVE, 1740830400, None, "9999-12-31T00:00:00+00:00"])
 def test_an_acceptance_with_a_bad_time_is_refused(accepted_at: Any) -> None:
-    claims = {"kind": "acceptance", **asdict(FACTS), "accepted_at": accepted_at}
+    claims = {"kind": "acceptance", **fact_claims(FACTS), "accepted_at": accepted_at}
     with pytest.raises(ReceiptError, match=r"^allocation 7: acceptance receipt\b.*\baccepted_at\b"):
         verify(signed(claims, ACCEPTANCE_TYPE), "acceptance", FACTS, find_keys)
 
@@ -323,3 +324,19 @@ def test_any_text_is_refused(text: str) -> None:
     with pytest.raises(ReceiptError) as refused:
         verify_usage(text, FACTS, find_keys)
     assert_reads_well(refused.value)
+
+
+def test_a_receipt_for_one_fence_token_does_not_verify_for_another() -> None:
+    """An agent's receipt for an attempt the market gave up on cannot pay for a later one."""
+    private = Ed25519PrivateKey.generate()
+    first = replace(FACTS, fence="a" * 32)
+    end = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    usage = sign_usage(
+        private, first, started_at=end - timedelta(seconds=5), ended_at=end, exit_code=0
+    ).to_json()
+    keys = {key_id(private.public_key()): private.public_key()}
+    assert verify_usage(usage, first, lambda k: [keys[k]] if k in keys else []).exit_code == 0
+    with pytest.raises(ReceiptError, match="fence"):
+        verify_usage(
+            usage, replace(FACTS, fence="b" * 32), lambda k: [keys[k]] if k in keys else []
+        )
