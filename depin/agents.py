@@ -67,10 +67,16 @@ def heartbeat(
         s, node_id, now=now, agent=report.mode, simulated=report.simulated, interval_s=interval_s
     )
     stop = _stale(s, node_id, report.running) if report.running else []
+    if report.leaving:  # offline at once, not after TTL + grace of silence
+        registry.set_status(s, node_id, "offline")
     s.flush()
     learned = s.execute(select(Node.reliability).where(Node.id == node_id)).scalar_one()
     return HeartbeatReply(
-        status="active", ttl_s=ttl_s, grace_s=grace_s, reliability=learned, stop=stop
+        status="offline" if report.leaving else "active",
+        ttl_s=ttl_s,
+        grace_s=grace_s,
+        reliability=learned,
+        stop=stop,
     )
 
 
@@ -213,6 +219,7 @@ def report(
         body.error,
         usage_json=body.usage_json,
         node_fault=body.node_fault,
+        lost=body.lost,
     )
     settlement.finish(s, outcome, market_id=market_id, now=now)
 

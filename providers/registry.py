@@ -187,6 +187,11 @@ def mark_silent_nodes_offline(
     return silent
 
 
+def set_status(session: Session, node_id: int, status: str) -> None:
+    session.execute(update(Node).where(Node.id == node_id).values(status=status))
+    bump_version(session)
+
+
 def silent_nodes(
     session: Session, *, now: datetime | None = None, timeout_s: float = HEARTBEAT_TIMEOUT_S
 ) -> list[int]:

@@ -76,6 +76,17 @@ def test_a_heartbeat_marks_the_node_pulled_and_simulated(world: World) -> None:
     assert (view.agent, view.simulated, view.status) == ("pull", True, "active")
 
 
+def test_an_agent_that_leaves_takes_its_node_offline_at_once(world: World) -> None:
+    node_id = world.node_ids["tokyo-l4"]
+    report = NodeReport(gpus=4, interval_s=1.0, leaving=True)
+    assert market(world).node_heartbeat(node_id, report).status == "offline"
+    assert world.client.market.node(node_id).status == "offline"
+    world.submit(TOKYO_L4)
+    assert world.cycle().reserved == []  # nothing is placed on a node whose agent left
+    beat(world, "tokyo-l4")  # it comes back
+    assert len(world.cycle().reserved) == 1
+
+
 def test_a_machine_with_fewer_gpus_than_registered_is_refused(world: World) -> None:
     with pytest.raises(ConflictError, match="registered with 4 GPU"):
         beat(world, "tokyo-l4", gpus=2)

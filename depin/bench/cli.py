@@ -274,7 +274,7 @@ def _print_lifecycle_bench(data: dict[str, Any]) -> None:
     rows = [("idle capacity, one at a time", data["idle_capacity"])]
     rows += [(f"under load: {k.replace('_', ' ')}", v) for k, v in data["under_load"].items()]
     for name, r in rows:
-        if not isinstance(r, dict):
+        if not isinstance(r, dict) or "market_ms" not in r:
             continue
         table.add_row(
             name,
@@ -293,6 +293,13 @@ def _print_lifecycle_bench(data: dict[str, Any]) -> None:
             ),
         )
     console.print(table)
+    u = data["under_load"]
+    console.print(
+        f"under load: {u['long_jobs']} jobs of {u['long_job_s']:g} s every "
+        f"{u['arrival_interval_s']} s confined to {u['busy_region_gpus']} GPUs: "
+        f"{u['busy_region_throughput']['jobs_per_s']} finished per s "
+        f"(at most {u['busy_region_throughput']['ideal_jobs_per_s']:g})"
+    )
     t = data["throughput"]
     console.print(
         f"throughput: {t['succeeded']} of {t['jobs']} jobs succeeded from {t['submitters']} "
@@ -309,7 +316,8 @@ def _print_lifecycle_bench(data: dict[str, Any]) -> None:
             f"failover after SIGKILL of node {f['killed_node']}'s agent: running on node "
             f"{f['new_node']} after [bold]{f['market_s']} s[/bold] (client {f['client_s']} s; "
             f"declared lost {f['declared_lost_after_s']} s, reserved again "
-            f"{f['rereserved_after_s']} s) against TTL {s['node_ttl_s']:g} + grace "
+            f"{f['reserved_again_after_s']} s; silent {f['silent_before_kill_s']} s before the "
+            f"kill) against TTL {s['node_ttl_s']:g} + grace "
             f"{s['node_grace_s']:g} + 2 = {f['budget_s']:g} s"
         )
     table = Table("target", "figure", "target", "ratio", "met", title="targets")

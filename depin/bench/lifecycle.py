@@ -17,14 +17,22 @@ that did not is counted and reported, never dropped.
                     threads: jobs per second from the first submission until all succeeded
     failover        a 30-second job runs on node X; X's agent is killed (SIGKILL to its
                     process group); how long until the job runs again on another node,
-                    with the node TTL and grace shortened for the run
+                    with the node TTL and grace shortened for the run (then cancelled)
+
+A warm-up job on every GPU comes first. Under load, a long job "found a GPU free" when,
+by the market's records, the jobs ahead of it in its region (submitted before it and
+not yet ended) held or wanted fewer GPUs than the region has; the others waited.
+``under_load_gpu_free`` (held to the same targets as idle capacity) is the short jobs
+and the long ones that found a GPU free: what waited for capacity is reported apart.
 
 Submission to running is read on two clocks. *market*: the allocation's ``started_at``
 (while it runs: when the market took the agent's signed acceptance) minus the job's
 ``created_at``, both the coordinator's clock. *client*: from just before the submit
 request (the envelope signed beforehand, as a developer would) to the first status poll
 that shows the job started; it includes the submit request, and the poll interval
-bounds its resolution.
+bounds its resolution. The market's figure splits in two: *reserve* (job created to
+allocation created: the scheduler, and any queueing) and *dispatch* (allocation created
+to the acceptance: the agent's long-poll waking, its signing, the claim).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -154,7 +162,10 @@ def _agent(home: Path, url: str, node_id: int, interval_s: float) -> Group:
 def _stop(groups: dict[str, Group]) -> dict[str, bool]:
     """SIGTERM to all at once, SIGKILL to those still up ``STOP_GRACE_S`` later (every job
     has ended by then); whether each that was up exited on SIGTERM."""
-    groups = {name: g for name, g in groups.items() if g.alive() or g.close()}
+    for group in groups.values():
+        if not group.alive():  # killed by the failover: nothing to stop
+            group.close()
+    groups = {name: g for name, g in groups.items() if g.alive()}
     for group in groups.values():
         group.terminate()
     deadline = time.perf_counter() + STOP_GRACE_S
@@ -370,6 +381,8 @@ def _under_load(url: str, home: Path, client: Client, plan: LoadPlan) -> list[Sa
     order = [(e, "long") for e in longs]
     for i, e in enumerate(shorts):
         order.insert((i + 1) * (SHORT_EVERY + 1) - 1, (e, "short"))
+    # On the longs' schedule; a short goes with the long after it, just before it.
+    due_s = [sum(k == "long" for _, k in order[:i]) * plan.interval_s for i in range(len(order))]
     samples: list[Sample] = []
     lock, done = threading.Lock(), threading.Event()
     failures: list[BaseException] = []
@@ -378,10 +391,8 @@ def _under_load(url: str, home: Path, client: Client, plan: LoadPlan) -> list[Sa
         try:
             with Client(url=url, home=home, account=ACCOUNT) as submitter:
                 start = time.perf_counter()
-                for i, (envelope, kind) in enumerate(order):
-                    # Shorts go between longs, off the longs' schedule.
-                    due = start + sum(k == "long" for _, k in order[:i]) * plan.interval_s
-                    time.sleep(max(0.0, due - time.perf_counter()))
+                for (envelope, kind), due in zip(order, due_s, strict=True):
+                    time.sleep(max(0.0, start + due - time.perf_counter()))
                     sample = _submit(submitter, envelope, kind)
                     with lock:
                         samples.append(sample)
@@ -428,11 +439,9 @@ def _gpu_was_free(sample: Sample, views: dict[int, JobView], busy_nodes: frozens
 
 def _throughput(url: str, home: Path, client: Client, jobs: int, submitters: int) -> dict[str, Any]:
     envelopes = _sign(client, _job("bench-rate", 0), jobs, account=LOAD_ACCOUNT)
-    shares = [envelopes[i::submitters] for i in range(submitters)]
-    ids: list[int] = []
-    lock = threading.Lock()
+    shares = [share for share in (envelopes[i::submitters] for i in range(submitters)) if share]
     failures: list[BaseException] = []
-    ready = threading.Barrier(len(shares) + 1)
+    ready = threading.Barrier(len(shares) + 1)  # every submitter connected: start together
 
     def submit_share(share: list[Envelope]) -> None:
         try:
@@ -440,9 +449,7 @@ def _throughput(url: str, home: Path, client: Client, jobs: int, submitters: int
                 assert submitter.market_id  # connected before the clock starts
                 ready.wait()
                 for envelope in share:
-                    job_id = submitter.submit(envelope).id
-                    with lock:
-                        ids.append(job_id)
+                    submitter.submit(envelope)
         except BaseException as exc:
             failures.append(exc)
             ready.abort()
@@ -450,7 +457,8 @@ def _throughput(url: str, home: Path, client: Client, jobs: int, submitters: int
     threads = [threading.Thread(target=submit_share, args=(s,), daemon=True) for s in shares]
     for t in threads:
         t.start()
-    ready.wait()
+    with suppress(threading.BrokenBarrierError):  # a submitter failed: raised below
+        ready.wait()
     began = time.perf_counter()
     for t in threads:
         t.join(timeout=JOB_TIMEOUT_S)
@@ -458,17 +466,18 @@ def _throughput(url: str, home: Path, client: Client, jobs: int, submitters: int
     if failures:
         raise failures[0]
     deadline = time.monotonic() + JOB_TIMEOUT_S + jobs
-    while time.monotonic() < deadline:
-        views = client.jobs(account=LOAD_ACCOUNT, limit=max(1, jobs))
-        if len(views) == jobs and all(v.terminal for v in views):
+    views = client.jobs(account=LOAD_ACCOUNT, limit=jobs)
+    while not (len(views) == jobs and all(v.terminal for v in views)):
+        if time.monotonic() > deadline:
             break
         time.sleep(LIST_POLL_S)
+        views = client.jobs(account=LOAD_ACCOUNT, limit=jobs)
     elapsed_s = time.perf_counter() - began
     states = Counter(str(v.state) for v in views)
     succeeded = states.get(JobState.SUCCEEDED, 0)
-    span_s = (
-        max(_instant(v.ended_at) for v in views) - min(_instant(v.created_at) for v in views)
-    ).total_seconds()
+    ended = [_instant(v.ended_at) for v in views if v.ended_at]
+    first = min((_instant(v.created_at) for v in views), default=None)
+    span_s = (max(ended) - first).total_seconds() if ended and first else 0.0
     return {
         "jobs": jobs,
         "submitters": submitters,
@@ -480,55 +489,69 @@ def _throughput(url: str, home: Path, client: Client, jobs: int, submitters: int
         "jobs_per_s": round(succeeded / elapsed_s, 1),
         "market_span_s": round(span_s, 3),
         "jobs_per_s_market_clock": round(succeeded / span_s, 1) if span_s > 0 else None,
+        "failures": [_failure(v) for v in views if v.state != JobState.SUCCEEDED][
+            :MAX_FAILURES_SHOWN
+        ],
     }
 
 
 def _failover(
     client: Client, agents: dict[int, Group], ttl_s: float, grace_s: float
 ) -> dict[str, Any]:
+    """Kill the agent running a long job; until the job runs on another node. The TTL
+    counts from the node's last heartbeat, which is reported with the figure."""
     (envelope,) = _sign(client, _job("bench-failover", FAILOVER_JOB_S), 1)
     sample = _watch(client, _submit(client, envelope, "failover"))
+    budget_s = ttl_s + grace_s + FAILOVER_SLACK_S
     if sample.first is None:
-        return {"completed": False, "error": "the job never ran"}
+        return {"completed": False, "budget_s": budget_s, "error": "the job never ran"}
     first = _started_alloc(sample.first)
     victim = first.node_id
-    heard = {n.id: n.last_heartbeat_at for n in client.nodes()}[victim]
+    heard = _instant({n.id: n.last_heartbeat_at for n in client.nodes()}[victim])
     killed_at, killed = datetime.now(UTC), time.perf_counter()
     agents[victim].kill()
-    deadline = time.monotonic() + ttl_s + grace_s + JOB_TIMEOUT_S
-    view = client.job(sample.job_id)
-    while time.monotonic() < deadline:
-        view = client.job(sample.job_id)
-        again = _started(view)
-        if again is not None and again.id != first.id:
-            break
-        if view.terminal:
-            break
-        time.sleep(POLL_S)
+    view, again = _wait_elsewhere(client, sample.job_id, victim, ttl_s + grace_s + JOB_TIMEOUT_S)
     seen = time.perf_counter()
-    again = _started(view)
-    budget_s = ttl_s + grace_s + FAILOVER_SLACK_S
+    # 30 s of sleep prove nothing more: stop it.
+    ended = view if view.terminal else client.cancel(sample.job_id)
+    if not ended.terminal:
+        ended = _wait_terminal(client, sample.job_id)
+    silent_s = (killed_at - heard).total_seconds()
     result: dict[str, Any] = {
         "killed_node": victim,
-        "silent_before_kill_s": round((killed_at - _instant(heard)).total_seconds(), 3),
+        "silent_before_kill_s": round(silent_s, 3),
         "budget_s": budget_s,
+        "final_state": f"{ended.state} (cancelled by the bench once it ran again)",
     }
-    if again is None or again.id == first.id:
+    if again is None:
         return result | {"completed": False, "error": f"not running elsewhere: {view.state}"}
     lost = next(a for a in view.allocations if a.id == first.id)
-    client.cancel(sample.job_id)  # 30 s of sleep prove nothing more: stop it
-    ended = _wait_terminal(client, sample.job_id)
-    kill_ms = killed_at.isoformat()
+    at = killed_at.isoformat()
     return result | {
         "completed": True,
         "new_node": again.node_id,
-        "market_s": round(_ms(again.started_at, kill_ms) / 1000, 3),
+        "market_s": round(_ms(again.started_at, at) / 1000, 3),
         "client_s": round(seen - killed, 3),
-        "declared_lost_after_s": round(_ms(lost.ended_at, kill_ms) / 1000, 3),
+        "declared_lost_after_s": round(_ms(lost.ended_at, at) / 1000, 3),
+        "silent_when_declared_lost_s": round(_ms(lost.ended_at, at) / 1000 + silent_s, 3),
         "lost_allocation_state": str(lost.state),
-        "rereserved_after_s": round(_ms(again.created_at, kill_ms) / 1000, 3),
-        "final_state": f"{ended.state} (cancelled by the bench once it ran again)",
+        "reserved_again_after_s": round(_ms(again.created_at, at) / 1000, 3),
     }
+
+
+def _wait_elsewhere(
+    client: Client, job_id: int, victim: int, timeout_s: float
+) -> tuple[JobView, AllocationView | None]:
+    """Until the job runs on a node other than ``victim`` (that allocation), or ends."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = client.job(job_id)
+        again = _started(view)
+        if again is not None and again.node_id != victim:
+            return view, again
+        if view.terminal or time.monotonic() > deadline:
+            return view, None
+        time.sleep(POLL_S)
 
 
 def _wait_terminal(client: Client, job_id: int) -> JobView:
@@ -583,6 +606,25 @@ def _latency(samples: Sequence[Sample], views: dict[int, JobView]) -> dict[str, 
         "dispatch_ms": _quantiles([s.dispatch_ms for s in good]),
         "submit_request_ms": _quantiles([(s.submitted - s.began) * 1000 for s in good]),
         "first_seen_after_it_ended": sum(s.seen_settled for s in good),
+    }
+
+
+def _region_rate(samples: Sequence[Sample], views: dict[int, JobView], gpus: int) -> Any:
+    """Long jobs the busy region finished per second, from the first one's start to the
+    last one's end (market clock), against its GPUs' worth: the gaps between jobs show."""
+    done = [
+        (s, views[s.job_id])
+        for s in samples
+        if s.first is not None and s.job_id in views and views[s.job_id].state == JobState.SUCCEEDED
+    ]
+    if not done:
+        return {"jobs_per_s": None, "ideal_jobs_per_s": gpus / LONG_JOB_S}
+    start = min(_instant(_started_alloc(s.first).started_at) for s, _ in done if s.first)
+    end = max(_instant(_started_alloc(v).ended_at) for _, v in done)
+    span_s = (end - start).total_seconds()
+    return {
+        "jobs_per_s": round(len(done) / span_s, 2) if span_s > 0 else None,
+        "ideal_jobs_per_s": gpus / LONG_JOB_S,
     }
 
 
@@ -746,6 +788,50 @@ def _warm_up(client: Client, jobs: int) -> list[Sample]:
     return [_watch(client, s) for s in submitted]
 
 
+def _settings(o: Options) -> dict[str, Any]:
+    return {
+        "agents": o.agents,
+        "gpus_per_agent": GPUS_PER_AGENT,
+        "busy_region_agents": o.busy_agents,
+        "warmup_jobs": o.warmup_jobs,
+        "jobs": o.jobs,
+        "short_job_s": SHORT_JOB_S,
+        "spacing_ms": SPACING_S * 1000,
+        "poll_interval_ms": POLL_S * 1000,
+        "long_jobs": o.long_jobs,
+        "load_factor": LOAD_FACTOR,
+        "throughput_jobs": o.throughput_jobs,
+        "submitters": o.submitters,
+        "failover_job_s": FAILOVER_JOB_S,
+        "node_ttl_s": o.ttl_s,
+        "node_grace_s": o.grace_s,
+        "heartbeat_interval_s": o.heartbeat_interval_s,
+        "node_check_interval_s": NODE_CHECK_INTERVAL_S,
+        "database": "sqlite (fresh file)",
+        "sandbox": "bubblewrap",
+    }
+
+
+def _under_load_figures(
+    loaded: list[Sample], free: set[int], views: dict[int, JobView], plan: LoadPlan
+) -> dict[str, Any]:
+    """``free``: the long jobs that found a GPU free when they came (``_gpu_was_free``)."""
+    longs = [s for s in loaded if s.kind == "long"]
+    return {
+        "long_jobs": plan.long_jobs,
+        "long_job_s": LONG_JOB_S,
+        "arrival_interval_s": round(plan.interval_s, 3),
+        "busy_region_gpus": plan.busy_gpus,
+        "short_anywhere": _latency([s for s in loaded if s.kind == "short"], views),
+        "long_gpu_free": _latency([s for s in longs if s.job_id in free], views),
+        "long_waited_queueing_included": _latency(
+            [s for s in longs if s.job_id not in free], views
+        ),
+        "long_all_queueing_included": _latency(longs, views),
+        "busy_region_throughput": _region_rate(longs, views, plan.busy_gpus),
+    }
+
+
 def _measure(market: Market, client: Client, o: Options, say: Progress) -> dict[str, Any]:
     url, home = market.url, market.home
     say(f"warm-up: {o.warmup_jobs} jobs")
@@ -760,46 +846,25 @@ def _measure(market: Market, client: Client, o: Options, say: Progress) -> dict[
     loaded = _under_load(url, home, client, plan)
     counted = {s.job_id for s in warm + idle + loaded}
     views = _wait_all(client, counted)
+    free = {
+        s.job_id
+        for s in loaded
+        if s.kind == "long" and s.first is not None and _gpu_was_free(s, views, market.busy_nodes)
+    }
     say(f"throughput: {o.throughput_jobs} jobs from {o.submitters} threads")
     rate = _throughput(url, home, client, o.throughput_jobs, o.submitters)
     fail: dict[str, Any] = {"skipped": "--no-failover"}
     if o.failover:
         say(f"failover: SIGKILL an agent (TTL {o.ttl_s:g} s, grace {o.grace_s:g} s)")
         fail = _failover(client, market.agents, o.ttl_s, o.grace_s)
-    say("stopping the agents and the server")
-    long = [s for s in loaded if s.kind == "long" and s.first is not None]
-    free = [s for s in long if _gpu_was_free(s, views, market.busy_nodes)]
-    under_load = {
-        "long_jobs": plan.long_jobs,
-        "long_job_s": LONG_JOB_S,
-        "arrival_interval_s": round(plan.interval_s, 3),
-        "busy_region_gpus": plan.busy_gpus,
-        "short_anywhere": _latency([s for s in loaded if s.kind == "short"], views),
-        "long_gpu_free": _latency(free, views),
-        "long_waited_queueing_included": _latency([s for s in long if s not in free], views),
-        "long_all_queueing_included": _latency([s for s in loaded if s.kind == "long"], views),
-    }
     idle_figures = _latency(idle, views)
-    loaded_free = _latency([s for s in loaded if s.kind == "short"] + free, views)
+    loaded_free = _latency([s for s in loaded if s.kind != "long" or s.job_id in free], views)
     accounting = _job_accounting(views, len(counted))
     accounting["throughput"] = {"submitted": rate["jobs"], "succeeded": rate["succeeded"]}
+    ledger_ok = client.verify_ledger().ok
+    say("stopping the agents and the server")
     return {
-        "settings": {
-            "agents": o.agents,
-            "gpus_per_agent": GPUS_PER_AGENT,
-            "busy_region_agents": o.busy_agents,
-            "jobs": o.jobs,
-            "short_job_s": SHORT_JOB_S,
-            "spacing_ms": SPACING_S * 1000,
-            "poll_interval_ms": POLL_S * 1000,
-            "warmup_jobs": o.warmup_jobs,
-            "node_ttl_s": o.ttl_s,
-            "node_grace_s": o.grace_s,
-            "heartbeat_interval_s": o.heartbeat_interval_s,
-            "node_check_interval_s": NODE_CHECK_INTERVAL_S,
-            "database": "sqlite (fresh file)",
-            "sandbox": "bubblewrap",
-        },
+        "settings": _settings(o),
         "clocks": {
             "market": "allocation started_at (the agent's acceptance, read while it runs) "
             "minus job created_at, both the coordinator's clock",
@@ -807,11 +872,11 @@ def _measure(market: Market, client: Client, o: Options, say: Progress) -> dict[
             "that shows the job started (includes the request; the poll interval bounds it)",
         },
         "idle_capacity": idle_figures,
-        "under_load": under_load,
+        "under_load": _under_load_figures(loaded, free, views, plan),
         "under_load_gpu_free": loaded_free,
         "throughput": rate,
         "failover": fail,
         "jobs": accounting,
-        "ledger_ok": client.verify_ledger().ok,
+        "ledger_ok": ledger_ok,
         "targets": _targets(idle_figures, loaded_free, fail),
     }

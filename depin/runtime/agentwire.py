@@ -37,6 +37,7 @@ class NodeReport(_Message):
     simulated: bool = False
     interval_s: float = Field(gt=0, le=3600)  # how often it heartbeats
     running: list[int] = Field(default_factory=list, max_length=MAX_REPORTED)
+    leaving: bool = False  # the agent is stopping: place nothing more here
 
 
 class HeartbeatReply(_Message):
@@ -95,7 +96,8 @@ class Report(_Message):
     """How an allocation ended on the node, with the signed usage receipt.
 
     ``node_fault``: the node could not run it (the sandbox failed), as opposed to the
-    job's own command failing; it counts against the node's reliability.
+    job's own command failing; it counts against the node's reliability. ``lost``: the
+    node gave it up before it ended (its agent stopped): unpaid, the job queued again.
     """
 
     fence: str = Fence
@@ -103,4 +105,5 @@ class Report(_Message):
     output_tail: str = Field(default="", max_length=OUTPUT_TAIL_CHARS * 4)
     error: str | None = Field(default=None, max_length=2000)
     node_fault: bool = False
+    lost: bool = False
     usage_json: str | None = Field(default=None, max_length=MAX_RECEIPT_CHARS)

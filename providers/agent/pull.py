@@ -54,6 +54,7 @@ class _Run:
     gpus: list[int]
     stop: threading.Event = field(default_factory=threading.Event)
     why: str | None = None  # why the agent stopped it, if it did
+    given_up: bool = False  # stopped for the node's sake (the agent stops, or is cut off)
 
 
 class PullAgent:
@@ -81,12 +82,24 @@ class PullAgent:
 
     # -- the loops -------------------------------------------------------------------------
     def run(self, stopping: threading.Event) -> None:
-        """Serve until ``stopping`` is set (or the coordinator refuses the node for good)."""
+        """Serve until ``stopping`` is set (or the coordinator refuses the node for good);
+        then stop what runs, and wait for its reports."""
         self.heartbeat()  # a refusal (the machine has too few GPUs) ends it here, at once
-        beats = threading.Thread(target=self._beat, args=(stopping,), daemon=True)
-        beats.start()
+        for loop in (self._beat, self._poll):  # daemons: a held long-poll never delays a stop
+            threading.Thread(target=loop, args=(stopping,), daemon=True).start()
+        stopping.wait()
+        if self.fatal is None:
+            self._leave()
+        self._stop(list(self._runs), "the node's agent stopped", give_up=True)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _poll(self, stopping: threading.Event) -> None:
+        """The long-poll for work: each reserved allocation starts a run."""
         failures = 0
-        while not stopping.is_set() and self.fatal is None:
+        while not stopping.is_set():
             try:
                 reply = self.coordinator.agent_work(self.node_id, wait_s=self.options.long_poll_s)
             except DepinError as exc:
@@ -95,17 +108,21 @@ class PullAgent:
                 stopping.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
                 continue
             failures = 0
+            if stopping.is_set():
+                return
             self._stop(reply.stop, "stopped: its owner cancelled the job")
             started = [self._start(w) for w in reply.work]
             if reply.work and not any(started):
                 stopping.wait(IDLE_POLL_S)  # all on offer is running or waits for GPUs here
-        self._stop(list(self._runs), "the agent stopped")
-        for thread in self._threads:
-            thread.join(timeout=30)
-        if self.fatal is not None:
-            raise self.fatal
 
-    def heartbeat(self) -> None:
+    def _leave(self) -> None:
+        """Tell the coordinator the node goes now, so nothing more is placed on it."""
+        try:
+            self.heartbeat(leaving=True)
+        except DepinError as exc:  # it will notice the silence instead
+            log.warning("node %s: could not say it leaves: %s", self.node_id, exc)
+
+    def heartbeat(self, *, leaving: bool = False) -> None:
         with self._lock:
             running = list(self._runs)
         report = NodeReport(
@@ -115,6 +132,7 @@ class PullAgent:
             simulated=self.machine.simulated,
             interval_s=self.options.interval_s,
             running=running,
+            leaving=leaving,
         )
         reply = self.coordinator.node_heartbeat(self.node_id, report)
         self._last_contact = time.monotonic()
@@ -137,7 +155,8 @@ class PullAgent:
                 )
                 if silent_s > self._silence_limit_s and self._runs:
                     # The coordinator has declared our work lost and moved it: stop it here.
-                    self._stop(list(self._runs), f"cut off from the market for {silent_s:.0f} s")
+                    why = f"cut off from the market for {silent_s:.0f} s"
+                    self._stop(list(self._runs), why, give_up=True)
 
     # -- one allocation ----------------------------------------------------------------------
     def _start(self, work: Work) -> bool:
@@ -151,12 +170,14 @@ class PullAgent:
         thread.start()
         return True
 
-    def _stop(self, allocation_ids: list[int], why: str) -> None:
+    def _stop(self, allocation_ids: list[int], why: str, *, give_up: bool = False) -> None:
+        """Stop these runs; ``give_up``: for the node's sake, not the job's (it is reported
+        lost, and queued again elsewhere)."""
         with self._lock:
             for allocation_id in allocation_ids:
                 run = self._runs.get(allocation_id)
                 if run is not None and not run.stop.is_set():
-                    run.why = why
+                    run.why, run.given_up = why, give_up
                     run.stop.set()
 
     def _serve(self, run: _Run) -> None:
@@ -224,6 +245,7 @@ class PullAgent:
             output_tail=result["output_tail"],
             error=error[:2000] if error else None,
             node_fault=bool(error and error.startswith("cannot start")),
+            lost=run.given_up,
             usage_json=usage.to_json(),
         )
         try:

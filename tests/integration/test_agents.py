@@ -249,6 +249,32 @@ def test_a_job_whose_agent_is_killed_completes_elsewhere_charged_once(fleet: Fle
     )
 
 
+def test_an_agent_stopped_by_sigterm_gives_its_job_back_and_exits_0(fleet: Fleet) -> None:
+    spec = job(name="drained", command=python("import time; time.sleep(5); print('done')"))
+    job_id = fleet.client.submit(spec, account="dev").id
+    fleet.wait_state(job_id, {JobState.RUNNING}, 60)
+    first = fleet.node_of(job_id)
+    agent = fleet.agent_on(first)
+    assert agent.process is not None
+    agent.process.send_signal(signal.SIGTERM)
+    assert agent.process.wait(timeout=15) == 0
+    node = next(n for n in fleet.client.nodes() if n.id == first)
+    assert node.status == "offline"  # it said it leaves: no TTL to wait out
+    fleet.wait_state(job_id, {JobState.SUCCEEDED, JobState.FAILED}, 60)
+    view = fleet.client.job(job_id)
+    assert view.state is JobState.SUCCEEDED, view
+    given_up = view.allocations[0]
+    assert given_up.node_id == first and given_up.state is AllocationState.LOST
+    assert given_up.error is not None and "agent stopped" in given_up.error
+    assert view.allocations[-1].node_id != first
+    agent.start()
+    wait_for(
+        lambda: next(n for n in fleet.client.nodes() if n.id == first).status == "active",
+        START_TIMEOUT_S,
+        "the restarted agent's node back in service",
+    )
+
+
 def test_an_agent_refuses_to_serve_a_node_registered_with_more_gpus_than_it_has(
     fleet: Fleet, tmp_path: Path
 ) -> None:
