@@ -52,7 +52,7 @@ class AgentDesk(Transactions):
                 lambda s: agents.work(s, node_id, market_id=self.market_id, limit=limit)
             )
             left_s = deadline - time.monotonic()
-            if reply.work or reply.stop or left_s <= 0:
+            if reply.work or reply.stop or left_s <= 0 or self.wakeups.closed:
                 return reply
             self.wakeups.wait(wakeups.WORK, seen, min(left_s, LONG_POLL_CHECK_S))
 

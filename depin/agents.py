@@ -89,7 +89,8 @@ def _model(name: str) -> str:
 
 def _stale(s: Session, node_id: int, running: list[int]) -> list[int]:
     """Of the allocations an agent says it runs, those the market no longer wants run there:
-    ended, lost, on another node, or cancelled by their owners."""
+    ended, lost, on another node, or cancelled by their owners. (One still reserved there
+    is wanted: its acceptance may be on its way.)"""
     wanted = set(
         s.execute(
             select(Allocation.id)
@@ -97,7 +98,7 @@ def _stale(s: Session, node_id: int, running: list[int]) -> list[int]:
             .where(
                 Allocation.id.in_(running),
                 Allocation.node_id == node_id,
-                Allocation.state == AllocationState.RUNNING,
+                Allocation.state.in_((AllocationState.RESERVED, AllocationState.RUNNING)),
                 Job.cancel_requested_at.is_(None),
             )
         ).scalars()

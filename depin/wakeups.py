@@ -21,6 +21,12 @@ class Wakeups:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._seq: dict[str, int] = {JOBS: 0, WORK: 0}
+        self.closed = False  # the process is stopping: waiters return at once
+
+    def close(self) -> None:
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
 
     def notify(self, topic: str) -> None:
         with self._changed:
@@ -34,7 +40,9 @@ class Wakeups:
     def wait(self, topic: str, since: int, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for ``topic`` to move past ``since``; True if it did."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._seq[topic] != since, timeout_s)
+            return self._changed.wait_for(
+                lambda: self.closed or self._seq[topic] != since, timeout_s
+            )
 
     def sleeper(self, topic: str) -> Callable[[float], None]:
         """A ``time.sleep`` stand-in that returns early when ``topic`` moves."""

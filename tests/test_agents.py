@@ -179,6 +179,11 @@ def test_an_agent_that_comes_back_is_told_to_stop_what_the_market_moved(world: W
     assert world.client.market.node(work.facts.node_id).status == "active"
 
 
+def test_an_allocation_reserved_on_the_node_is_not_named_to_stop(world: World) -> None:
+    work = take(world)  # handed out, its acceptance not yet sent
+    assert beat(world, "tokyo-l4", running=[work.allocation_id]).stop == []  # type: ignore[attr-defined]
+
+
 def test_a_job_lost_more_than_the_retry_bound_fails_refunded(world: World) -> None:
     job_id = None
     for attempt in range(MAX_REQUEUES + 1):

@@ -72,9 +72,13 @@ async def work(
     wait_s: Annotated[float, Query(ge=0, le=LONG_POLL_MAX_S)] = 0.0,
 ) -> WorkReply:
     """Allocations reserved on the node, held open up to ``wait_s`` until there are any."""
-    _speaks_for(request, market, caller, node_id)
-    market.record_nonce(caller.nonce)  # a signed read spends its nonce first
-    return await run_in_threadpool(lambda: market.agent_work(node_id, wait_s=wait_s))
+
+    def held() -> WorkReply:
+        _speaks_for(request, market, caller, node_id)
+        market.record_nonce(caller.nonce)  # a signed read spends its nonce first
+        return market.agent_work(node_id, wait_s=wait_s)
+
+    return await run_in_threadpool(held)  # a thread: the event loop never waits on the database
 
 
 @router.post(wire.ALLOCATION_ACCEPTANCE, status_code=204, responses=errors(SIGNED, BODY, FOUND))

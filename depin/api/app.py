@@ -165,6 +165,7 @@ def create_app(
         try:
             yield
         finally:
+            market.wakeups.close()  # held long-polls answer now: the server is going
             if task is not None:
                 task.stop()
             app.state.intake.close()  # after the loop: nothing submits any more

@@ -9,6 +9,12 @@ import sys
 
 import click
 
+from depin.limits import LONG_POLL_CHECK_S
+
+# How long a stopping server lets requests in flight finish: agents' held long-polls are
+# then cut short (they ask again, of another server or of this one restarted).
+GRACEFUL_SHUTDOWN_S = max(1, round(2 * LONG_POLL_CHECK_S))
+
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -55,6 +61,7 @@ def serve(host: str, port: int, no_scheduler: bool, no_launch: bool, workers: in
             host=host,
             port=port,
             log_level="warning",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
         return
     scheduler = None
@@ -69,6 +76,7 @@ def serve(host: str, port: int, no_scheduler: bool, no_launch: bool, workers: in
             port=port,
             workers=workers,
             log_level="warning",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
     finally:
         if scheduler is not None:

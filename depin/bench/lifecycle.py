@@ -69,8 +69,8 @@ READY_TIMEOUT_S = 60.0  # imports, migrations and uvicorn on a busy 2-core machi
 STOP_TIMEOUT_S = 30.0  # the longest a bench thread is waited for
 LOG_TAIL_BYTES = 2000
 MAX_FAILURES_SHOWN = 10
-# SIGTERM to SIGKILL. An agent notices SIGTERM only between its long-polls for work, and
-# the server's graceful stop waits for the long-polls it holds: up to 20 s each.
+# SIGTERM to SIGKILL: every job has ended by then, and the server's graceful stop waits
+# out the agents' long-polls it still holds (up to 20 s), gone agents' included.
 STOP_GRACE_S = 3.0
 JOB_TIMEOUT_S = 60.0  # the longest any one wait for a job here lasts
 GPUS_PER_AGENT = 2
@@ -480,7 +480,7 @@ def _throughput(url: str, home: Path, client: Client, jobs: int, submitters: int
     span_s = (max(ended) - first).total_seconds() if ended and first else 0.0
     return {
         "jobs": jobs,
-        "submitters": submitters,
+        "submitters": len(shares),
         "succeeded": succeeded,
         "states": dict(states),
         "submitted_in_s": round(submitted_s, 3),

@@ -55,6 +55,7 @@ class _Run:
     stop: threading.Event = field(default_factory=threading.Event)
     why: str | None = None  # why the agent stopped it, if it did
     given_up: bool = False  # stopped for the node's sake (the agent stops, or is cut off)
+    accepted: bool = False  # the coordinator took its acceptance: from now on it runs here
 
 
 class PullAgent:
@@ -123,8 +124,8 @@ class PullAgent:
             log.warning("node %s: could not say it leaves: %s", self.node_id, exc)
 
     def heartbeat(self, *, leaving: bool = False) -> None:
-        with self._lock:
-            running = list(self._runs)
+        with self._lock:  # not yet accepted: the market may not know it runs here yet
+            running = [a for a, run in self._runs.items() if run.accepted]
         report = NodeReport(
             mode="pull",
             gpus=self.machine.gpus,
@@ -184,6 +185,7 @@ class PullAgent:
         work = run.work
         try:
             if self._accept(work):
+                run.accepted = True
                 self._execute(run)
         except Exception:  # one allocation's failure must not stop the agent
             log.exception("allocation %s failed on node %s", work.allocation_id, self.node_id)

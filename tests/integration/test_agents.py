@@ -286,3 +286,8 @@ def test_an_agent_refuses_to_serve_a_node_registered_with_more_gpus_than_it_has(
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "--simulate-gpus" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_coordinator_stops_promptly_while_agents_hold_long_polls(fleet: Fleet) -> None:
+    code, took_s = fleet.served.stop()  # every agent holds a request for work open
+    assert code == 0 and took_s < 10
