@@ -22,14 +22,16 @@ token, and ``ray start`` refuses to start without one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -45,6 +47,7 @@ LABEL_GPU_MODEL = "depin.gpu_model"
 STARTED_MARKER = "Ray runtime started."
 OUTPUT_TAIL_BYTES = 8192
 POLL_S = 0.05
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 # Ray label values follow Kubernetes label syntax: at most 63 characters of
 # [A-Za-z0-9_.-], beginning and ending with an alphanumeric.
@@ -198,13 +201,41 @@ def head_env(
     return env
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when the thread that started
+    it ends, however it ends (Linux only; None elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Looked up here, in the parent: the forked child should not load libraries.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.restype = ctypes.c_int
+    prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # it died before the prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
 class RayStart:
-    """A ``ray start --block`` child in its own process group.
+    """A ``ray start --block`` child in its own process group, that dies with its starter.
 
     ``ray start`` runs the raylet, its agents and their workers as children in its
     process group, so killing the group ends the node. The leader is never reaped
     before the group has been killed: a reaped leader frees its pid, and that pid,
     reused as another group's id, would turn ``killpg`` onto a stranger.
+
+    ``ray start`` gets SIGKILL from the kernel when the thread that called ``start``
+    ends (PR_SET_PDEATHSIG; start it from a thread that lives as long as the node), and
+    Ray has its own children die with it the same way. Its own process group keeps it
+    out of its starter's Ctrl-C, so without this a node agent killed with SIGKILL (the
+    OOM killer, ``kill -9``) could not stop its raylet, and the raylet would live on in
+    the cluster, running work that the market, seeing the agent silent, has already
+    declared lost and given to another node.
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
@@ -231,6 +262,7 @@ class RayStart:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

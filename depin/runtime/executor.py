@@ -228,6 +228,15 @@ class RayExecutor:
             self._stops = StopList.options(name=self._stop_list).remote()  # type: ignore[attr-defined]
         self._stops.stop.remote(wanted)
 
+    def drop(self, allocation_ids: Sequence[int]) -> None:
+        """Forget allocations the market gave up on (their node went silent): their tasks are
+        cancelled, so they cannot run the job again should the node come back."""
+        gone = set(allocation_ids)
+        for ref, launch in list(self._running.items()):
+            if launch.allocation_id in gone:
+                ray.cancel(ref)  # a KeyboardInterrupt in the task, if it runs: its group killed
+                del self._running[ref]
+
     def abandon(self) -> list[Launch]:
         """Cancel every running allocation, waiting up to ``ABANDON_WAIT_S`` for their
         commands to be killed; returns what was running."""
@@ -255,7 +264,16 @@ class RayExecutor:
         try:
             r = ray.get(ref)
         except LOST_ERRORS as exc:
-            return Outcome(launch.allocation_id, now, now, None, "", error_line(exc), lost=True)
+            return Outcome(
+                launch.allocation_id,
+                now,
+                now,
+                None,
+                "",
+                error_line(exc),
+                lost=True,
+                node_id=launch.node_id,
+            )
         except ray.exceptions.RayError as exc:
             return Outcome(launch.allocation_id, now, now, None, "", f"ray: {error_line(exc)}")
         return Outcome(

@@ -25,6 +25,8 @@ from depin.limits import (
     HEARTBEAT_INTERVAL_S,
     MAX_UNSETTLED,
     NODE_CHECK_INTERVAL_S,
+    NODE_GRACE_S,
+    NODE_TTL_S,
     RECONCILE_INTERVAL_S,
     STOP_POLL_S,
 )
@@ -35,6 +37,7 @@ from scheduler import Plan
 from scheduler.offers import Snapshot
 
 POLL_INTERVAL_S = 0.25
+SUSPECT_S = NODE_TTL_S + NODE_GRACE_S  # a node Ray lost work on gets no new work this long
 log = logging.getLogger("depin.runtime")
 
 
@@ -120,6 +123,10 @@ class Driver:
         self._last_stop_check = 0.0
         self._last_node_check = 0.0
         self._pull_nodes: frozenset[int] = frozenset()  # their agents pull work: not Ray's
+        # Nodes Ray just lost work on, until the market has had time to see them silent: Ray
+        # still lists a dead raylet's resource until its health checks run, and the market
+        # keeps the node active until TTL + grace, so the job would go straight back there.
+        self._suspect: dict[int, float] = {}
         self._idle = idle
 
     # -- one step --------------------------------------------------------------------------
@@ -138,7 +145,9 @@ class Driver:
         if work.job_ids:
             # Nodes Ray cannot reach yet are busy, not gone: jobs wait for them.
             reachable = self.executor.reachable(list(node_gpus))
-            snap.block([n for n in node_gpus if n not in reachable])
+            now = time.monotonic()
+            self._suspect = {n: until for n, until in self._suspect.items() if until > now}
+            snap.block([n for n in node_gpus if n not in reachable or n in self._suspect])
             work = replace(work, price_micro=self._prices)
             # Reserved for this driver to launch, or (with launch off) for any launcher.
             owner = self.driver_id if self.launch else None
@@ -183,6 +192,8 @@ class Driver:
                 report.errors.append(f"allocation {outcome.allocation_id}: {exc}")
                 continue
             report.finished.append(outcome)
+            if outcome.lost and outcome.node_id is not None:
+                self._suspect[outcome.node_id] = time.monotonic() + SUSPECT_S
 
     def _stop_cancelled(self) -> None:
         """Stop what this driver runs for jobs their owners cancelled (checked at most every
@@ -201,7 +212,10 @@ class Driver:
         if now - self._last_node_check < NODE_CHECK_INTERVAL_S:
             return []
         self._last_node_check = now
-        return self.market.expire_silent_nodes()
+        lost = self.market.expire_silent_nodes()
+        if lost:
+            self.executor.drop(lost)  # should the node come back, it must not run them
+        return lost
 
     def reconcile_if_due(self) -> list[int]:
         """Reconcile the market when the interval has passed (and on the first call)."""

@@ -87,6 +87,7 @@ class Outcome:
     acceptance_json: str | None = None  # the provider's signed receipts, as the node sent them
     usage_json: str | None = None
     node_fault: bool = False  # the node could not run it (not the job's own failure)
+    node_id: int | None = None  # where it ran, as the launcher knows it
 
     @property
     def succeeded(self) -> bool:

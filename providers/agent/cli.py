@@ -81,7 +81,8 @@ def run(
     heartbeat. Without --api either way speaks to the market in DEPIN_HOME.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request drowns the rest
+    for noisy in ("httpx", "alembic"):  # a line per request or migration drowns the rest
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.from_env(api_url=api)
     machine = hardware.detect(simulate_gpus)
     if ray_address is None:
