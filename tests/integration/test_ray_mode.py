@@ -11,10 +11,9 @@ must go with it, and the job must finish on the other node, be charged once, and
 the first node's provider unpaid.
 
 As in ``test_raylet``, the cluster lives in user, network and PID namespaces of its own
-(Ray rewrites 127.0.0.1 to the machine's address and listens on every interface); each
-agent's machine is a further network and mount namespace on a bridge. This module, run
-as a script there, is the scenario; it writes what it saw to a JSON file that the tests
-below judge.
+(``tests.integration.namespaces``); each agent's machine is a further network and mount
+namespace on a bridge. This module, run as a script there, is the scenario; it writes
+what it saw to a JSON file that the tests below judge.
 """
 
 from __future__ import annotations
@@ -23,14 +22,10 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -42,31 +37,19 @@ import pytest
 from depin.client import Client
 from depin.spec import JobSpec, NodeSpec
 from providers.raylet import HealthChecks, RayStart, head_command, head_env
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RAY_BIN = Path(sys.executable).with_name("ray")
-# --kill-child: when unshare dies, so does the namespace's PID 1, and with it the rest.
-UNSHARE = (
-    "unshare",
-    "--user",
-    "--map-root-user",
-    "--net",
-    "--pid",
-    "--fork",
-    "--kill-child",
-    "--mount-proc",
+from tests.integration.namespaces import (
+    RAY_BIN,
+    REPO_ROOT,
+    cmdline,
+    free_port,
+    is_alive,
+    live_processes,
+    pids,
+    proc_stat,
+    scenario_result,
+    write_result,
 )
-# The namespace's PID 1: it runs the scenario and, as init does, reaps every orphan. Not
-# the scenario itself: a killed raylet left a zombie looks alive to its workers (they watch
-# their raylet with kill(pid, 0)), and they would run on.
-INIT = """
-import os, sys
-scenario = os.spawnv(os.P_NOWAIT, sys.executable, [sys.executable, *sys.argv[1:]])
-while True:
-    pid, status = os.wait()
-    if pid == scenario:
-        sys.exit(os.waitstatus_to_exitcode(status))
-"""
+
 SCENARIO_TIMEOUT_S = 110  # the hard cap, from outside the namespace; a run takes 30-45 s
 START_TIMEOUT_S = 60  # the head; the agents' raylets joining it
 RUN_TIMEOUT_S = 40  # from submission (or the kill) to a run's start on a raylet
@@ -153,43 +136,13 @@ class Group:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """A process's state and parent, or None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def _alive(pid: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def _cmdline(pid: int) -> str:
-    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    return ""
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
 def _descendants(root: int) -> list[int]:
-    parents = {pid: stat[1] for pid in _pids() if (stat := _stat(pid)) is not None}
+    parents = {pid: stat[1] for pid in pids() if (stat := proc_stat(pid)) is not None}
     found, frontier = [], {root}
     while frontier:
         frontier = {pid for pid, parent in parents.items() if parent in frontier}
         found += sorted(frontier)
     return found
-
-
-def _live_processes() -> list[str]:
-    """Every live process in this PID namespace but init and this one, by command line."""
-    ours = {1, os.getpid()}
-    return [_cmdline(pid) for pid in _pids() if pid not in ours and _alive(pid)]
 
 
 def _until(check: Callable[[], Any], timeout_s: float) -> Any:
@@ -357,9 +310,7 @@ def scenario(work: Path) -> dict[str, Any]:
     token_path = work / "token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
-    with socket.socket() as sock:
-        sock.bind((HEAD_IP, 0))
-        port = int(sock.getsockname()[1])
+    port = free_port(HEAD_IP)
     address = f"{HEAD_IP}:{port}"
     # Every process: one market, and Ray's files under work/ (not /tmp/ray).
     base = dict(os.environ) | {
@@ -416,7 +367,7 @@ def scenario(work: Path) -> dict[str, Any]:
         stopping = time.monotonic()
         seen["exit_codes"] = _stop(groups, head)
         seen["stop_s"] = _since(stopping)
-        seen["leftovers"] = _live_processes()
+        seen["leftovers"] = live_processes()
     finally:
         seen["logs"] = {name: group.output() for name, group in groups.items()}
         for group in groups.values():
@@ -441,12 +392,12 @@ def _failover(
     (victim,) = [name for name, node_id in nodes.items() if str(node_id) == first["node_id"]]
     (seen["survivor"],) = set(nodes) - {victim}
     node_processes = _descendants(groups[victim].proc.pid)
-    seen["victim"], seen["victim_processes"] = victim, [_cmdline(p) for p in node_processes]
+    seen["victim"], seen["victim_processes"] = victim, [cmdline(p) for p in node_processes]
     killed = time.monotonic()
     groups[victim].kill()  # SIGKILL to the agent's group, as the OOM killer or kill -9 would
-    gone = _until(lambda: not any(_alive(p) for p in node_processes), NODE_GONE_WITHIN_S)
+    gone = _until(lambda: not any(is_alive(p) for p in node_processes), NODE_GONE_WITHIN_S)
     seen["node_gone_after_s"] = _since(killed) if gone else None
-    seen["node_left"] = [_cmdline(p) for p in node_processes if _alive(p)]
+    seen["node_left"] = [cmdline(p) for p in node_processes if is_alive(p)]
     with _client(env) as client:
 
         def lost() -> bool:
@@ -487,67 +438,20 @@ def _stop(groups: dict[str, Group], head: RayStart) -> dict[str, int | None]:
     return codes
 
 
-def main(work: Path) -> None:
-    try:
-        seen = scenario(work)
-    except Exception:
-        seen = {"error": "the scenario raised", "output": traceback.format_exc()}
-    (work / "result.json").write_text(json.dumps(seen, indent=2))
-
-
 # --- the tests that judge it -------------------------------------------------------------
-
-
-def _unshare_problem() -> str | None:
-    for tool in ("unshare", "nsenter", "ip"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (util-linux, iproute2)"
-    if not RAY_BIN.exists():
-        return f"needs the ray CLI next to the interpreter ({RAY_BIN})"
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=10)
-    if probe.returncode != 0:
-        return f"user namespaces unavailable: {probe.stderr.strip()}"
-    return None
 
 
 @pytest.fixture(scope="module")
 def ray_mode_run() -> Iterator[dict[str, Any]]:
-    problem = _unshare_problem()
-    if problem:
-        pytest.skip(problem)
-    # Short, so Ray's Unix socket paths under it stay below 108 bytes (not pytest's tmp_path).
-    work = Path(tempfile.mkdtemp(prefix="depin-raymode-", dir="/tmp"))
-    env = os.environ | {"HOME": str(work / "home")}  # no developer's ~/.ray/auth_token
-    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "DEPIN_RAY_ADDRESS", "DEPIN_DATABASE_URL"):
-        env.pop(name, None)
-    env.pop("DEPIN_API_URL", None)
-    scenario_argv = ["-m", "tests.integration.test_ray_mode", str(work)]
-    proc = subprocess.Popen(
-        [*UNSHARE, sys.executable, "-c", INIT, *scenario_argv],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        try:
-            output, _ = proc.communicate(timeout=SCENARIO_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the scenario ran past {SCENARIO_TIMEOUT_S} s")
-        result_path = work / "result.json"
-        if not result_path.exists():
-            pytest.fail(f"scenario wrote no result:\n{output.decode(errors='replace')[-4000:]}")
-        seen: dict[str, Any] = json.loads(result_path.read_text())
-        if "error" in seen:
-            logs = "\n".join(f"--- {n}\n{log}" for n, log in seen.get("logs", {}).items())
-            pytest.fail(f"{seen['error']}:\n{seen.get('output', '')}\n{logs}")
+    with scenario_result(
+        "tests.integration.test_ray_mode",
+        work_prefix="depin-raymode-",
+        timeout_s=SCENARIO_TIMEOUT_S,
+        tools=("unshare", "nsenter", "ip"),
+        drop_env=("RAY_AUTH_TOKEN", "DEPIN_RAY_ADDRESS", "DEPIN_DATABASE_URL", "DEPIN_API_URL"),
+        reaping_init=True,
+    ) as seen:
         yield seen
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _allocations(seen: dict[str, Any]) -> list[dict[str, Any]]:
@@ -665,17 +569,17 @@ def test_a_node_started_by_raystart_dies_with_the_process_that_started_it(
     try:
         assert proc.stdout is not None
         node_pid = int(proc.stdout.readline())
-        assert _alive(node_pid)
+        assert is_alive(node_pid)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert _until(lambda: not _alive(node_pid), 5), "the node outlived its starter"
+        assert _until(lambda: not is_alive(node_pid), 5), "the node outlived its starter"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        if node_pid is not None and _alive(node_pid):
+        if node_pid is not None and is_alive(node_pid):
             os.killpg(node_pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    write_result(scenario)

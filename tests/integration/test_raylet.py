@@ -1,27 +1,18 @@
 """Ray mode: depin nodes' raylets join an operator's token-authenticated head.
 
-The cluster runs in a user, network and PID namespace of its own
-(``unshare``): Ray rewrites 127.0.0.1 to the machine's address and listens
-on every interface, so only a private network namespace keeps it off the
-machine's network; and when the scenario's process (PID 1 there) ends, the
-kernel kills whatever it left. The scenario is this module run as a script;
-it writes what it saw to a JSON file that the tests below judge.
+The cluster runs in user, network and PID namespaces of its own, to keep Ray on
+loopback (``tests.integration.namespaces`` says why). The scenario is this module run
+as a script there; it writes what it saw to a JSON file that the tests below judge.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,20 +34,14 @@ from providers.raylet import (
     raylet_command,
     raylet_env,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RAY_BIN = Path(sys.executable).with_name("ray")
-# --kill-child: when unshare dies, so does the namespace's PID 1, and with it the rest.
-UNSHARE = (
-    "unshare",
-    "--user",
-    "--map-root-user",
-    "--net",
-    "--pid",
-    "--fork",
-    "--kill-child",
-    "--mount-proc",
+from tests.integration.namespaces import (
+    RAY_BIN,
+    free_port,
+    live_processes,
+    scenario_result,
+    write_result,
 )
+
 SCENARIO_TIMEOUT_S = 120
 START_TIMEOUT_S = 60
 TASK_TIMEOUT_S = 60
@@ -119,12 +104,6 @@ def test_health_checks_are_tightened_on_the_head_only() -> None:
 # --- the scenario, inside the namespaces ------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _node_views(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
         n["NodeID"]: {
@@ -174,7 +153,7 @@ def scenario(work: Path) -> dict[str, Any]:
     token_path = work / "token"
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(0o600)
-    port = _free_port()
+    port = free_port("127.0.0.1")
     address = f"127.0.0.1:{port}"
     head, raylets = _cluster(work, token_path, port)
     seen: dict[str, Any] = {}
@@ -195,28 +174,12 @@ def scenario(work: Path) -> dict[str, Any]:
         stopping = time.monotonic()
         seen["exit_codes"] = {n: r.stop() for n, r in raylets.items()} | {"head": head.stop()}
         seen["stop_s"] = round(time.monotonic() - stopping, 2)
-        seen["leftovers"] = _live_processes()
+        seen["leftovers"] = live_processes()
     finally:
         for process in (*raylets.values(), head):
             process.stop(timeout_s=STOP_TIMEOUT_S)
     seen["total_s"] = round(time.monotonic() - started, 2)
     return seen
-
-
-def _live_processes() -> list[str]:
-    """Every live process in this PID namespace but this one (PID 1), by command line.
-
-    Zombies are left out: orphans are reparented to PID 1 here, which does not reap them.
-    """
-    live = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or proc.name == "1":
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
-            if state != "Z":
-                live.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-    return live
 
 
 def _drive(address: str, raylets: dict[int, Raylet], env: dict[str, str]) -> dict[str, Any]:
@@ -301,52 +264,14 @@ def _node_with(nodes: dict[str, dict[str, Any]], resource: str) -> str:
 # --- the tests that judge it -------------------------------------------------------------
 
 
-def _unshare_problem() -> str | None:
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        return "needs unshare and ip (util-linux, iproute2)"
-    if not RAY_BIN.exists():
-        return f"needs the ray CLI next to the interpreter ({RAY_BIN})"
-    probe = subprocess.run([*UNSHARE, "true"], capture_output=True, text=True, timeout=10)
-    if probe.returncode != 0:
-        return f"user namespaces unavailable: {probe.stderr.strip()}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def cluster_run() -> Iterator[dict[str, Any]]:
-    problem = _unshare_problem()
-    if problem:
-        pytest.skip(problem)
-    # Short, so Ray's Unix socket paths under it stay below 108 bytes (not pytest's tmp_path).
-    work = Path(tempfile.mkdtemp(prefix="depin-raylet-", dir="/tmp"))
-    env = os.environ | {"HOME": str(work / "home")}  # no developer's ~/.ray/auth_token
-    env.pop("RAY_ADDRESS", None)
-    argv = [*UNSHARE, sys.executable, "-m", "tests.integration.test_raylet", str(work)]
-    proc = subprocess.Popen(
-        argv,
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        try:
-            output, _ = proc.communicate(timeout=SCENARIO_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the scenario ran past {SCENARIO_TIMEOUT_S} s")
-        result_path = work / "result.json"
-        if not result_path.exists():
-            pytest.fail(f"scenario wrote no result:\n{output.decode(errors='replace')[-4000:]}")
-        seen: dict[str, Any] = json.loads(result_path.read_text())
-        if "error" in seen:
-            pytest.fail(f"{seen['error']}:\n{seen.get('output', '')}")
+    with scenario_result(
+        "tests.integration.test_raylet",
+        work_prefix="depin-raylet-",
+        timeout_s=SCENARIO_TIMEOUT_S,
+    ) as seen:
         yield seen
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _node_of(seen: dict[str, Any], spec: RayletSpec) -> tuple[str, dict[str, Any]]:
@@ -403,13 +328,5 @@ def test_raylets_and_head_stop_when_asked(cluster_run: dict) -> None:
     assert cluster_run["leftovers"] == []
 
 
-def main(work: Path) -> None:
-    try:
-        seen = scenario(work)
-    except Exception:
-        seen = {"error": "the scenario raised", "output": traceback.format_exc()}
-    (work / "result.json").write_text(json.dumps(seen, indent=2))
-
-
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    write_result(scenario)
