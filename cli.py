@@ -28,6 +28,7 @@ from depin.manifest import DEFAULT_TTL_S, MAX_TTL_S, Envelope
 from depin.render import console, emit
 from depin.spec import NETWORKS, TIERS, search_request
 from depin.states import JobState
+from depin.study.cli import study
 from depin.views import AccountView
 from providers.agent.cli import agent
 from providers.catalog import CATALOG
@@ -87,6 +88,7 @@ def cli(api: str | None) -> None:
 cli.add_command(bench)
 cli.add_command(serve)
 cli.add_command(agent)
+cli.add_command(study)
 
 
 # -- init, db, gpus ----------------------------------------------------------------------------

@@ -154,7 +154,7 @@ class Driver:
             report.commit = schedule(
                 self.market, work, snap, mode=self.mode, driver_id=owner
             ).commit
-        if self.launch:
+        if self.launch and node_gpus:  # a fleet of pull agents only: nothing for Ray to claim
             launches = self.market.claim_reserved(self.driver_id)
             if launches:
                 self.executor.start(node_gpus)

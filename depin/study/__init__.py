@@ -1,0 +1,1 @@
+"""Studies on real geography with depin's own scheduler."""
