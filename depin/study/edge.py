@@ -57,7 +57,9 @@ def figures(w: World, o: Outcome, requests: npt.NDArray[np.int64] | None = None)
     used = np.bincount(o.site[every], minlength=len(w.sites))
     return {
         "requests": len(every),
+        "share_under_20ms": float(np.mean(rtt <= 20.0)),
         "share_under_50ms": float(np.mean(rtt <= SLO_MS)),
+        "share_under_100ms": float(np.mean(rtt <= 100.0)),
         "share_within_budget": float(np.mean(rtt <= w.demand.budget_ms[every])),
         "p50_ms": _pct(rtt, 50),
         "p95_ms": _pct(rtt, 95),

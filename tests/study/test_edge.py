@@ -39,6 +39,7 @@ def test_shares_lie_in_zero_to_one_and_percentiles_are_ordered(study: edge.Study
     ]:
         for key in ("share_under_50ms", "share_within_budget", "share_placed_by_policy"):
             assert 0.0 <= f[key] <= 1.0
+        assert f["share_under_20ms"] <= f["share_under_50ms"] <= f["share_under_100ms"]
         assert 0 < f["p50_ms"] <= f["p95_ms"] <= f["p99_ms"]
 
 
