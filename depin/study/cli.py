@@ -52,16 +52,10 @@ def edge(
 
 
 def _print(data: dict[str, Any]) -> None:
-    from depin.study.report import headline
+    from depin.study import report
 
-    console.print(headline(data), markup=False)
-    goal = data["goal"]
-    console.print(
-        f"goal: depin under 50 ms {goal['share_under_50ms']:.1%} (≥ 95 %: "
-        f"{'met' if goal['share_met'] else 'not met'}); cost {goal['cost_ratio']:.2f}× "
-        f"{goal['reference_policy']} (≤ 1.2×: {'met' if goal['cost_met'] else 'not met'})",
-        markup=False,
-    )
+    console.print(report.headline(data), markup=False)
+    console.print(f"goal: {report.goal_line(data['goal'])}", markup=False)
     for name, claim in data["claims"].items():
         console.print(f"claim {name}: {json.dumps(claim)}", markup=False)
     if "report" in data:

@@ -13,14 +13,16 @@ The model, each input from real data (sources beside each):
   distance × route stretch / 200 km per ms: the scheduler's own model
   (``scheduler.latency``), with the user's access network added.
 
-The sampled requests stand for ``demand_per_hour`` real ones. A GPU serves
-``requests_per_gpu_hour`` of them, so a site's GPUs used are its requests over that,
-rounded up, and a policy's cost is what those GPUs cost for the hour.
+The sampled requests stand for ``demand_per_hour`` real ones. An L4 serves
+``requests_per_gpu_hour`` of them, other GPUs in proportion to their memory bandwidth.
+Cost is given on two bases: **pay as you go**, as a market bills (each request pays its
+site's price for the GPU time it takes, so a policy's cost adds up from per-request
+prices), and **provisioned** (the GPUs each site must run for its load, rounded up, for
+the whole hour, idle or not).
 
 Policies, on the same demand and supply: cloud-only at the nearest region; cloud-only
 at the cheapest region; the nearest edge site with room; depin (``scheduler.plan`` with
-each request's budget); depin under a price cap. A request depin cannot place within
-its budget is served best effort, by the nearest site with room, and counts as late.
+each request's budget); depin under a price cap (``depin.study.policies``).
 """
 
 from __future__ import annotations
@@ -31,30 +33,35 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from depin.study.policies import Outcome, cloud_cheapest, cloud_nearest, depin, edge_nearest
+from depin.study.policies import (
+    SLO_MS,
+    Outcome,
+    cloud_cheapest,
+    cloud_nearest,
+    depin,
+    edge_nearest,
+)
 from depin.study.world import Assumptions, World
 
 POLICIES = ("cloud-nearest", "cloud-cheapest", "edge-nearest", "depin", "depin-capped")
-SLO_MS = 50.0
+COST_BASES = ("cost_usd_per_1000_requests", "cost_provisioned_usd_per_1000_requests")
 
 
 # -- figures -------------------------------------------------------------------------------
 
 
 def figures(w: World, o: Outcome, requests: npt.NDArray[np.int64] | None = None) -> dict[str, Any]:
-    """A policy's figures, over every request or those given (a continent's).
-
-    Cost is pay-as-you-go, as a market bills: each request pays its site's price for the
-    GPU time it takes (1 / ``requests_per_gpu_hour`` of a GPU-hour), so a policy's cost
-    adds up from per-request prices. GPUs are what the sites must run for the load, each
-    site's rounded up.
-    """
+    """A policy's figures, over every request or those given (a continent's): shares,
+    percentiles, cost on both bases (see the module), GPUs, and how much of it the
+    policy itself placed."""
     every = np.arange(len(o.site)) if requests is None else requests
     if not len(every):
         return {"requests": 0}
     rtt = o.rtt_ms[every]
-    price = w.sites.price[o.site[every]]  # USD per GPU-hour paid by each request
-    used = np.bincount(o.site[every], minlength=len(w.sites))
+    sites = o.site[every]
+    used = np.bincount(sites, minlength=len(w.sites))
+    gpus = np.ceil(used * w.a.demand_per_hour / w.a.requests / w.sites.rate)
+    real = len(every) * w.a.demand_per_hour / w.a.requests  # requests it stands for
     return {
         "requests": len(every),
         "share_under_20ms": float(np.mean(rtt <= 20.0)),
@@ -64,16 +71,18 @@ def figures(w: World, o: Outcome, requests: npt.NDArray[np.int64] | None = None)
         "p50_ms": _pct(rtt, 50),
         "p95_ms": _pct(rtt, 95),
         "p99_ms": _pct(rtt, 99),
-        "cost_usd_per_1000_requests": float(1000 * price.mean() / w.a.requests_per_gpu_hour),
-        "cost_usd_per_gpu_hour": float(price.mean()),
-        "gpus": int(np.ceil(used / w.a.slots_per_gpu).sum()),
+        "cost_usd_per_1000_requests": float(1000 * request_cost_usd(w, o)[every].mean()),
+        "cost_provisioned_usd_per_1000_requests": float(1000 * (gpus * w.sites.price).sum() / real),
+        "cost_usd_per_gpu_hour": float(w.sites.price[sites].mean()),
+        "gpus": int(gpus.sum()),
+        "gpu_utilisation": float(real / (gpus * w.sites.rate).sum()),
         "share_placed_by_policy": float(np.mean(o.placed[every])),
     }
 
 
 def request_cost_usd(w: World, o: Outcome) -> npt.NDArray[np.float64]:
-    """What each request pays: its site's price for the GPU time it takes."""
-    return w.sites.price[o.site] / w.a.requests_per_gpu_hour
+    """What each request pays as you go: its site's price for the GPU time it takes."""
+    return w.sites.price[o.site] / w.sites.rate[o.site]
 
 
 def _pct(values: npt.NDArray[np.float64], q: float) -> float:
@@ -101,8 +110,7 @@ class Study:
 
 def run(a: Assumptions, *, with_caps: bool = True) -> Study:
     w = World.build(a)
-    cloud = w.sites.price[w.sites.tier == "regional"]
-    cap = a.price_cap_usd_per_gpu_hour or float(cloud.min())  # no dearer than cloud's cheapest
+    cap = a.price_cap_usd_per_gpu_hour
     outcomes = {
         "cloud-nearest": cloud_nearest(w),
         "cloud-cheapest": cloud_cheapest(w),
@@ -140,18 +148,27 @@ def claims(s: Study) -> dict[str, Any]:
             "model_p90": float(np.percentile(reduction, 90)),
             "model_max": float(reduction.max()),
             "model_share_reduced_80pct_or_more": float(np.mean(reduction >= 0.80)),
-            "reproduced": float(reduction.max()) >= 0.80,
+            # "Up to" is met by one request; typical would need the median there.
+            "reproduced": "typical"
+            if np.median(reduction) >= 0.80
+            else "for some requests only"
+            if reduction.max() >= 0.80
+            else "no",
         },
         "processing_within_10_50_km": {
             "claimed_km": [10, 50],
             "model_share_within_50km": float(np.mean(km <= 50)),
             "model_median_km": float(np.median(km)),
+            # Users and a city's sites share the city's point: distances within a metro
+            # are 0 here, so the model cannot tell 10 km from 50.
+            "reproduced": "not testable: users and their city's sites share one point",
         },
     }
 
 
 def goal(s: Study) -> dict[str, Any]:
-    """depin under 50 ms for ≥ 95 %, at ≤ 1.2× the cheapest policy meeting the same budgets."""
+    """depin under 50 ms for ≥ 95 % of requests (and of those its plans placed), at ≤ 1.2×
+    the cost of the cheapest policy meeting the same budgets, on either cost basis."""
     ours = s.outcomes["depin"].figures
     others = {n: o.figures for n, o in s.outcomes.items() if not n.startswith("depin")}
     meets = {
@@ -160,25 +177,31 @@ def goal(s: Study) -> dict[str, Any]:
         if f["share_within_budget"] >= ours["share_within_budget"] - 1e-9
     }
     pool = meets or others  # none meets them: against the cheapest of all, and say so
-    reference = min(pool, key=lambda n: pool[n]["cost_usd_per_1000_requests"])
-    ratio = ours["cost_usd_per_1000_requests"] / pool[reference]["cost_usd_per_1000_requests"]
+    o = s.outcomes["depin"]
+    planned_under = float(np.mean(o.placed & (o.rtt_ms <= SLO_MS)))
+    costs = {}
+    for basis in COST_BASES:
+        reference = min(pool, key=lambda n: pool[n][basis])
+        ratio = ours[basis] / pool[reference][basis]
+        costs[basis] = {"reference_policy": reference, "ratio": ratio, "met": ratio <= 1.2}
     return {
         "share_under_50ms": ours["share_under_50ms"],
+        "share_under_50ms_placed_by_plan": planned_under,
         "share_target": 0.95,
         "share_met": ours["share_under_50ms"] >= 0.95,
-        "reference_policy": reference,
         "reference_meets_the_same_budgets": bool(meets),
-        "cost_ratio": ratio,
         "cost_target": 1.2,
-        "cost_met": ratio <= 1.2,
+        "cost": costs,
     }
 
 
 SENSITIVITY: dict[str, tuple[Any, ...]] = {
-    "access_rtt_scale": (0.5, 1.0, 1.5),
+    "user_access_rtt_scale": (0.5, 1.0, 1.5),
     "route_stretch": (1.2, 1.5, 2.0),
     "metro_share": (0.25, 0.5, 1.0),
     "devices_per_million": (0.0, 0.25, 1.0),
+    # Local supply thin on both tiers at once: (metro share, devices per million).
+    "sparse_supply": ((0.25, 0.0), (0.25, 0.1), (0.5, 0.0)),
 }
 
 
@@ -194,11 +217,15 @@ def sensitivity(a: Assumptions) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "knob": knob,
-                    "value": value,
+                    "value": list(value) if isinstance(value, tuple) else value,
                     "depin_share_under_50ms": of["share_under_50ms"],
                     "depin_share_within_budget": of["share_within_budget"],
                     "cloud_nearest_share_under_50ms": cf["share_under_50ms"],
+                    "depin_share_placed_by_plan": of["share_placed_by_policy"],
                     "depin_cost_usd_per_1000_requests": of["cost_usd_per_1000_requests"],
+                    "depin_cost_provisioned_usd_per_1000_requests": of[
+                        "cost_provisioned_usd_per_1000_requests"
+                    ],
                     "cloud_nearest_cost_usd_per_1000_requests": cf["cost_usd_per_1000_requests"],
                 }
             )
@@ -221,8 +248,10 @@ def cloud_claim_conditions(a: Assumptions) -> list[dict[str, Any]]:
 
 
 def _vary(a: Assumptions, knob: str, value: Any) -> Assumptions:
-    if knob == "access_rtt_scale":
+    if knob == "user_access_rtt_scale":
         return replace(a, access_rtt_ms=tuple((n, ms * value) for n, ms in a.access_rtt_ms))
+    if knob == "sparse_supply":
+        return replace(a, metro_share=value[0], devices_per_million=value[1])
     return replace(a, **{knob: value})
 
 
@@ -234,6 +263,10 @@ def summary(s: Study, sens: list[dict[str, Any]] | None = None) -> dict[str, Any
         "assumptions": _assumptions(s.world.a, s.cap_usd_per_gpu_hour),
         "supply": {
             tier: int(np.sum(s.world.sites.tier == tier)) for tier in ("regional", "edge", "device")
+        },
+        "supply_to_demand": {
+            tier: float(s.world.sites.slots[s.world.sites.tier == tier].sum() / s.world.a.requests)
+            for tier in ("edge", "device")
         },
         "policies": {name: o.figures for name, o in s.outcomes.items()},
         "by_continent": {name: by_continent(s.world, o) for name, o in s.outcomes.items()},

