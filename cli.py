@@ -580,11 +580,19 @@ def scheduler() -> None:
     is_flag=True,
     help="Reserve capacity and money only; leave allocations reserved for a launcher.",
 )
+@click.option(
+    "--no-local-ray",
+    is_flag=True,
+    help="Run nothing on this machine: only nodes whose agents pull work, or whose Ray-mode "
+    "agents joined DEPIN_RAY_ADDRESS, get work (as `depin serve` does for strangers).",
+)
 @json_option
 @click.pass_context
-def scheduler_run(ctx: click.Context, once: bool, no_launch: bool, as_json: bool) -> None:
+def scheduler_run(
+    ctx: click.Context, once: bool, no_launch: bool, no_local_ray: bool, as_json: bool
+) -> None:
     """Schedule pending jobs until interrupted (a long-lived Ray driver)."""
-    driver = _client(ctx).driver(kind="scheduler", launch=not no_launch)
+    driver = _client(ctx).driver(kind="scheduler", launch=not no_launch, local_ray=not no_local_ray)
     summary = {"placed": 0, "unschedulable": 0, "conflicts": 0, "succeeded": 0, "failed": 0}
     log = render.cycle_logger(summary, as_json)
     try:

@@ -18,7 +18,7 @@ caller's transaction; those that move allocations take the ledger's lock first.
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -63,6 +63,15 @@ def heartbeat(
             f"{report.gpu_model}"
         )
     interval_s = min(report.interval_s, ttl_s)
+    forgotten = _forgotten(s, node, report) if report.mode == "pull" else []
+    waiting = _reserved(s, node_id) if report.leaving else []
+    if forgotten or waiting:
+        ledger = Ledger(s)
+        ledger.lock()  # before the node's row, as every writer of allocations takes them
+        for alloc in forgotten:
+            _lose(s, ledger, alloc, f"node {node_id}'s agent no longer runs it (restarted?)")
+        for alloc in waiting:
+            _lose(s, ledger, alloc, f"node {node_id}'s agent left before it started")
     registry.heartbeat(
         s, node_id, now=now, agent=report.mode, simulated=report.simulated, interval_s=interval_s
     )
@@ -78,6 +87,42 @@ def heartbeat(
         reliability=learned,
         stop=stop,
     )
+
+
+def _forgotten(s: Session, node: Node, report: NodeReport) -> list[Allocation]:
+    """Allocations running on the node, accepted before its previous heartbeat, that its
+    agent no longer lists: it restarted, or never heard its acceptance taken. Nobody runs
+    them; left alone they would hold GPUs and money until their holds time out."""
+    if node.last_heartbeat_at is None:
+        return []
+    return list(
+        s.execute(
+            select(Allocation).where(
+                Allocation.node_id == node.id,
+                Allocation.state == AllocationState.RUNNING,
+                Allocation.claimed_at < node.last_heartbeat_at,
+                Allocation.id.not_in(report.running),
+            )
+        ).scalars()
+    )
+
+
+def _reserved(s: Session, node_id: int) -> list[Allocation]:
+    return list(
+        s.execute(
+            select(Allocation).where(
+                Allocation.node_id == node_id, Allocation.state == AllocationState.RESERVED
+            )
+        ).scalars()
+    )
+
+
+def _lose(s: Session, ledger: Ledger, alloc: Allocation, reason: str) -> None:
+    """The allocation is lost with its node: GPUs and hold released, the job queued again."""
+    job = s.get(Job, alloc.job_id)
+    assert job is not None
+    settlement.requeue(s, ledger, alloc, job, reason)
+    registry.record_outcome(s, alloc.node_id, node_fault=True)
 
 
 def _model(name: str) -> str:
@@ -155,6 +200,10 @@ def accept(
     """The node takes a reserved allocation: it runs from now, on the provider's word."""
     Ledger(s).lock()  # a cancel or a loss is ordered before this, or after
     alloc = _fenced(s, node_id, allocation_id, body.fence)
+    if alloc.state == AllocationState.RUNNING and alloc.driver_id is None:
+        return  # taken already: a retry whose first answer was lost
+    if registry.get_node(s, node_id).status != "active":
+        raise ConflictError(f"node {node_id} is offline: its agent must heartbeat first")
     if alloc.state != AllocationState.RESERVED:
         raise ConflictError(f"allocation {allocation_id} is {alloc.state}: do not run it")
     job = s.get(Job, alloc.job_id, populate_existing=True)
@@ -248,27 +297,28 @@ def _keep_late(s: Session, alloc: Allocation, body: Report, market_id: str) -> N
 
 
 def expire_silent(s: Session, *, now: datetime, timeout_s: float) -> list[int]:
-    """Nodes silent for ``timeout_s`` go offline; their reserved and running allocations are
-    lost (capacity released, hold voided, the job queued again). Returns those allocations."""
-    if not registry.silent_nodes(s, now=now, timeout_s=timeout_s):
+    """Nodes silent for ``timeout_s`` go offline; the reserved and running allocations of any
+    node whose agent is that silent (one that left included) are lost: capacity released,
+    hold voided, the job queued again. Returns those allocations."""
+    cutoff = now - timedelta(seconds=timeout_s)
+    stranded = (
+        select(Allocation)
+        .join(Node, Node.id == Allocation.node_id)
+        .where(
+            Node.agent.is_not(None),
+            Node.last_heartbeat_at < cutoff,
+            Allocation.state.in_((AllocationState.RESERVED, AllocationState.RUNNING)),
+        )
+    )
+    silent = registry.silent_nodes(s, now=now, timeout_s=timeout_s)
+    if not silent and s.execute(stranded.limit(1)).first() is None:
         return []  # the common case, read without the ledger's lock
     ledger = Ledger(s)
     ledger.lock()  # before the nodes' rows, as every writer of allocations takes them
-    silent = registry.mark_silent_nodes_offline(s, now=now, timeout_s=timeout_s)
-    lost = (
-        s.execute(
-            select(Allocation).where(
-                Allocation.node_id.in_(silent),
-                Allocation.state.in_((AllocationState.RESERVED, AllocationState.RUNNING)),
-            )
-        )
-        .scalars()
-        .all()
-    )
+    registry.mark_silent_nodes_offline(s, now=now, timeout_s=timeout_s)
+    lost = s.execute(stranded).scalars().all()
     for alloc in lost:
-        job = s.get(Job, alloc.job_id)
-        assert job is not None
-        reason = f"node {alloc.node_id} went silent (no heartbeat for {timeout_s:g} s)"
-        settlement.requeue(s, ledger, alloc, job, reason)
-        registry.record_outcome(s, alloc.node_id, node_fault=True)
+        _lose(
+            s, ledger, alloc, f"node {alloc.node_id} went silent (no heartbeat for {timeout_s:g} s)"
+        )
     return [a.id for a in lost]

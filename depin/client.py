@@ -430,9 +430,15 @@ class Client(LocalKeys):
 
     # -- running work --------------------------------------------------------------------------
     def driver(
-        self, *, kind: str = "scheduler", job_ids: Sequence[int] | None = None, launch: bool = True
+        self,
+        *,
+        kind: str = "scheduler",
+        job_ids: Sequence[int] | None = None,
+        launch: bool = True,
+        local_ray: bool = True,
     ) -> Driver:
-        """A driver that schedules, launches on Ray and settles (``depin scheduler run``).
+        """A driver that schedules, launches on Ray and settles (``depin scheduler run``);
+        without ``local_ray`` it runs nothing on this machine (see ``Driver``).
 
         Only a market this process holds can be driven: a remote one runs its own.
         """
@@ -444,7 +450,12 @@ class Client(LocalKeys):
                 "this market schedules its own jobs: a scheduler runs beside its database"
             )
         return Driver(
-            market, ray_address=self.settings.ray_address, kind=kind, job_ids=job_ids, launch=launch
+            market,
+            ray_address=self.settings.ray_address,
+            kind=kind,
+            job_ids=job_ids,
+            launch=launch,
+            local_ray=local_ray,
         )
 
     def wait(self, job_id: int, *, timeout_s: float | None = None) -> JobView:

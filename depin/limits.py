@@ -88,6 +88,9 @@ ALLOCATION_GRACE_S = 3600
 # saw (from the claim to the moment the outcome arrived), widened by this much each side
 # for clocks that disagree.
 RECEIPT_CLOCK_SKEW_S = 5
+# A run its owner cancelled is paid at most until this long after the cancel: time for its
+# node to hear it (a driver asks every STOP_POLL_S; an agent's long-poll hears it at once).
+CANCEL_STOP_S = 5
 
 # -- sizes ---------------------------------------------------------------------------------
 MAX_BATCH_JOBS = 20_000  # jobs one scheduling cycle plans at most

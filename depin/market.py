@@ -412,9 +412,15 @@ class Marketplace(AgentDesk):
         return commit
 
     def claim_reserved(
-        self, driver_id: str, *, limit: int = MAX_CLAIM_LAUNCHES, now: datetime | None = None
+        self,
+        driver_id: str,
+        *,
+        limit: int = MAX_CLAIM_LAUNCHES,
+        now: datetime | None = None,
+        ray_agents_only: bool = False,
     ) -> list[Launch]:
-        """Mark reserved allocations running and return what to launch."""
+        """Mark reserved allocations running and return what to launch (``ray_agents_only``:
+        only on nodes whose Ray-mode agents joined the operator's cluster)."""
         return self._tx(
             lambda s: settlement.claim(
                 s,
@@ -423,6 +429,7 @@ class Marketplace(AgentDesk):
                 keys_dir=self.settings.keys_dir,
                 limit=limit,
                 now=now or utcnow(),
+                ray_agents_only=ray_agents_only,
             )
         )
 

@@ -379,11 +379,12 @@ def pending_work(
     rows = s.execute(stmt.order_by(Job.id).limit(limit)).all()
     version = registry.version(s)
     pull: frozenset[int] = frozenset()
+    ray: frozenset[int] = frozenset()
     if nodes_version == version:
         offers, prices, free = None, {}, registry.free_capacity(s)
     else:
         (offers, prices), free = registry.offers_and_prices(s), None
-        pull = registry.pull_nodes(s)
+        pull, ray = registry.agent_nodes(s, "pull"), registry.agent_nodes(s, "ray")
     templates: dict[str, JobSpec] = {}  # jobs of one template parse it once
     jobs = []
     for r in rows:
@@ -393,4 +394,4 @@ def pending_work(
             base = templates[r.template_json] = JobSpec.model_validate(data)
         spec = base if base.name == r.name else base.model_copy(update={"name": r.name})
         jobs.append(PendingJob(r.id, r.account_id, r.hold_transfer_id, r.max_cost_micro_usd, spec))
-    return PendingWork(jobs, offers, prices, version, free, pull)
+    return PendingWork(jobs, offers, prices, version, free, pull, ray)

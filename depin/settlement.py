@@ -32,6 +32,7 @@ from depin.errors import ConflictError, NotFoundError
 from depin.ledger import Hold, Ledger
 from depin.lifecycle import end_job
 from depin.limits import (
+    CANCEL_STOP_S,
     ERROR_CHARS,
     MAX_REQUEUES,
     OUTPUT_TAIL_CHARS,
@@ -83,7 +84,14 @@ def specs_of(s: Session, job_ids: list[int]) -> dict[int, JobSpec]:
 
 
 def claim(
-    s: Session, *, driver_id: str, market_id: str, keys_dir: Path, limit: int, now: datetime
+    s: Session,
+    *,
+    driver_id: str,
+    market_id: str,
+    keys_dir: Path,
+    limit: int,
+    now: datetime,
+    ray_agents_only: bool = False,
 ) -> list[Launch]:
     """Mark reserved allocations running and return what to launch.
 
@@ -99,8 +107,11 @@ def claim(
         .where(
             Allocation.state == AllocationState.RESERVED,
             (Allocation.driver_id == driver_id) | Allocation.driver_id.is_(None),
-            # A pull agent's node takes its work over HTTP (``depin.agents``), not from Ray.
-            Node.agent.is_(None) | (Node.agent != "pull"),
+            # A pull agent's node takes its work over HTTP (``depin.agents``), not from Ray;
+            # a server for strangers launches only on its operator's Ray-mode agents' nodes.
+            (Node.agent == "ray")
+            if ray_agents_only
+            else Node.agent.is_(None) | (Node.agent != "pull"),
         )
         .order_by(Allocation.id)
         .limit(limit)
@@ -191,11 +202,17 @@ def _settle(
         except receipts.ReceiptError as exc:
             error = f"{error + '; ' if error else ''}provider not paid: {exc}"
         else:
-            started, ended = billable(usage, claimed_at, now)
+            # A cancelled run is paid until its node had time to stop it, however long after
+            # that it went on (or reported).
+            seen = now
+            if job.cancel_requested_at is not None:
+                stop_by = job.cancel_requested_at + timedelta(seconds=CANCEL_STOP_S)
+                seen = max(claimed_at, min(now, stop_by))
+            started, ended = billable(usage, claimed_at, seen)
             price, gpus = alloc.price_micro_usd_per_gpu_hour, alloc.gpus
             cost = usage_cost_micro(price, gpus, billed_ms(started, ended))
             used = min(hold.amount_micro_usd, cost)
-            alloc.dispute = _dispute(usage, claimed_at, now, started, ended)
+            alloc.dispute = _dispute(usage, claimed_at, seen, started, ended)
             _store_receipts(s, alloc.id, usage_json, outcome, usage.key_id, facts, keys)
             verified = True
     _pay(s, ledger, hold, used, alloc, job)

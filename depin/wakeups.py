@@ -8,6 +8,7 @@ poll interval, never a lost job.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 
@@ -22,16 +23,24 @@ class Wakeups:
         self._changed = threading.Condition()
         self._seq: dict[str, int] = {JOBS: 0, WORK: 0}
         self.closed = False  # the process is stopping: waiters return at once
+        # Event-loop waiters (a server's held requests): woken without holding a thread.
+        self._async: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     def close(self) -> None:
         with self._changed:
             self.closed = True
             self._changed.notify_all()
+            self._wake_async()
+
+    def _wake_async(self) -> None:
+        for loop, event in self._async:
+            loop.call_soon_threadsafe(event.set)
 
     def notify(self, topic: str) -> None:
         with self._changed:
             self._seq[topic] += 1
             self._changed.notify_all()
+            self._wake_async()
 
     def seq(self, topic: str) -> int:
         with self._changed:
@@ -43,6 +52,23 @@ class Wakeups:
             return self._changed.wait_for(
                 lambda: self.closed or self._seq[topic] != since, timeout_s
             )
+
+    async def wait_async(self, topic: str, since: int, timeout_s: float) -> bool:
+        """``wait`` for an event loop: no thread is held while it waits."""
+        event = asyncio.Event()
+        waiter = (asyncio.get_running_loop(), event)
+        with self._changed:
+            if self.closed or self._seq[topic] != since:
+                return True
+            self._async.add(waiter)
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            with self._changed:
+                self._async.discard(waiter)
+        return self.closed or self.seq(topic) != since
 
     def sleeper(self, topic: str) -> Callable[[float], None]:
         """A ``time.sleep`` stand-in that returns early when ``topic`` moves."""

@@ -208,9 +208,10 @@ def silent_nodes(
     )
 
 
-def pull_nodes(session: Session) -> frozenset[int]:
-    """Nodes whose agents pull their work over HTTP: no Ray driver launches on them."""
-    return frozenset(session.execute(select(Node.id).where(Node.agent == "pull")).scalars())
+def agent_nodes(session: Session, mode: str) -> frozenset[int]:
+    """Nodes whose agents serve them in ``mode``: "pull" (no Ray driver launches on them),
+    or "ray" (their raylets joined the operator's cluster)."""
+    return frozenset(session.execute(select(Node.id).where(Node.agent == mode)).scalars())
 
 
 _TAKE = (

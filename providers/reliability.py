@@ -57,9 +57,10 @@ def after_heartbeat(record: Record, *, gap_s: float | None, interval_s: float) -
 
 def _missed_beats(gap_s: float, interval_s: float) -> int:
     # Up to one and a half intervals is on time: agents' timers and networks jitter.
-    if not math.isfinite(gap_s) or interval_s <= 0:
-        return 0
-    return min(MAX_MISSED_BEATS, max(0, math.floor(gap_s / interval_s - 0.5)))
+    beats = gap_s / interval_s if interval_s > 0 else math.inf
+    if not math.isfinite(beats):
+        return MAX_MISSED_BEATS if beats > 0 else 0
+    return min(MAX_MISSED_BEATS, max(0, math.floor(beats - 0.5)))
 
 
 def _unit(value: float) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from depin.errors import ConflictError, ForbiddenError, InputError
 from depin.keys import load_private
@@ -225,4 +226,89 @@ def test_a_cancelled_running_job_is_named_to_its_agent_and_paid_for_its_time(
     view = world.client.job(work.job_id)
     assert view.state is JobState.CANCELLED
     assert view.allocation is not None and (view.allocation.cost_micro_usd or 0) > 0
+    assert world.client.verify_ledger().ok
+
+
+def test_an_agent_that_restarted_and_no_longer_lists_a_run_loses_it(world: World) -> None:
+    work = take(world)
+    accept(world, work)
+    beat(world, "tokyo-l4")  # its acceptance may still be on its way: not yet counted
+    assert world.client.job(work.job_id).state is JobState.RUNNING
+    beat(world, "tokyo-l4")  # accepted before the previous beat, and still not listed
+    view = world.client.job(work.job_id)
+    assert view.state is JobState.PENDING and view.allocations[0].state is AllocationState.LOST
+    assert world.client.verify_ledger().ok
+
+
+def test_an_acceptance_sent_again_is_taken_once(world: World) -> None:
+    work = take(world)
+    accept(world, work)
+    accept(world, work)  # the first answer was lost: the retry succeeds, nothing changes
+    assert world.client.job(work.job_id).state is JobState.RUNNING
+    assert world.client.verify_ledger().ok
+
+
+def test_an_offline_node_cannot_take_work(world: World) -> None:
+    work = take(world)
+    market(world).node_heartbeat(
+        work.facts.node_id, NodeReport(gpus=4, interval_s=1.0, leaving=True)
+    )
+    with pytest.raises(ConflictError):
+        accept(world, work)
+
+
+def test_an_agent_that_leaves_gives_back_what_was_reserved_for_it(world: World) -> None:
+    work = take(world)
+    market(world).node_heartbeat(
+        work.facts.node_id, NodeReport(gpus=4, interval_s=1.0, leaving=True)
+    )
+    view = world.client.job(work.job_id)
+    assert view.state is JobState.PENDING and view.allocations[0].state is AllocationState.LOST
+    assert world.client.verify_ledger().ok
+
+
+def test_a_run_on_a_node_that_left_and_never_reported_is_lost_after_the_ttl(
+    world: World,
+) -> None:
+    work = take(world)
+    accept(world, work)
+    market(world).node_heartbeat(
+        work.facts.node_id,
+        NodeReport(gpus=4, interval_s=1.0, leaving=True, running=[work.allocation_id]),
+    )
+    assert silence(world) == [work.allocation_id]  # its agent crashed before reporting
+    assert world.client.job(work.job_id).state is JobState.PENDING
+
+
+def test_a_heartbeat_naming_an_id_no_database_holds_is_refused_as_input() -> None:
+    with pytest.raises(ValidationError):
+        NodeReport(gpus=1, interval_s=1.0, running=[2**64])
+    with pytest.raises(ValidationError):
+        NodeReport(gpus=1, interval_s=5e-324)
+
+
+def test_a_cancelled_run_is_paid_only_until_its_node_had_time_to_stop_it(world: World) -> None:
+    """Claimed 3000 s ago, cancelled 10 s after that; the receipt claims all 3000 s."""
+    from depin.db.models import Allocation, Job
+    from depin.limits import CANCEL_STOP_S, RECEIPT_CLOCK_SKEW_S
+    from depin.money import usage_cost_micro
+
+    work = take(world)
+    accept(world, work)
+    world.client.cancel(work.job_id)
+    now = datetime.now(UTC)
+    with market(world).sessions() as s, s.begin():
+        s.get(Allocation, work.allocation_id).claimed_at = now - timedelta(seconds=3000)  # type: ignore[union-attr]
+        s.get(Job, work.job_id).cancel_requested_at = now - timedelta(seconds=2990)  # type: ignore[union-attr]
+    market(world).report_allocation(
+        work.facts.node_id, work.allocation_id, report(world, work, exit_code=-9, seconds=3000)
+    )
+    alloc = world.client.job(work.job_id).allocations[0]
+    most_s = 10 + CANCEL_STOP_S + 2 * RECEIPT_CLOCK_SKEW_S
+    assert (
+        0
+        < (alloc.cost_micro_usd or 0)
+        <= usage_cost_micro(alloc.price_micro_usd_per_gpu_hour, alloc.gpus, most_s * 1000)
+    )
+    assert alloc.dispute is not None  # the receipt claimed more than was paid
     assert world.client.verify_ledger().ok

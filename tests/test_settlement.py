@@ -193,6 +193,17 @@ def test_a_cancelled_run_is_paid_for_its_time_and_audited_like_any_other(world: 
 
     launch = world.claimed(at=T0)
     world.client.cancel(launch.job_id)  # running: its drivers stop it, then it is settled
+    with world.client.market.engine.begin() as conn:  # type: ignore[attr-defined]
+        cancelled_at = T0 + timedelta(seconds=8)  # in the run's own time
+        conn.execute(
+            text("UPDATE jobs SET cancel_requested_at = :at WHERE id = :id"),
+            {
+                "at": cancelled_at.replace(tzinfo=None)
+                if world.client.settings.is_sqlite
+                else cancelled_at,
+                "id": launch.job_id,
+            },
+        )
     world.client.market.finish(ended(launch, 10, start=T0), now=T0 + timedelta(seconds=10))
     view = world.client.job(launch.job_id)
     assert view.state == JobState.CANCELLED

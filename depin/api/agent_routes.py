@@ -14,8 +14,9 @@ carries the allocation's fence token, which the market checks.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 import orjson
@@ -26,7 +27,7 @@ from fastapi.responses import StreamingResponse
 from depin.api import wire
 from depin.api.auth import Caller
 from depin.api.routes import BODY, FOUND, INPUT, SIGNED, JobId, Market, NodeId, Signed, errors
-from depin.limits import LONG_POLL_MAX_S
+from depin.limits import LONG_POLL_CHECK_S, LONG_POLL_MAX_S
 from depin.market import Marketplace
 from depin.runtime.agentwire import (
     Acceptance,
@@ -38,6 +39,7 @@ from depin.runtime.agentwire import (
     WorkReply,
 )
 from depin.views import LogPage
+from depin.wakeups import WORK
 
 router = APIRouter(tags=["agents"])
 AllocationId = Annotated[int, Path(ge=1, le=wire.MAX_ID)]
@@ -71,14 +73,28 @@ async def work(
     caller: Signed,
     wait_s: Annotated[float, Query(ge=0, le=LONG_POLL_MAX_S)] = 0.0,
 ) -> WorkReply:
-    """Allocations reserved on the node, held open up to ``wait_s`` until there are any."""
+    """Allocations reserved on the node, held open up to ``wait_s`` until there are any.
 
-    def held() -> WorkReply:
+    The request waits on the event loop, not in a thread: a held long-poll costs an event,
+    and a reservation (or a cancel) in this process wakes it at once. It looks again every
+    ``LONG_POLL_CHECK_S`` for what other processes did, and gives up when the agent hangs up.
+    """
+
+    def first() -> WorkReply:
         _speaks_for(request, market, caller, node_id)
         market.record_nonce(caller.nonce)  # a signed read spends its nonce first
-        return market.agent_work(node_id, wait_s=wait_s)
+        return market.agent_work(node_id)
 
-    return await run_in_threadpool(held)  # a thread: the event loop never waits on the database
+    reply = await run_in_threadpool(first)
+    deadline = time.monotonic() + wait_s
+    while not (reply.work or reply.stop or market.wakeups.closed):
+        left_s = deadline - time.monotonic()
+        if left_s <= 0 or await request.is_disconnected():
+            break
+        seen = market.wakeups.seq(WORK)
+        await market.wakeups.wait_async(WORK, seen, min(left_s, LONG_POLL_CHECK_S))
+        reply = await run_in_threadpool(lambda: market.agent_work(node_id))
+    return reply
 
 
 @router.post(wire.ALLOCATION_ACCEPTANCE, status_code=204, responses=errors(SIGNED, BODY, FOUND))
@@ -124,7 +140,7 @@ def report(
 
 
 @router.get(wire.JOB_LOGS, tags=["jobs"], responses=errors(SIGNED, INPUT, FOUND))
-def logs(
+async def logs(
     job_id: JobId,
     market: Market,
     caller: Signed,
@@ -133,21 +149,27 @@ def logs(
 ) -> LogPage:
     """The job's output after cursor ``after``; with ``follow``, a stream of JSON lines (one
     per page of output) that ends when the job has ended and all of it has been sent."""
-    caller.must_own_job(market.job_owner(job_id), job_id)
-    market.record_nonce(caller.nonce)
-    if not follow:
+
+    def first() -> LogPage:
+        caller.must_own_job(market.job_owner(job_id), job_id)
+        market.record_nonce(caller.nonce)
         return market.job_logs(job_id, after_id=after)
 
-    def pages() -> Iterator[bytes]:
+    page = await run_in_threadpool(first)
+    if not follow:
+        return page
+
+    async def pages() -> AsyncIterator[bytes]:
+        # On the event loop between reads: a quiet job's follower holds no thread.
         cursor, deadline = after, time.monotonic() + FOLLOW_MAX_S
         while time.monotonic() < deadline:
-            page = market.job_logs(job_id, after_id=cursor)
+            page = await run_in_threadpool(market.job_logs, job_id, after_id=cursor)
             if page.chunks or page.done:
                 yield orjson.dumps(page.to_dict()) + b"\n"
             if page.done:
                 return
             cursor = page.next_after
             if not page.chunks:
-                time.sleep(FOLLOW_POLL_S)
+                await asyncio.sleep(FOLLOW_POLL_S)
 
     return StreamingResponse(pages(), media_type="application/x-ndjson")  # type: ignore[return-value]

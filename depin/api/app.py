@@ -100,9 +100,12 @@ class SchedulerTask:
     launcher (``depin scheduler run --no-launch``), and this process never starts Ray.
     """
 
-    def __init__(self, market: Marketplace, *, launch: bool = True) -> None:
+    def __init__(
+        self, market: Marketplace, *, launch: bool = True, local_ray: bool = False
+    ) -> None:
         self.market = market
         self.launch = launch
+        self.local_ray = local_ray
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -132,6 +135,7 @@ class SchedulerTask:
             ray_address=self.market.settings.ray_address,
             launch=self.launch,
             idle=self.market.wakeups.sleeper(JOBS),  # a submission starts the next cycle
+            local_ray=self.local_ray,
         )
         try:
             driver.run(until=self._stop.is_set)
@@ -149,12 +153,15 @@ def create_app(
     *,
     scheduler: bool = False,
     launch: bool = True,
+    local_ray: bool = False,
     limiter: RateLimiter | None = None,
     address_limiter: RateLimiter | None = None,
 ) -> FastAPI:
     """The market's HTTP API; with ``scheduler`` the app also runs the scheduler loop (which
-    launches on Ray unless ``launch`` is off)."""
-    task = SchedulerTask(market, launch=launch) if scheduler else None
+    launches on Ray unless ``launch`` is off). Strangers' jobs never run on this machine:
+    only with ``local_ray`` (one operator's own demo) does a node without an agent get its
+    work from a Ray instance here."""
+    task = SchedulerTask(market, launch=launch, local_ray=local_ray) if scheduler else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

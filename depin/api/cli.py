@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from depin.api.server import ENV_LOCAL_RAY
 from depin.limits import LONG_POLL_CHECK_S
 
 # How long a stopping server lets requests in flight finish: agents' held long-polls are
@@ -27,13 +28,21 @@ GRACEFUL_SHUTDOWN_S = max(1, round(2 * LONG_POLL_CHECK_S))
     "allocations wait for a launcher (as `scheduler run --no-launch`).",
 )
 @click.option(
+    "--local-ray",
+    is_flag=True,
+    help="Run the work of nodes that have no agent on a Ray instance on this machine: for "
+    "one operator's own demo, never for strangers (their code would run beside your keys).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
     help="API processes; with more than one the scheduler runs as a process of its own.",
 )
-def serve(host: str, port: int, no_scheduler: bool, no_launch: bool, workers: int) -> None:
+def serve(
+    host: str, port: int, no_scheduler: bool, no_launch: bool, local_ray: bool, workers: int
+) -> None:
     """Serve the market's HTTP API (FastAPI on uvicorn) until SIGTERM or Ctrl-C.
 
     Configuration is as for every command (DEPIN_HOME, DEPIN_DATABASE_URL,
@@ -47,6 +56,7 @@ def serve(host: str, port: int, no_scheduler: bool, no_launch: bool, workers: in
     signal.signal(signal.SIGTERM, _exit_0)
 
     os.environ.pop("DEPIN_API_URL", None)  # this process is the market, not its client
+    os.environ[ENV_LOCAL_RAY] = "1" if local_ray else "0"  # read by the app in each worker
     with Client() as client:
         info = client.init()
     click.echo(
@@ -67,7 +77,9 @@ def serve(host: str, port: int, no_scheduler: bool, no_launch: bool, workers: in
     scheduler = None
     if not no_scheduler:  # one loop for all the workers, in a process of its own
         launch = ["--no-launch"] if no_launch else []
-        scheduler = subprocess.Popen([sys.executable, "-m", "cli", "scheduler", "run", *launch])
+        local = [] if local_ray else ["--no-local-ray"]
+        argv = [sys.executable, "-m", "cli", "scheduler", "run", *launch, *local]
+        scheduler = subprocess.Popen(argv)
     try:
         uvicorn.run(
             "depin.api.server:app",

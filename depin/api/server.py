@@ -20,6 +20,9 @@ from depin.market import Marketplace
 # requests (``depin bench api`` raises the latter: all its clients share one loopback).
 ENV_RATE_PER_KEY = "DEPIN_API_RATE_PER_KEY"
 ENV_RATE_PER_ADDRESS = "DEPIN_API_RATE_PER_ADDRESS"
+# Set by ``depin serve --local-ray``: nodes without an agent run their work on a Ray
+# instance on this machine (one operator's demo; never a market of strangers).
+ENV_LOCAL_RAY = "DEPIN_SERVE_LOCAL_RAY"
 
 
 def _limiter(env: str, default: float) -> auth.RateLimiter:
@@ -38,6 +41,7 @@ def _app(scheduler: bool, launch: bool = True) -> FastAPI:
         Marketplace(Settings.from_env(), group_commit=True),
         scheduler=scheduler,
         launch=launch,
+        local_ray=os.environ.get(ENV_LOCAL_RAY) == "1",
         limiter=_limiter(ENV_RATE_PER_KEY, auth.RATE_PER_S),
         address_limiter=_limiter(ENV_RATE_PER_ADDRESS, auth.ADDRESS_RATE_PER_S),
     )

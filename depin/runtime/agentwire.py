@@ -11,7 +11,7 @@ the receipts, what it saw itself).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,6 +19,7 @@ from depin.limits import LOG_CHUNK_BYTES, OUTPUT_TAIL_CHARS
 from depin.receipts import AllocationFacts
 
 MAX_REPORTED = 1024  # allocation ids one heartbeat may list
+MAX_ID = 2**63 - 1  # ids are signed 64-bit database keys
 MAX_RECEIPT_CHARS = 16_384  # a DSSE receipt is well under 2 kB
 FENCE_PATTERN = r"^[0-9a-f]{32}$"
 Fence = Field(pattern=FENCE_PATTERN)
@@ -35,8 +36,10 @@ class NodeReport(_Message):
     gpus: int = Field(ge=0, le=1024)  # what the machine has (or simulates)
     gpu_model: str | None = Field(default=None, max_length=64)
     simulated: bool = False
-    interval_s: float = Field(gt=0, le=3600)  # how often it heartbeats
-    running: list[int] = Field(default_factory=list, max_length=MAX_REPORTED)
+    interval_s: float = Field(ge=0.1, le=3600)  # how often it heartbeats
+    running: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(
+        default_factory=list, max_length=MAX_REPORTED
+    )
     leaving: bool = False  # the agent is stopping: place nothing more here
 
 

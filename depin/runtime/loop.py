@@ -52,7 +52,7 @@ class CycleMarket(Protocol):
         self, work: PendingWork, result: Plan, *, driver_id: str | None
     ) -> CycleCommit: ...
 
-    def claim_reserved(self, driver_id: str) -> list[Launch]: ...
+    def claim_reserved(self, driver_id: str, *, ray_agents_only: bool = False) -> list[Launch]: ...
 
     def finish(self, outcome: Outcome) -> None: ...
 
@@ -100,9 +100,13 @@ class Driver:
         heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
         reconcile_interval_s: float = RECONCILE_INTERVAL_S,
         idle: Callable[[float], None] = time.sleep,
+        local_ray: bool = True,
     ) -> None:
         """``idle`` waits between cycles when there is nothing to do: a server passes one
-        that a submission cuts short (``depin.wakeups``)."""
+        that a submission cuts short (``depin.wakeups``). Without ``local_ray`` (a server
+        for strangers) nothing runs on this machine: only nodes whose Ray-mode agents
+        joined the cluster at ``ray_address`` get work from Ray, and nodes with no agent
+        none at all (they wait for one)."""
         self.market = market
         self.executor = executor or RayExecutor(ray_address)
         self.kind = kind
@@ -123,6 +127,8 @@ class Driver:
         self._last_stop_check = 0.0
         self._last_node_check = 0.0
         self._pull_nodes: frozenset[int] = frozenset()  # their agents pull work: not Ray's
+        self._ray_nodes: frozenset[int] = frozenset()  # their raylets joined the cluster
+        self.local_ray = local_ray
         # Nodes Ray just lost work on, until the market has had time to see them silent: Ray
         # still lists a dead raylet's resource until its health checks run, and the market
         # keeps the node active until TTL + grace, so the job would go straight back there.
@@ -136,18 +142,22 @@ class Driver:
         report = CycleReport()
         snap, work = self._refresh()
         report.pending = len(work.job_ids)
-        node_gpus = {
-            n: g
-            for n, g in zip(snap.node_id.tolist(), snap.gpus_total.tolist(), strict=True)
-            if n not in self._pull_nodes
-        }
+        every = dict(zip(snap.node_id.tolist(), snap.gpus_total.tolist(), strict=True))
+        node_gpus = {n: g for n, g in every.items() if self._rays(n)}  # what Ray may launch on
         self.executor.restart_if_idle(node_gpus)
         if work.job_ids:
             # Nodes Ray cannot reach yet are busy, not gone: jobs wait for them.
             reachable = self.executor.reachable(list(node_gpus))
             now = time.monotonic()
             self._suspect = {n: until for n, until in self._suspect.items() if until > now}
-            snap.block([n for n in node_gpus if n not in reachable or n in self._suspect])
+            # Nodes nobody here may launch on wait for an agent (unless a launcher elsewhere
+            # takes what this driver only reserves).
+            unserved = [
+                n for n in every if self.launch and n not in node_gpus and n not in self._pull_nodes
+            ]
+            snap.block(
+                [n for n in node_gpus if n not in reachable or n in self._suspect] + unserved
+            )
             work = replace(work, price_micro=self._prices)
             # Reserved for this driver to launch, or (with launch off) for any launcher.
             owner = self.driver_id if self.launch else None
@@ -155,7 +165,9 @@ class Driver:
                 self.market, work, snap, mode=self.mode, driver_id=owner
             ).commit
         if self.launch and node_gpus:  # a fleet of pull agents only: nothing for Ray to claim
-            launches = self.market.claim_reserved(self.driver_id)
+            launches = self.market.claim_reserved(
+                self.driver_id, ray_agents_only=not self.local_ray
+            )
             if launches:
                 self.executor.start(node_gpus)
             for item in launches:
@@ -204,6 +216,14 @@ class Driver:
         self._last_stop_check = now
         with contextlib.suppress(DatabaseError):  # asked again at the next check
             self.executor.stop(self.market.cancellations(self.driver_id))
+
+    def _rays(self, node_id: int) -> bool:
+        """Whether this driver launches the node's work on Ray."""
+        if node_id in self._pull_nodes:
+            return False
+        if self.local_ray:
+            return True
+        return self.executor.address is not None and node_id in self._ray_nodes
 
     def check_nodes_if_due(self) -> list[int]:
         """Every ``NODE_CHECK_INTERVAL_S``: nodes silent past TTL + grace go offline, and their
@@ -287,7 +307,7 @@ class Driver:
             assert work.offers is not None
             self._snapshot = Snapshot(work.offers)
             self._nodes_version, self._prices = work.nodes_version, work.price_micro
-            self._pull_nodes = work.pull_nodes
+            self._pull_nodes, self._ray_nodes = work.pull_nodes, work.ray_nodes
         else:
             assert work.free is not None
             self._snapshot.set_free(*work.free)

@@ -36,6 +36,7 @@ class PendingWork:
     nodes_version: int = 0
     free: tuple[list[int], list[int]] | None = None
     pull_nodes: frozenset[int] = frozenset()  # nodes whose agents pull work (read with offers)
+    ray_nodes: frozenset[int] = frozenset()  # nodes whose agents' raylets joined the cluster
 
     @property
     def job_ids(self) -> list[int]:

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from depin.api import problems, wire
 from depin.api.signing import Ed25519Auth
-from depin.errors import RemoteError
+from depin.errors import RateLimitedError, RemoteError
 from depin.limits import HTTP_CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S, LONG_POLL_MAX_S
 from depin.runtime.agentwire import (
     Acceptance,
@@ -76,7 +76,10 @@ class HttpCoordinator:
 
     def node_heartbeat(self, node_id: int, report: NodeReport) -> HeartbeatReply:
         path = wire.NODE_HEARTBEAT.format(node_id=node_id)
-        return self._send("POST", path, HeartbeatReply, body=report)
+        # A beat that cannot arrive within an interval or so is a missed beat, not one to wait
+        # a long-poll's timeout for: the agent counts its silence from beats that arrived.
+        timeout = httpx.Timeout(max(2.0, 2 * report.interval_s), connect=HTTP_CONNECT_TIMEOUT_S)
+        return self._send("POST", path, HeartbeatReply, body=report, timeout=timeout)
 
     def agent_work(self, node_id: int, *, wait_s: float = 0.0) -> WorkReply:
         path = wire.NODE_WORK.format(node_id=node_id)
@@ -103,6 +106,7 @@ class HttpCoordinator:
         body: BaseModel | None = None,
         params: dict[str, Any] | None = None,
         signed: bool = True,
+        timeout: httpx.Timeout | None = None,
     ) -> Any:
         """One request; a refusal comes back as the market's own error class and line."""
         try:
@@ -113,6 +117,7 @@ class HttpCoordinator:
                 content=None if body is None else body.model_dump_json(),
                 headers={"content-type": "application/json"} if body is not None else None,
                 auth=self._auth if signed else None,
+                timeout=timeout if timeout is not None else self.http.timeout,
             )
         except httpx.TransportError as exc:
             raise RemoteError(f"cannot reach the market at {self.url}: {exc}") from exc
@@ -135,11 +140,17 @@ def _json(response: httpx.Response) -> Any:
 
 
 def retry(call: Any, *, attempts: int, backoff_s: float, until: float | None = None) -> Any:
-    """``call()`` until it returns, on ``RemoteError`` (the coordinator away) at most
-    ``attempts`` times, doubling the sleep; other errors (a refusal) pass at once."""
+    """``call()`` until it returns, on ``RemoteError`` (the coordinator away) or a rate limit
+    (after the wait it names) at most ``attempts`` times, doubling the sleep; other errors
+    (a refusal) pass at once."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
+        except RateLimitedError as exc:
+            if attempt == attempts:
+                raise
+            time.sleep(min(30.0, max(exc.retry_after_s, backoff_s)))
+            continue
         except RemoteError:
             if attempt == attempts or (until is not None and time.monotonic() > until):
                 raise

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from depin.errors import ConflictError, DepinError
-from depin.limits import AGENT_HEARTBEAT_INTERVAL_S, NODE_GRACE_S, NODE_TTL_S
+from depin.limits import AGENT_HEARTBEAT_INTERVAL_S, NODE_TTL_S
 from depin.receipts import sign_acceptance, sign_usage
 from depin.runtime.agentwire import Acceptance, LogChunk, NodeReport, Report, Work
 from depin.runtime.process import run_command
@@ -77,7 +77,7 @@ class PullAgent:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._free_gpus = list(range(machine.gpus))
-        self._silence_limit_s = NODE_TTL_S + NODE_GRACE_S
+        self._silence_limit_s = NODE_TTL_S
         self._last_contact = time.monotonic()
         self.fatal: DepinError | None = None  # a refusal that ends the agent
 
@@ -113,8 +113,10 @@ class PullAgent:
                 return
             self._stop(reply.stop, "stopped: its owner cancelled the job")
             started = [self._start(w) for w in reply.work]
-            if reply.work and not any(started):
-                stopping.wait(IDLE_POLL_S)  # all on offer is running or waits for GPUs here
+            if not any(started):
+                # Nothing new: what it names runs here already, is being stopped, or waits
+                # for GPUs; asking again at once would spin until that changes.
+                stopping.wait(IDLE_POLL_S)
 
     def _leave(self) -> None:
         """Tell the coordinator the node goes now, so nothing more is placed on it."""
@@ -135,9 +137,12 @@ class PullAgent:
             running=running,
             leaving=leaving,
         )
+        sent = time.monotonic()
         reply = self.coordinator.node_heartbeat(self.node_id, report)
-        self._last_contact = time.monotonic()
-        self._silence_limit_s = reply.ttl_s + reply.grace_s
+        # Counted from when the beat was sent, and to the TTL alone: the agent stops its jobs
+        # before the market (TTL + grace from the beat's arrival) gives them to another node.
+        self._last_contact = sent
+        self._silence_limit_s = reply.ttl_s
         self._stop(reply.stop, "stopped: the market no longer runs it here")
 
     def _beat(self, stopping: threading.Event) -> None:

@@ -230,7 +230,7 @@ def test_serve_runs_a_job_on_ray_and_stops_on_sigterm(tmp_path: Path) -> None:
     # The whole path in one server: its loop reserves, starts a Ray instance of its own
     # (RAY_ADDRESS=local: never another test's), runs the job and settles it. The node signs
     # receipts with its provider's key from the server's keys/, as in the embedded demo.
-    with serving(tmp_path / "server", ray_address="local") as served:
+    with serving(tmp_path / "server", "--local-ray", ray_address="local") as served:
         with remote(served, tmp_path / "client") as client:
             client.new_key("acme")
             for path in client.settings.keys_dir.glob("acme.*"):
@@ -244,6 +244,20 @@ def test_serve_runs_a_job_on_ray_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert code == 0, served.output()
     assert took_s < STOP_TIMEOUT_S
     assert not scheduler_alive(served)
+
+
+def test_serve_runs_no_strangers_job_on_its_own_machine(tmp_path: Path) -> None:
+    """Without --local-ray, a node with no agent gets no work: nothing runs beside the
+    coordinator's keys and database (the job waits for the node's agent)."""
+    with serving(tmp_path / "server") as served:
+        with remote(served, tmp_path / "client") as client:
+            job_id = open_market(client)
+            time.sleep(2.0)  # several scheduler cycles
+            view = client.job(job_id)
+            assert view.state is JobState.PENDING and not view.allocations
+            assert any("busy" in r or "wait" in r for r in view.reasons), view.reasons
+        code, _ = served.stop()
+    assert code == 0, served.output()
 
 
 # -- two servers, one PostgreSQL -----------------------------------------------------------
