@@ -24,10 +24,15 @@ from depin.runtime.agentwire import (
     WorkReply,
 )
 from depin.transactions import Transactions
+from providers import registry
 
 
 class AgentDesk(Transactions):
     """What node agents ask of the market (and ``depin job logs``, which reads what they sent)."""
+
+    def heartbeat(self, node_id: int) -> None:
+        """The node is alive (an agent that says nothing more of itself)."""
+        self._tx(lambda s: registry.heartbeat(s, node_id))
 
     def node_heartbeat(
         self, node_id: int, report: NodeReport, *, nonce: SeenNonce | None = None

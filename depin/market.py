@@ -206,9 +206,6 @@ class Marketplace(AgentDesk):
     def node(self, node_id: int) -> views.NodeView:
         return self._read(lambda s: views.node_view(s, node_id))
 
-    def heartbeat(self, node_id: int) -> None:
-        self._tx(lambda s: registry.heartbeat(s, node_id))
-
     def offers(self) -> list[Offer]:
         return self._read(registry.offers)
 
@@ -421,14 +418,15 @@ class Marketplace(AgentDesk):
     ) -> list[Launch]:
         """Mark reserved allocations running and return what to launch (``ray_agents_only``:
         only on nodes whose Ray-mode agents joined the operator's cluster)."""
+        at, keys_dir, market_id = now or utcnow(), self.settings.keys_dir, self.market_id
         return self._tx(
             lambda s: settlement.claim(
                 s,
                 driver_id=driver_id,
-                market_id=self.market_id,
-                keys_dir=self.settings.keys_dir,
+                market_id=market_id,
+                keys_dir=keys_dir,
                 limit=limit,
-                now=now or utcnow(),
+                now=at,
                 ray_agents_only=ray_agents_only,
             )
         )
