@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from depin import receipts, settlement
@@ -296,12 +296,9 @@ def _keep_late(s: Session, alloc: Allocation, body: Report, market_id: str) -> N
         )
 
 
-def expire_silent(s: Session, *, now: datetime, timeout_s: float) -> list[int]:
-    """Nodes silent for ``timeout_s`` go offline; the reserved and running allocations of any
-    node whose agent is that silent (one that left included) are lost: capacity released,
-    hold voided, the job queued again. Returns those allocations."""
-    cutoff = now - timedelta(seconds=timeout_s)
-    stranded = (
+def _stranded(cutoff: datetime) -> Select[tuple[Allocation]]:
+    """Reserved and running allocations on nodes whose agents are silent since ``cutoff``."""
+    return (
         select(Allocation)
         .join(Node, Node.id == Allocation.node_id)
         .where(
@@ -310,15 +307,28 @@ def expire_silent(s: Session, *, now: datetime, timeout_s: float) -> list[int]:
             Allocation.state.in_((AllocationState.RESERVED, AllocationState.RUNNING)),
         )
     )
-    silent = registry.silent_nodes(s, now=now, timeout_s=timeout_s)
-    if not silent and s.execute(stranded.limit(1)).first() is None:
-        return []  # the common case, read without the ledger's lock
+
+
+def anything_silent(s: Session, *, now: datetime, timeout_s: float) -> bool:
+    """Whether ``expire_silent`` has anything to do: a read, so the common answer (no)
+    costs no write transaction."""
+    if registry.silent_nodes(s, now=now, timeout_s=timeout_s):
+        return True
+    cutoff = now - timedelta(seconds=timeout_s)
+    return s.execute(_stranded(cutoff).limit(1)).first() is not None
+
+
+def expire_silent(s: Session, *, now: datetime, timeout_s: float) -> list[int]:
+    """Nodes silent for ``timeout_s`` go offline; the reserved and running allocations of any
+    node whose agent is that silent (one that left included) are lost: capacity released,
+    hold voided, the job queued again. Returns those allocations."""
+    if not anything_silent(s, now=now, timeout_s=timeout_s):
+        return []
     ledger = Ledger(s)
     ledger.lock()  # before the nodes' rows, as every writer of allocations takes them
     registry.mark_silent_nodes_offline(s, now=now, timeout_s=timeout_s)
-    lost = s.execute(stranded).scalars().all()
+    lost = s.execute(_stranded(now - timedelta(seconds=timeout_s))).scalars().all()
     for alloc in lost:
-        _lose(
-            s, ledger, alloc, f"node {alloc.node_id} went silent (no heartbeat for {timeout_s:g} s)"
-        )
+        why = f"node {alloc.node_id} went silent (no heartbeat for {timeout_s:g} s)"
+        _lose(s, ledger, alloc, why)
     return [a.id for a in lost]

@@ -24,23 +24,29 @@ class Wakeups:
         self._seq: dict[str, int] = {JOBS: 0, WORK: 0}
         self.closed = False  # the process is stopping: waiters return at once
         # Event-loop waiters (a server's held requests): woken without holding a thread.
-        self._async: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._async: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {
+            JOBS: set(),
+            WORK: set(),
+        }
 
     def close(self) -> None:
         with self._changed:
             self.closed = True
             self._changed.notify_all()
-            self._wake_async()
+            for topic in self._async:
+                self._wake_async(topic)
 
-    def _wake_async(self) -> None:
-        for loop, event in self._async:
+    def _wake_async(self, topic: str) -> None:
+        # Only this topic's waiters: a submission must not send every held long-poll to the
+        # database just as the scheduler reads it.
+        for loop, event in self._async[topic]:
             loop.call_soon_threadsafe(event.set)
 
     def notify(self, topic: str) -> None:
         with self._changed:
             self._seq[topic] += 1
             self._changed.notify_all()
-            self._wake_async()
+            self._wake_async(topic)
 
     def seq(self, topic: str) -> int:
         with self._changed:
@@ -60,14 +66,14 @@ class Wakeups:
         with self._changed:
             if self.closed or self._seq[topic] != since:
                 return True
-            self._async.add(waiter)
+            self._async[topic].add(waiter)
         try:
             await asyncio.wait_for(event.wait(), timeout_s)
         except TimeoutError:
             pass
         finally:
             with self._changed:
-                self._async.discard(waiter)
+                self._async[topic].discard(waiter)
         return self.closed or self.seq(topic) != since
 
     def sleeper(self, topic: str) -> Callable[[float], None]:
