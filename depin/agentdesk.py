@@ -35,15 +35,18 @@ class AgentDesk(Transactions):
         self._tx(lambda s: registry.heartbeat(s, node_id))
 
     def node_heartbeat(
-        self, node_id: int, report: NodeReport, *, nonce: SeenNonce | None = None
+        self,
+        node_id: int,
+        report: NodeReport,
+        *,
+        nonce: SeenNonce | None = None,
+        now: datetime | None = None,
     ) -> HeartbeatReply:
         """An agent is alive and says what its machine has and runs; the reply names what to
         stop and the coordinator's TTL and grace."""
-        ttl_s, grace_s = self.settings.node_ttl_s, self.settings.node_grace_s
+        ttl_s, grace_s, at = self.settings.node_ttl_s, self.settings.node_grace_s, now or utcnow()
         return self._tx(
-            lambda s: agents.heartbeat(
-                s, node_id, report, now=utcnow(), ttl_s=ttl_s, grace_s=grace_s
-            ),
+            lambda s: agents.heartbeat(s, node_id, report, now=at, ttl_s=ttl_s, grace_s=grace_s),
             nonce,
         )
 

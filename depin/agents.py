@@ -27,7 +27,7 @@ from depin import receipts, settlement
 from depin.db.models import Allocation, AllocationLog, Job, Node, Receipt
 from depin.errors import ConflictError, ForbiddenError, InputError, NotFoundError
 from depin.ledger import Ledger
-from depin.limits import LOG_BYTES_PER_ALLOCATION
+from depin.limits import AGENT_HEARTBEAT_INTERVAL_S, LOG_BYTES_PER_ALLOCATION
 from depin.runtime.agentwire import (
     Acceptance,
     Control,
@@ -62,7 +62,9 @@ def heartbeat(
             f"node {node_id} is registered as {node.gpu_model} but its machine has "
             f"{report.gpu_model}"
         )
-    interval_s = min(report.interval_s, ttl_s)
+    # Uptime counts beats at the coordinator's pace, not the agent's word: a flood of beats
+    # cannot buy back an outage (``registry.heartbeat`` counts at most one per half interval).
+    interval_s = min(max(report.interval_s, AGENT_HEARTBEAT_INTERVAL_S), ttl_s)
     forgotten = _forgotten(s, node, report) if report.mode == "pull" else []
     waiting = _reserved(s, node_id) if report.leaving else []
     if forgotten or waiting:

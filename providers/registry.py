@@ -136,9 +136,10 @@ def heartbeat(
         values["agent"] = agent
     if simulated is not None:
         values["simulated"] = simulated
-    if interval_s is not None:
-        last = node.last_heartbeat_at
-        gap_s = None if last is None else (at - last).total_seconds()
+    last = node.last_heartbeat_at
+    gap_s = None if last is None else (at - last).total_seconds()
+    # A beat sooner than half an interval after the last is no evidence of more uptime.
+    if interval_s is not None and (gap_s is None or gap_s >= interval_s / 2):
         record = reliability.after_heartbeat(_record(node), gap_s=gap_s, interval_s=interval_s)
         values["uptime"] = record.uptime
         changed |= _set_reliability(values, node, record)

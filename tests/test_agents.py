@@ -312,3 +312,18 @@ def test_a_cancelled_run_is_paid_only_until_its_node_had_time_to_stop_it(world: 
     )
     assert alloc.dispute is not None  # the receipt claimed more than was paid
     assert world.client.verify_ledger().ok
+
+
+def test_a_flood_of_heartbeats_does_not_buy_back_an_outage(world: World) -> None:
+    node_id = world.node_ids["tokyo-l4"]
+    fast = NodeReport(gpus=4, interval_s=0.1)
+    start = datetime.now(UTC)
+    market(world).node_heartbeat(node_id, fast)
+    after_outage = (
+        market(world).node_heartbeat(node_id, fast, now=start + timedelta(hours=48)).reliability
+    )
+    for i in range(300):  # as fast as the agent likes, within a few seconds
+        reply = market(world).node_heartbeat(
+            node_id, fast, now=start + timedelta(hours=48, milliseconds=10 * (i + 1))
+        )
+    assert reply.reliability == after_outage < 0.5
