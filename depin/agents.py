@@ -25,7 +25,13 @@ from sqlalchemy.orm import Session
 
 from depin import receipts, settlement
 from depin.db.models import Allocation, AllocationLog, Job, Node, Receipt
-from depin.errors import ConflictError, ForbiddenError, InputError, NotFoundError
+from depin.errors import (
+    ConflictError,
+    ForbiddenError,
+    InputError,
+    NotFoundError,
+    UnknownGpuModelError,
+)
 from depin.ledger import Ledger
 from depin.limits import AGENT_HEARTBEAT_INTERVAL_S, LOG_BYTES_PER_ALLOCATION
 from depin.runtime.agentwire import (
@@ -130,7 +136,7 @@ def _lose(s: Session, ledger: Ledger, alloc: Allocation, reason: str) -> None:
 def _model(name: str) -> str:
     try:
         return canonical_name(name)
-    except Exception:  # an unknown model is simply not the registered one
+    except UnknownGpuModelError:  # an unknown model is simply not the registered one
         return name
 
 

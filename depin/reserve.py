@@ -215,6 +215,9 @@ def _entries(
     """
     alloc_rows: list[tuple[object, ...]] = []
     entries: list[Entry] = []
+    # Each allocation's fence token (the one its agent presents), 128 random bits: one read
+    # of the OS's randomness for the whole cycle, not one per allocation.
+    fences = secrets.token_bytes(16 * len(alloc_ids)).hex()
     price_text: dict[int, str] = {}  # a cycle's nodes share a handful of prices
     timeouts: dict[int, datetime] = {}  # ... and its holds a handful of time limits
     for job_id, placements in by_job.items():
@@ -230,7 +233,8 @@ def _entries(
                 price_text[price] = format_usd(price)
             hold_micro = min(share, usage_cost_micro(price, a.gpus, duration_ms))
             limit = max(1, min(job.spec.max_duration_s, time_covered_s(hold_micro, price, a.gpus)))
-            alloc_id = alloc_ids[len(alloc_rows)]
+            row = len(alloc_rows)
+            alloc_id = alloc_ids[row]
             alloc_rows.append(
                 (
                     alloc_id,
@@ -245,7 +249,7 @@ def _entries(
                     "reserved",
                     c.driver_id,
                     stamp,
-                    secrets.token_hex(16),  # the fence token its agent presents
+                    fences[32 * row : 32 * row + 32],
                 )
             )
             if limit not in timeouts:

@@ -20,12 +20,8 @@ sent, with a fresh nonce.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,17 +30,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from depin.api.problems import status_of
+from depin.bench.processes import READY_TIMEOUT_S, Group, env_for, free_port, wait_ready
 from depin.client import Client
 from depin.config import redact_url
-from depin.errors import DepinError, RateLimitedError, RemoteError
+from depin.errors import DepinError, RateLimitedError
 from depin.spec import JobSpec
 from providers.fleet import synthetic_nodes
 
 FLEET_NODES = 200
-READY_TIMEOUT_S = 60
 DEPOSIT_USD = 1_000_000
 PHASES = ("submit", "offers", "job_status")
 MAX_RATE_PER_CLIENT = 100  # submissions/s one client could send: envelopes signed ahead
@@ -58,52 +52,23 @@ JOB = {
 Progress = Callable[[str], None]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Server:
-    """``depin serve`` in a process group of its own, stopped with SIGTERM."""
+    """``depin serve`` (API only) in a process group of its own, stopped with SIGTERM."""
 
     def __init__(self, home: Path, database_url: str | None, workers: int) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}
-        env["DEPIN_HOME"] = str(home)
-        env["DEPIN_API_RATE_PER_ADDRESS"] = "1000000"  # every client shares one loopback
+        self.url = f"http://127.0.0.1:{free_port()}"
+        extra = {"DEPIN_API_RATE_PER_ADDRESS": "1000000"}  # every client shares one loopback
         if database_url:
-            env["DEPIN_DATABASE_URL"] = database_url
-        command = [sys.executable, "-m", "cli", "serve", "--port", str(self.port)]
+            extra["DEPIN_DATABASE_URL"] = database_url
+        command = [sys.executable, "-m", "cli", "serve", "--port", self.url.rsplit(":", 1)[1]]
         command += ["--no-scheduler", "--workers", str(workers)]
-        self.log = (home / "serve.log").open("wb")
-        self.proc = subprocess.Popen(
-            command, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.group = Group(command, env_for(home, **extra), home / "serve.log")
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RemoteError(f"depin serve exited with {self.proc.returncode}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RemoteError(f"depin serve was not ready within {READY_TIMEOUT_S} s")
+        wait_ready(self.group, self.url, READY_TIMEOUT_S)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
+        self.group.stop(timeout_s=30)
 
 
 def _setup(url: str, server_home: Path, client_home: Path, clients: int) -> list[str]:

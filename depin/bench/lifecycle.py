@@ -37,12 +37,8 @@ to the acceptance: the agent's long-poll waking, its signing, the claim).
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,8 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from depin.bench.processes import READY_TIMEOUT_S, Group, env_for, free_port, wait_ready
 from depin.client import Client
 from depin.errors import RemoteError
 from depin.limits import NODE_CHECK_INTERVAL_S
@@ -65,9 +60,7 @@ from depin.spec import JobSpec, NodeSpec
 from depin.states import AllocationState, JobState
 from depin.views import AllocationView, JobView
 
-READY_TIMEOUT_S = 60.0  # imports, migrations and uvicorn on a busy 2-core machine
 STOP_TIMEOUT_S = 30.0  # the longest a bench thread is waited for
-LOG_TAIL_BYTES = 2000
 MAX_FAILURES_SHOWN = 10
 # SIGTERM to SIGKILL: every job has ended by then, and the server's graceful stop waits
 # out the agents' long-polls it still holds (up to 20 s), gone agents' included.
@@ -92,57 +85,9 @@ ACCOUNT, LOAD_ACCOUNT = "bench", "bench-throughput"  # throughput's listing hold
 Progress = Callable[[str], None]
 
 
-# -- processes -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Group:
-    """A command in a process group of its own (its children with it), output to a log."""
-
-    def __init__(self, command: Sequence[str], env: dict[str, str], log: Path) -> None:
-        self.path = log
-        self.log = log.open("wb")
-        self.proc = subprocess.Popen(
-            list(command),
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self) -> str:
-        """The end of its output, for an error (the log goes with the temporary home)."""
-        text = self.path.read_bytes()[-LOG_TAIL_BYTES:].decode(errors="replace").strip()
-        return text or "(no output)"
-
-    def kill(self) -> None:
-        """SIGKILL to the whole group: the machine behind a node dies."""
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def terminate(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGTERM)
-
-    def close(self) -> None:
-        self.kill()
-        self.log.close()
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPIN_")}
-    return env | {"DEPIN_HOME": str(home), **extra}
-
-
+# -- processes ---------------------------------------------------------------------------
 def _serve(home: Path, port: int, ttl_s: float, grace_s: float) -> Group:
-    env = _env(
+    env = env_for(
         home,
         DEPIN_API_RATE_PER_ADDRESS="1000000",  # the bench and every agent share one loopback
         DEPIN_NODE_TTL_S=f"{ttl_s:g}",
@@ -156,7 +101,7 @@ def _agent(home: Path, url: str, node_id: int, interval_s: float) -> Group:
     command = [sys.executable, "-m", "cli", "agent", "run", "--node", str(node_id)]
     command += ["--api", url, "--simulate-gpus", str(GPUS_PER_AGENT)]
     command += ["--heartbeat-interval-s", f"{interval_s:g}"]
-    return Group(command, _env(home), home / f"agent-{node_id}.log")
+    return Group(command, env_for(home), home / f"agent-{node_id}.log")
 
 
 def _stop(groups: dict[str, Group]) -> dict[str, bool]:
@@ -175,20 +120,6 @@ def _stop(groups: dict[str, Group]) -> dict[str, bool]:
     for group in groups.values():
         group.close()
     return exited
-
-
-def _wait_ready(server: Group, url: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if not server.alive():
-            raise RemoteError(f"depin serve exited with {server.proc.returncode}: {server.tail()}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RemoteError(f"depin serve was not ready within {READY_TIMEOUT_S:g} s: {server.tail()}")
 
 
 def _wait_agents(client: Client, agents: dict[int, Group]) -> None:
@@ -716,13 +647,13 @@ def _market(root: Path, o: Options, say: Progress) -> Iterator[Market]:
     then the server (while an agent lives, the server holds its long-poll open)."""
     home = root / "home"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _serve(home, port, o.ttl_s, o.grace_s)
     agents: dict[int, Group] = {}
     shutdown: dict[str, Any] = {}
     try:
-        _wait_ready(server, url)
+        wait_ready(server, url)
         regions = [BUSY_REGION if i < o.busy_agents else FREE_REGION for i in range(o.agents)]
         with Client(url=url, home=home) as client:
             node_ids = _setup(client, regions)

@@ -18,7 +18,7 @@ from depin.keys import load_private
 from depin.limits import AGENT_HEARTBEAT_INTERVAL_S
 from depin.runtime import sandbox
 from providers.agent import hardware
-from providers.agent.link import Coordinator, HttpCoordinator
+from providers.agent.link import Coordinator, HttpCoordinator, public_node
 from providers.agent.pull import DEFAULT_MEMORY_GIB, AgentOptions, PullAgent
 from providers.agent.raymode import serve_ray
 
@@ -143,26 +143,8 @@ def _coordinator(settings: Settings, key: str | None, node_id: int) -> Coordinat
 
         return Marketplace(settings)  # type: ignore[return-value]
     # The node's provider is public (the node list); its key must be here.
-    provider = _public_provider(settings.api_url, node_id)
+    provider = public_node(settings.api_url, node_id).provider
     return HttpCoordinator(settings.api_url, _provider_key(settings, key, provider))
-
-
-def _public_provider(url: str, node_id: int) -> str:
-    import httpx
-
-    from depin.api import wire
-    from depin.errors import NotFoundError, RemoteError
-
-    try:
-        page = httpx.get(
-            url.rstrip("/") + wire.NODES, params={"cursor": node_id - 1, "limit": 1}, timeout=10
-        ).json()
-    except (httpx.HTTPError, ValueError) as exc:
-        raise RemoteError(f"cannot reach the market at {url}: {exc}") from exc
-    for item in page.get("items", []) if isinstance(page, dict) else []:
-        if item.get("id") == node_id:
-            return str(item["provider"])
-    raise NotFoundError(f"no node with id {node_id} at {url}: see `depin node list`")
 
 
 def _provider_key(settings: Settings, key: str | None, provider: str) -> Ed25519PrivateKey:

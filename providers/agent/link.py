@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from depin.api import problems, wire
 from depin.api.signing import Ed25519Auth
-from depin.errors import RateLimitedError, RemoteError
+from depin.errors import NotFoundError, RateLimitedError, RemoteError
 from depin.limits import HTTP_CONNECT_TIMEOUT_S, HTTP_TIMEOUT_S, LONG_POLL_MAX_S
 from depin.runtime.agentwire import (
     Acceptance,
@@ -68,11 +68,7 @@ class HttpCoordinator:
         self.http.close()
 
     def node(self, node_id: int) -> NodeView:
-        page = self._send("GET", wire.NODES, dict, params={"cursor": node_id - 1, "limit": 1})
-        items = [NodeView(**item) for item in page["items"] if item["id"] == node_id]
-        if not items:
-            raise RemoteError(f"the market at {self.url} has no node {node_id}")
-        return items[0]
+        return public_node(self.url, node_id, self.http)
 
     def node_heartbeat(self, node_id: int, report: NodeReport) -> HeartbeatReply:
         path = wire.NODE_HEARTBEAT.format(node_id=node_id)
@@ -130,6 +126,23 @@ class HttpCoordinator:
         if returns is dict:
             return response.json()
         return returns.model_validate_json(response.content)
+
+
+def public_node(url: str, node_id: int, http: httpx.Client | None = None) -> NodeView:
+    """Node ``node_id`` as the market's public node list shows it (no key needed: the agent
+    learns from it whose key it must sign with)."""
+    base = url.rstrip("/")
+    try:
+        response = (http or httpx).get(
+            base + wire.NODES, params={"cursor": node_id - 1, "limit": 1}, timeout=10
+        )
+        page = response.json() if response.is_success else None
+    except (httpx.HTTPError, ValueError) as exc:
+        raise RemoteError(f"cannot reach the market at {base}: {exc}") from exc
+    for item in page.get("items", []) if isinstance(page, dict) else []:
+        if isinstance(item, dict) and item.get("id") == node_id:
+            return NodeView(**item)
+    raise NotFoundError(f"no node with id {node_id} at {base}: see `depin node list`")
 
 
 def _json(response: httpx.Response) -> Any:
