@@ -9,4 +9,5 @@ manifest.py   envelopes verified per second against raw Ed25519
 api.py        a live ``depin serve`` driven through the SDK
 lifecycle.py  submit to running, failover and jobs/s through ``depin serve`` and agents
 processes.py  the servers and agents a bench starts, each in a process group of its own
+scratch.py    the database a bench writes to: ``--db`` on PostgreSQL in a scratch schema
 """

@@ -1,16 +1,17 @@
 """``depin bench api``: a live ``depin serve`` driven through the real SDK over loopback.
 
-The server runs as its own process (its own DEPIN_HOME, SQLite by default or
-``--db``), with no scheduler, so what is measured is the API: signed
-submissions, a public read (offers) and a signed private read (a job's
-status), each for ``seconds`` by ``clients`` concurrent clients, each client
-its own account and key. The clients are the SDK (``depin.Client(url=...)``)
-in load processes of their own, so they compete with the server for this
-machine's cores as real clients on it would. Every request is counted with
-its latency; an error is the rate limit's (429), the client's doing (another
+The server runs as its own process (its own DEPIN_HOME; a fresh SQLite file by
+default, or ``--db``: on PostgreSQL a scratch schema, see ``scratch.py``),
+with no scheduler, so what is measured is the API: signed submissions, a
+public read (offers) and a signed private read (a job's status), each for
+``seconds`` by ``clients`` concurrent clients, each client its own account
+and key. The clients are the SDK (``depin.Client(url=...)``) in load
+processes of their own, so they compete with the server for this machine's
+cores as real clients on it would. Every request is counted with its
+latency; an error is the rate limit's (429), the client's doing (another
 4xx) or the server's (5xx, unreachable, an answer outside the contract). A
-client that had nothing left to send (no jobs to read, every envelope sent) is
-counted, so a phase's rate is never a ceiling of the harness's making.
+client that had nothing left to send (no jobs to read, every envelope sent)
+is counted, so a phase's rate is never a ceiling of the harness's making.
 
 Envelopes are signed before a phase starts (signing a manifest is the
 developer's work, not the market's); every HTTP request is signed as it is
@@ -32,8 +33,8 @@ from typing import Any
 
 from depin.api.problems import status_of
 from depin.bench.processes import READY_TIMEOUT_S, Group, env_for, free_port, wait_ready
+from depin.bench.scratch import scratch_database
 from depin.client import Client
-from depin.config import redact_url
 from depin.errors import DepinError, RateLimitedError
 from depin.spec import JobSpec
 from providers.fleet import synthetic_nodes
@@ -216,6 +217,28 @@ def run(
 ) -> dict[str, Any]:
     """Every phase's figures, and whether the ledger verified afterwards."""
     say = progress or (lambda _msg: None)
+    with scratch_database(database_url) as db:
+        figures, ledger_ok = _serve_and_drive(db.url, clients, seconds, workers, processes, say)
+    return {
+        "database": db.description,
+        "clients": clients,
+        "seconds": seconds,
+        "workers": workers,
+        "load_processes": processes,
+        **figures,
+        "ledger_ok": ledger_ok,
+    }
+
+
+def _serve_and_drive(
+    database_url: str | None,
+    clients: int,
+    seconds: float,
+    workers: int,
+    processes: int,
+    say: Progress,
+) -> tuple[dict[str, Any], bool]:
+    """Every phase's figures, and whether the ledger verified; the server is stopped after."""
     root = Path(tempfile.mkdtemp(prefix="depin-bench-api-"))
     server_home = root / "server"
     server_home.mkdir()
@@ -235,12 +258,4 @@ def run(
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
-    return {
-        "database": redact_url(database_url) if database_url else "sqlite (fresh file)",
-        "clients": clients,
-        "seconds": seconds,
-        "workers": workers,
-        "load_processes": processes,
-        **figures,
-        "ledger_ok": ledger_ok,
-    }
+    return figures, ledger_ok
