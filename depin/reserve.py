@@ -356,6 +356,13 @@ def place(s: Session, job_id: int, node_id: int, *, driver_id: str | None) -> li
     return allocs
 
 
+def _parse_template(template: str, name: str) -> JobSpec:
+    """A stored template (``submission.template_json``: a JSON object without the name) and
+    the job's name, validated from the JSON text in one pass (pydantic's parser, not
+    ``json.loads`` and a dict)."""
+    return JobSpec.model_validate_json(f"{template[:-1]},{json.dumps('name')}:{json.dumps(name)}}}")
+
+
 def pending_work(
     s: Session, job_ids: Sequence[int] | None, *, limit: int, nodes_version: int | None
 ) -> PendingWork:
@@ -394,8 +401,7 @@ def pending_work(
     for r in rows:
         base = templates.get(r.template_json)
         if base is None:
-            data = json.loads(r.template_json) | {"name": r.name}
-            base = templates[r.template_json] = JobSpec.model_validate(data)
+            base = templates[r.template_json] = _parse_template(r.template_json, r.name)
         spec = base if base.name == r.name else base.model_copy(update={"name": r.name})
         jobs.append(PendingJob(r.id, r.account_id, r.hold_transfer_id, r.max_cost_micro_usd, spec))
     return PendingWork(jobs, offers, prices, version, free, pull, ray)

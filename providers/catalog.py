@@ -202,6 +202,9 @@ def lookup(name: str) -> Accelerator:
 
     An unknown name raises ``UnknownGpuModelError`` with did-you-mean suggestions.
     """
+    exact = _BY_NAME.get(name)  # the catalog's own spelling, as every stored spec has it
+    if exact is not None:
+        return exact
     canonical = _NORMALIZED.get(_normalize(name))
     if canonical is not None:
         return _BY_NAME[canonical]

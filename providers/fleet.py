@@ -266,12 +266,18 @@ def _pick(rng: np.random.Generator, choices: list[tuple[str, float]]) -> str:
     return choices[int(rng.choice(len(choices), p=[w for _, w in choices]))][0]
 
 
-def synthetic_nodes(n: int, *, seed: int = 0) -> list[SyntheticNode]:
+# Distinct prices: each node's price varies around its site's (log-normal, sigma 0.08).
+NODE_PRICE_SIGMA = 0.08
+
+
+def synthetic_nodes(n: int, *, seed: int = 0, distinct_prices: bool = False) -> list[SyntheticNode]:
     """``n`` nodes in sites placed in cities weighted by population.
 
     A site has a provider, a tier, one model at one price (around the model's
     typical price, log-normal with sigma 0.25, in whole cents) and a few nodes
     (geometric, mean ``SITE_MEAN_NODES``) in one building: same place, same network.
+    With ``distinct_prices`` each node has a price of its own in micro-USD, so no
+    two nodes share a class by accident (the workload nobody tuned for).
     """
     rng = np.random.default_rng(seed)
     pool = cities()
@@ -303,8 +309,13 @@ def synthetic_nodes(n: int, *, seed: int = 0) -> list[SyntheticNode]:
         count = min(int(sizes[s_i]), n - len(nodes))
         rel = rng.uniform(low, high, size=count)
         region = c.region
+        if distinct_prices:
+            own = float(price) * np.exp(rng.normal(0.0, NODE_PRICE_SIGMA, size=count))
+            prices = [Decimal(f"{max(p, 0.01):.6f}") for p in own]
+        else:
+            prices = [price] * count
         nodes.extend(
-            SyntheticNode(provider, model, gpus, price, lat, lon, tier, region, network, float(r))
-            for r in rel
+            SyntheticNode(provider, model, gpus, p, lat, lon, tier, region, network, float(r))
+            for p, r in zip(prices, rel, strict=True)
         )
     return nodes

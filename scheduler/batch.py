@@ -133,7 +133,7 @@ def build_batch(jobs: Sequence[JobSpec], keys: Sequence[Hashable], snap: Snapsho
 def candidates(snap: Snapshot, cs: CellScores, ranked: Ranked, k: int) -> list[Candidate]:
     """The ``k`` best ranked rows as explainable candidates."""
     rows, pos = ranked.rows[:k], ranked.cell_pos[:k]
-    rtts = [None] * len(rows) if cs.rtt_ms is None else cs.rtt_ms[pos].tolist()
+    rtts = [None] * len(rows) if cs.rtt_ms is None else np.round(cs.rtt_ms[pos], 2).tolist()
     return [
         Candidate(
             node_id=node_id,
@@ -144,10 +144,10 @@ def candidates(snap: Snapshot, cs: CellScores, ranked: Ranked, k: int) -> list[C
         )
         for node_id, total, cost, latency, reliability, rtt, price in zip(
             snap.node_id[rows].tolist(),
-            ranked.total[:k].tolist(),
-            cs.cost[pos].tolist(),
-            cs.latency[pos].tolist(),
-            snap.reliability_score[rows].tolist(),
+            np.round(ranked.total[:k], 2).tolist(),
+            np.round(cs.cost[pos], 2).tolist(),
+            np.round(cs.latency[pos], 2).tolist(),
+            np.round(snap.reliability_score[rows], 2).tolist(),
             rtts,
             snap.price[rows].tolist(),
             strict=True,

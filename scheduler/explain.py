@@ -34,7 +34,8 @@ _ACCELERATOR_NAMES = {code: name for name, code in ACCELERATOR_CODES.items()}
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """A scored node, kept so a placement can be explained."""
+    """A scored node, kept so a placement can be explained (figures to two decimals, as
+    the record keeps them)."""
 
     node_id: int
     total: float
@@ -118,9 +119,9 @@ class JobMetric:
             "candidates": [
                 {
                     "node_id": c.node_id,
-                    "total": round(c.total, 2),
-                    "scores": {k: round(v, 2) for k, v in c.scores.items()},
-                    "rtt_ms": None if c.rtt_ms is None else round(c.rtt_ms, 2),
+                    "total": c.total,
+                    "scores": c.scores,
+                    "rtt_ms": c.rtt_ms,
                     "price_usd_per_gpu_hour": c.price_usd_per_gpu_hour,
                 }
                 for c in self.candidates

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from depin.spec import JobSpec
 from scheduler.latency import KM_PER_SPARE_MS, min_dot_for_distance
 from scheduler.offers import ACCESS_RTT_BY_CODE, Snapshot
 from scheduler.request import Request
@@ -29,39 +30,59 @@ class Check:
     test: Callable[[Request, Snapshot], np.ndarray]
 
 
+_LABELS: dict[str, Callable[[JobSpec], str]] = {
+    "accelerator": lambda s: f"accelerator = {s.resources.accelerator}",
+    "gpu_model": lambda s: f"gpu_model in {list(s.resources.gpu_models)}",
+    "vram_gib": lambda s: f"vram_gib >= {s.resources.vram_gib:g}",
+    "gpus": lambda s: f"gpus >= {s.resources.gpus}",
+    "tier": lambda s: f"tier in {list(s.placement.tiers)}",
+    "region": lambda s: f"region in {list(s.placement.regions)}",
+    "price": lambda s: f"price <= {float(s.pricing.max_usd_per_gpu_hour or 0):g} USD/GPU-h",
+    "latency": lambda s: f"rtt <= {s.placement.max_latency_ms:g} ms",
+}
+
+
+def check_label(name: str, spec: JobSpec) -> str:
+    """How people read check ``name`` of ``spec`` ("vram_gib >= 24")."""
+    return _LABELS[name](spec)
+
+
+def check_labels(spec: JobSpec) -> dict[str, str]:
+    """Each constraint the job sets, by check name: its label for people (latency last)."""
+    res, place = spec.resources, spec.placement
+    names = ["accelerator"]
+    names += ["gpu_model"] if res.gpu_models else []
+    names += ["vram_gib"] if res.vram_gib is not None else []
+    names += ["gpus"]
+    names += ["tier"] if place.tiers else []
+    names += ["region"] if place.regions else []
+    names += ["price"] if spec.pricing.max_usd_per_gpu_hour is not None else []
+    names += ["latency"] if place.max_latency_ms is not None else []
+    return {name: _LABELS[name](spec) for name in names}
+
+
+_CLASS_TESTS: dict[str, Callable[[Request, Snapshot], np.ndarray]] = {
+    "accelerator": lambda r, s: s.class_accelerator == r.accelerator,
+    "gpu_model": lambda r, s: r.models[s.class_model],
+    "vram_gib": lambda r, s: s.class_vram_gib >= r.vram_gib,
+    "gpus": lambda r, s: s.class_gpus_total >= r.gpus,
+    "tier": lambda r, s: r.tiers[s.class_tier],
+    "region": lambda r, s: s.region_table(r.regions)[s.class_region],
+    "price": lambda r, s: s.class_price <= r.price_cap + 1e-12,
+}
+
+
 def class_checks(req: Request) -> list[Check]:
     """The static constraints of ``req`` that depend only on a node's class."""
-    res, place = req.spec.resources, req.spec.placement
-    checks = [
-        Check(
-            "accelerator",
-            f"accelerator = {res.accelerator}",
-            lambda r, s: s.class_accelerator == r.accelerator,
-        )
+    return [
+        Check(name, label, _CLASS_TESTS[name])
+        for name, label in check_labels(req.spec).items()
+        if name != "latency"
     ]
-    if req.models is not None:
-        label = f"gpu_model in {list(res.gpu_models)}"
-        checks.append(Check("gpu_model", label, lambda r, s: r.models[s.class_model]))
-    if req.vram_gib is not None:
-        label = f"vram_gib >= {req.vram_gib:g}"
-        checks.append(Check("vram_gib", label, lambda r, s: s.class_vram_gib >= r.vram_gib))
-    checks.append(Check("gpus", f"gpus >= {req.gpus}", lambda r, s: s.class_gpus_total >= r.gpus))
-    if req.tiers is not None:
-        label = f"tier in {list(place.tiers)}"
-        checks.append(Check("tier", label, lambda r, s: r.tiers[s.class_tier]))
-    if req.regions:
-        label = f"region in {list(req.regions)}"
-        checks.append(
-            Check("region", label, lambda r, s: s.region_table(r.regions)[s.class_region])
-        )
-    if req.price_cap is not None:
-        label = f"price <= {req.price_cap:g} USD/GPU-h"
-        checks.append(Check("price", label, lambda r, s: s.class_price <= r.price_cap + 1e-12))
-    return checks
 
 
 def latency_label(req: Request) -> str:
-    return f"rtt <= {req.max_latency_ms:g} ms"
+    return check_labels(req.spec)["latency"]
 
 
 _THRESHOLD_BUDGETS_KEPT = 1024  # distinct budgets a snapshot remembers thresholds for

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from depin.gcpause import gc_paused
 from depin.spec import JobSpec
+from scheduler import sparse
 from scheduler.assign import Assigned, assign_fast
 from scheduler.batch import Batch, build_batch
 from scheduler.explain import Candidate, JobMetric, suggestions
@@ -68,6 +69,8 @@ class Plan:
     unplaced: dict[Hashable, Status] = field(default_factory=dict)
     metrics: dict[Hashable, JobMetric] = field(default_factory=dict)
     mode: str = "fast"
+    # What planning evaluated, for the benchmarks: (job, node) pairs and the like.
+    work: dict[str, int] = field(default_factory=dict)
 
     def never_fits(self, job: Hashable) -> bool:
         """True when ``job`` is unplaced and no node could ever take it."""
@@ -86,12 +89,16 @@ def plan(
     keys: Sequence[Hashable] | None = None,
     regret: bool = True,
     repair: bool = True,
+    per_job: bool | None = None,
 ) -> Plan:
     """Place ``jobs`` (in priority order) on ``offers`` within their free capacity.
 
     ``keys`` name the jobs in the result (default: their names); pass ids when
     names may repeat. ``mode="auto"`` solves exactly when the batch is small
     enough. ``regret`` and ``repair`` exist to measure plain greedy against them.
+    ``per_job`` takes the per-job path (``scheduler.sparse``) or the class path;
+    None chooses: per job when most jobs are their own request class (not with
+    ``mode="optimal"``, which solves over classes and cells).
     A Snapshot given as ``offers`` is left unchanged.
     """
     if mode not in MODES:
@@ -102,6 +109,10 @@ def plan(
     # Assignment books as it goes (so one batch never double-books a node): on a copy.
     snap = offers.scratch() if isinstance(offers, Snapshot) else Snapshot(offers)
     with gc_paused():
+        if per_job is None:
+            per_job = mode != "optimal" and sparse.worth_it(jobs)
+        if per_job:
+            return _plan_per_job(jobs, keys, snap, regret=regret, repair=repair)
         batch = build_batch(jobs, keys, snap)
         if mode == "auto":
             mode = "optimal" if _flow_pays_off(jobs, batch) else "fast"
@@ -111,6 +122,41 @@ def plan(
         else:
             result = assign_fast(batch, snap, regret=regret, repair=repair)
         return _to_plan(result, snap, keys, mode)
+
+
+def _plan_per_job(
+    jobs: Sequence[JobSpec], keys: list[Hashable], snap: Snapshot, *, regret: bool, repair: bool
+) -> Plan:
+    """A batch of distinct requests (``scheduler.sparse``): the jobs it cannot take (several
+    replicas or places) go first through the class path, the rest are scanned job by job."""
+    simple = [i for i, spec in enumerate(jobs) if sparse.eligible(spec)]
+    if len(simple) < len(jobs):
+        others = sorted(set(range(len(jobs))) - set(simple))
+        other_keys = [keys[i] for i in others]
+        batch = build_batch([jobs[i] for i in others], other_keys, snap)
+        batch.rank(snap, ahead=True)
+        out = _to_plan(
+            assign_fast(batch, snap, regret=regret, repair=repair), snap, other_keys, "fast"
+        )
+    else:
+        out = Plan(mode="fast")
+    specs = [jobs[i] for i in simple]
+    done = sparse.place(specs, snap, regret=regret)
+    rows = [p.row for p in done.placed]
+    node_ids, prices = snap.node_id[rows].tolist(), snap.price[rows].tolist()
+    for p, node_id, price in zip(done.placed, node_ids, prices, strict=True):
+        key = keys[simple[p.index]]
+        gpus = specs[p.index].resources.gpus
+        out.placements.append(Assignment(key, node_id, gpus, p.rtt_ms, price, p.total))
+    for i, metric in done.metrics.items():
+        out.metrics[keys[simple[i]]] = metric
+    for i in done.failed:
+        key = keys[simple[i]]
+        out.unplaced[key] = out.metrics[key].status(specs[i].resources.gpus)
+    order = {key: n for n, key in enumerate(keys)}
+    out.placements.sort(key=lambda a: order[a.job])
+    out.work = {**done.work, "classes": snap.classes, "cells": snap.cells}
+    return out
 
 
 def _flow_pays_off(jobs: Sequence[JobSpec], batch: Batch) -> bool:

@@ -116,6 +116,104 @@ def synthetic_jobs(
     return jobs
 
 
+# -- the distinct mix: every job its own request --------------------------------------------------
+
+WORKLOADS = ("template", "distinct")
+USER_SPREAD_KM = 25.0  # mean distance of a job's users from its city centre (exponential)
+USER_SPREAD_MAX_KM = 150.0
+REGION_SHARE = 0.2  # jobs with a data-residency rule
+TIER_SUBSETS = (("device",), ("edge",), ("regional",), ("device", "edge"), ("edge", "regional"))
+VRAM_CHOICES_GIB = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0, 40.0, 48.0, 80.0)
+
+
+def distinct_jobs(n: int, *, seed: int = 0, cost_only: bool = False) -> list[JobSpec]:
+    """``n`` jobs from the template mix where no two ask for the same thing.
+
+    Each job's users stand around its city, not at its centre; its latency
+    budget, price cap and money budget are continuous draws around the
+    template's; its VRAM is drawn from the sizes GPUs come in; half name tiers
+    (a random subset) and a fifth name a region. Built as plain dicts and
+    validated once each: nothing is shared between jobs.
+    """
+    rng = np.random.default_rng(seed)
+    names = list(MIX)
+    weights = np.array([MIX[k] for k in names])
+    pool = cities()[:USER_CITIES]
+    pop = np.array([c.population for c in pool], dtype=np.float64)
+    picks = rng.choice(len(names), size=n, p=weights / weights.sum())
+    where = rng.choice(len(pool), size=n, p=pop / pop.sum())
+    spread_km = np.minimum(rng.exponential(USER_SPREAD_KM, size=n), USER_SPREAD_MAX_KM)
+    bearing = rng.uniform(0.0, 2 * np.pi, size=n)
+    budget_factor = rng.uniform(0.75, 1.6, size=n)
+    cap_factor = rng.uniform(0.8, 3.0, size=n)
+    capped = rng.random(n) < 0.7
+    money = rng.uniform(5.0, 500.0, size=n)
+    vram = rng.choice(len(VRAM_CHOICES_GIB), size=n)
+    tiered = rng.random(n) < 0.5
+    tier_pick = rng.choice(len(TIER_SUBSETS), size=n)
+    regional = rng.random(n) < REGION_SHARE
+    jobs = []
+    for i in range(n):
+        name, c = names[int(picks[i])], pool[int(where[i])]
+        fields = TEMPLATES[name](c)
+        lat, lon = _offset(c.lat, c.lon, float(spread_km[i]), float(bearing[i]))
+        res, place = dict(fields["resources"]), dict(fields.get("placement", {}))
+        if "vram_gib" in res:
+            res["vram_gib"] = min(VRAM_CHOICES_GIB[int(vram[i])], 2 * res["vram_gib"])
+        if "near" in place:
+            place["near"] = [{"lat": lat, "lon": lon}]
+            place["max_latency_ms"] = round(place["max_latency_ms"] * float(budget_factor[i]), 3)
+        if tiered[i] and name not in ("llm-batch", "fine-tune"):
+            place["tiers"] = list(TIER_SUBSETS[int(tier_pick[i])])
+        if regional[i]:
+            place["regions"] = [c.region if rng.random() < 0.5 else c.region.split("-")[0]]
+        pricing = dict(fields.get("pricing", {}))
+        typical = 0.5 if res["gpus"] == 1 else 2.0
+        cap = float(pricing.get("max_usd_per_gpu_hour", typical)) * float(cap_factor[i])
+        if "max_usd_per_gpu_hour" in pricing or capped[i]:
+            pricing["max_usd_per_gpu_hour"] = f"{cap:.6f}"
+        pricing["budget_usd"] = f"{money[i]:.6f}"
+        objective = (
+            {"cost": 1.0, "latency": 0.0, "reliability": 0.0}
+            if cost_only
+            else fields.get("objective", {})
+        )
+        jobs.append(
+            JobSpec.model_validate(
+                {
+                    "name": f"{name}-{i}",
+                    "command": ["python", "-c", "pass"],
+                    "max_duration_s": 600,
+                    "resources": res,
+                    "placement": place,
+                    "pricing": pricing,
+                    "objective": objective,
+                }
+            )
+        )
+    return jobs
+
+
+def _offset(lat: float, lon: float, km: float, bearing: float) -> tuple[float, float]:
+    """The point ``km`` from (lat, lon) on ``bearing`` (radians), on a sphere."""
+    r = km / 6371.0088
+    p1, l1 = np.radians(lat), np.radians(lon)
+    p2 = np.arcsin(np.sin(p1) * np.cos(r) + np.cos(p1) * np.sin(r) * np.cos(bearing))
+    l2 = l1 + np.arctan2(
+        np.sin(bearing) * np.sin(r) * np.cos(p1), np.cos(r) - np.sin(p1) * np.sin(p2)
+    )
+    return float(np.degrees(p2)), float((np.degrees(l2) + 180.0) % 360.0 - 180.0)
+
+
+def workload_jobs(
+    workload: str, n: int, *, seed: int = 0, cost_only: bool = False
+) -> list[JobSpec]:
+    """The jobs of a named workload (``WORKLOADS``)."""
+    if workload == "distinct":
+        return distinct_jobs(n, seed=seed, cost_only=cost_only)
+    return synthetic_jobs(n, seed=seed, cost_only=cost_only)
+
+
 def submit_as_new_developer(
     market: Marketplace, specs: Sequence[JobSpec], run_id: str
 ) -> list[int]:

@@ -28,6 +28,7 @@ class Scheduled:
     commit: CycleCommit
     plan_s: float
     commit_s: float
+    work: dict[str, int]  # what planning evaluated (``Plan.work``)
 
 
 def schedule(
@@ -45,6 +46,6 @@ def schedule(
         planned = time.perf_counter()
         commit = market.commit_plan(work, result, driver_id=driver_id)
         done = time.perf_counter()
-        planned_mode = result.mode
+        planned_mode, planned_work = result.mode, result.work
         del result
-    return Scheduled(planned_mode, commit, planned - start, done - planned)
+    return Scheduled(planned_mode, commit, planned - start, done - planned, planned_work)

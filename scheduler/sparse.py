@@ -1,0 +1,399 @@
+"""Batches where every job is its own request: each job scanned, then placed greedily.
+
+The class/cell path (``batch``) evaluates once per request class and node
+cell. On a batch where no two jobs ask for the same thing (their own users,
+caps, budgets) and no two nodes share a price, that is once per job and per
+node, in numpy calls whose overhead becomes the cost. This path scans each
+job against the fleet in one compiled loop (``scheduler.kernels``):
+
+1. per location (a place and its access network), one dot product with the
+   job's users: a location out of the latency budget rejects all its nodes at
+   once (on this path latency is the first check, so it is named for them);
+2. per node at the locations in reach, the static checks in the class path's
+   order, each counting the nodes it was the first to reject, then the score
+   exactly as ``scoring.row_totals`` computes it;
+3. the job's ``CANDIDATES`` best nodes with room (total, then cheaper, then
+   node id).
+
+Assignment follows ``assign.assign_fast``: fewest options first, then the
+largest regret; each job takes the best candidate with room, the emptiest
+among those within the spread term; a job whose candidates all filled up is
+scanned again against what is left.
+
+Only jobs of one replica with at most one ``near`` point take this path; a
+batch's other jobs take the class path first, on the same capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from depin.spec import JobSpec
+from scheduler.explain import Candidate, JobMetric, suggestions
+from scheduler.feasibility import check_label
+from scheduler.latency import unit_vectors
+from scheduler.offers import (
+    ACCELERATOR_CODES,
+    ACCESS_RTT_BY_CODE,
+    MODEL_CODES,
+    TIER_CODES,
+    Snapshot,
+)
+from scheduler.request import Request
+from scheduler.scoring import LATENCY_REF_MS
+
+CANDIDATES = 16  # best nodes kept per job from its scan; more come from a rescan
+TOP_CANDIDATES = 3  # of which a placed job's record keeps this many
+# A batch takes this path when it has at least this many jobs and more request classes
+# than this share of its jobs (counted by the identity of their parts: cheap, and jobs
+# made from one template share them).
+SPARSE_MIN_JOBS = 64
+SPARSE_MIN_CLASS_SHARE = 0.5
+SUGGEST_FOR_JOBS = 8  # suggestions for waiting jobs when at most this many are left out
+_CHECK_NAMES = ("latency", "accelerator", "gpu_model", "vram_gib", "gpus", "tier", "region")
+CHECK_NAMES = (*_CHECK_NAMES, "price")  # the kernels' check indices, in order
+
+
+def eligible(spec: JobSpec) -> bool:
+    """One replica and at most one place of users: what the compiled scan handles."""
+    return spec.replicas == 1 and len(spec.placement.near) <= 1
+
+
+def worth_it(jobs: Sequence[JobSpec]) -> bool:
+    """True when most jobs of the batch are their own request class."""
+    if len(jobs) < SPARSE_MIN_JOBS:
+        return False
+    identities = {
+        (id(j.resources), id(j.placement), id(j.pricing), id(j.objective), j.replicas) for j in jobs
+    }
+    return len(identities) > SPARSE_MIN_CLASS_SHARE * len(jobs)
+
+
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """One job placed on this path (``Plan`` turns it into an ``Assignment``)."""
+
+    index: int  # the job's position in the batch
+    row: int
+    total: float
+    rtt_ms: float | None
+
+
+@dataclass(slots=True)
+class SparseResult:
+    placed: list[Placed]
+    failed: list[int]  # positions in the batch
+    metrics: dict[int, JobMetric]  # by position
+    work: dict[str, int]  # what was evaluated: pairs, locations, rescans
+
+
+def fleet_columns(snap: Snapshot) -> tuple[tuple, np.ndarray]:  # type: ignore[type-arg]
+    """The snapshot's fixed columns as the kernels take them (``kernels``' blocks), cached
+    on it (plan's scratch copies share the cache), and the snapshot row of each position.
+
+    Positions run by location, then kind, then price and node id: a near block
+    is a run of them, and a location a run of near blocks.
+    """
+    cached = getattr(snap, "_sparse_columns", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    kind = _kind_of(snap)
+    order = np.lexsort((snap.node_id, snap.price, kind, snap.node_location)).astype(np.int64)
+    columns = (
+        snap.accelerator.astype(np.int16),
+        snap.model.astype(np.int16),
+        snap.vram_gib,
+        snap.gpus_total,
+        snap.tier.astype(np.int16),
+        snap.region.astype(np.int32),
+        snap.price,
+        snap.reliability_score,
+        snap.node_id,
+    )
+    nodes = tuple(np.ascontiguousarray(c[order]) for c in columns)
+    location, kind = snap.node_location[order], kind[order]
+    positions = np.arange(snap.size, dtype=np.int64)
+    near = _blocks(nodes, positions, (location, kind))
+    far = _blocks(nodes, np.lexsort((nodes[8], nodes[6], kind)).astype(np.int64), (kind,))
+    block_location = location[near[9][near[6]]] if snap.size else np.zeros(0, np.int64)
+    loc_blocks = np.bincount(block_location, minlength=snap.locations).astype(np.int64)
+    locations = (
+        np.ascontiguousarray(snap.location_xyz),
+        snap.location_access_rtt_ms,
+        snap.location_rtt_bias_ms,
+        np.maximum(snap.location_network, 0).astype(np.int64),
+        _starts(loc_blocks),
+        loc_blocks,
+        np.bincount(location, minlength=snap.locations).astype(np.int64),
+    )
+    fleet = (nodes, locations, near, far, snap.price_ref, ACCESS_RTT_BY_CODE)
+    snap._sparse_columns = (fleet, order)  # type: ignore[attr-defined]
+    return fleet, order
+
+
+def _kind_of(snap: Snapshot) -> np.ndarray:
+    """Per row: its kind, the class without the price."""
+    if snap.size == 0:
+        return np.zeros(0, np.int64)
+    columns = [snap.accelerator, snap.model, snap.vram_gib, snap.gpus_total, snap.tier, snap.region]
+    _, kind = np.unique(np.rec.fromarrays(columns), return_inverse=True)
+    return kind.reshape(-1).astype(np.int64)
+
+
+def _starts(count: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+
+
+def _blocks(nodes: tuple, order: np.ndarray, keys: tuple) -> tuple:  # type: ignore[type-arg]
+    """Blocks over ``order`` (positions), which runs of equal ``keys`` (indexed by position)
+    make: each block's kind, start and size, best reliability, and the positions and prices
+    in block order."""
+    accel, model, vram, gpus_total, tier, region, price, reliability, _ = nodes
+    n = len(order)
+    if n:
+        change = np.zeros(n, np.bool_)
+        change[0] = True
+        for key in keys:
+            change[1:] |= key[order][1:] != key[order][:-1]
+        start = np.flatnonzero(change).astype(np.int64)
+    else:
+        start = np.zeros(0, np.int64)
+    count = np.diff(np.append(start, n)).astype(np.int64)
+    first = order[start]
+    rel_max = np.maximum.reduceat(reliability[order], start) if n else np.zeros(0)
+    return (
+        accel[first], model[first], vram[first], gpus_total[first], tier[first], region[first],
+        start, count, rel_max, order, np.ascontiguousarray(price[order]),
+    )  # fmt: skip
+
+
+def _tallies(blocks: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  # type: ignore[type-arg]
+    """Running counts along the blocks' order of offline nodes, and of nodes with room and
+    replica slots for each GPU size the batch asks for: a price prefix's counts are two
+    lookups."""
+    free_b = free[blocks[9]]
+    sizes = np.unique(gpus)
+    slot = np.zeros(int(sizes.max(initial=1)) + 1, np.int64)
+    slot[sizes] = np.arange(len(sizes))
+    room = np.zeros((max(len(sizes), 1), len(free_b) + 1), np.int64)
+    slots = np.zeros_like(room)
+    for n, g in enumerate(sizes.tolist()):
+        room[n, 1:] = np.cumsum(free_b >= g)
+        slots[n, 1:] = np.cumsum(np.maximum(free_b, 0) // g)
+    offline = np.concatenate([[0], np.cumsum(free_b < 0)]).astype(np.int64)
+    return offline, room, slots, slot
+
+
+def job_columns(specs: Sequence[JobSpec], snap: Snapshot) -> tuple:  # type: ignore[type-arg]
+    """The jobs' requirements as columns; set-valued ones as rows of small lookup tables."""
+    n = len(specs)
+    gpus = np.empty(n, np.int32)
+    accel = np.empty(n, np.int16)
+    vram = np.full(n, -np.inf)
+    cap = np.full(n, np.inf)
+    budget = np.full(n, np.nan)
+    near = np.zeros(n, np.bool_)
+    lat, lon = np.zeros(n), np.zeros(n)
+    weights = np.empty((n, 3))
+    models = _Tables(len(MODEL_CODES) + 1)
+    tiers = _Tables(len(TIER_CODES) + 1)
+    regions = _Tables(len(snap.regions) + 1)
+    models_row, tiers_row, regions_row = (np.full(n, -1, np.int32) for _ in range(3))
+    for i, spec in enumerate(specs):
+        res, place = spec.resources, spec.placement
+        gpus[i], accel[i] = res.gpus, ACCELERATOR_CODES[res.accelerator]
+        if res.vram_gib is not None:
+            vram[i] = res.vram_gib
+        if res.gpu_models:
+            models_row[i] = models.row(res.gpu_models, lambda m: [MODEL_CODES[x] for x in m])
+        if place.tiers:
+            tiers_row[i] = tiers.row(place.tiers, lambda t: [TIER_CODES[x] for x in t])
+        if place.regions:
+            regions_row[i] = regions.row(place.regions, None, snap.region_table)
+        price_cap = spec.pricing.max_usd_per_gpu_hour
+        if price_cap is not None:
+            cap[i] = float(price_cap)
+        if place.near:
+            near[i], lat[i], lon[i] = True, place.near[0].lat, place.near[0].lon
+        if place.max_latency_ms is not None:
+            budget[i] = place.max_latency_ms
+        weights[i] = spec.objective.normalized()
+    xyz = np.ascontiguousarray(unit_vectors(lat, lon).reshape(n, 3))
+    return (
+        gpus, accel, models_row, models.table(), vram, tiers_row, tiers.table(),
+        regions_row, regions.table(), cap, budget, near, xyz, weights,
+    )  # fmt: skip
+
+
+class _Tables:
+    """Distinct sets (of models, tiers, regions) as rows of a boolean table over codes."""
+
+    def __init__(self, width: int) -> None:
+        self.width, self.rows, self.index = width, [], {}  # type: ignore[var-annotated]
+
+    def row(self, key: tuple, codes, table=None) -> int:  # type: ignore[no-untyped-def, type-arg]
+        found = self.index.get(key)
+        if found is None:
+            if table is not None:
+                line = table(key)
+            else:
+                line = np.zeros(self.width, np.bool_)  # the last entry: unknown code -1
+                line[codes(key)] = True
+            found = self.index[key] = len(self.rows)
+            self.rows.append(line)
+        return found  # type: ignore[no-any-return]
+
+    def table(self) -> np.ndarray:
+        """The rows, then one of all true: row -1, for a job that sets no such constraint."""
+        return np.ascontiguousarray(np.stack([*self.rows, np.ones(self.width, np.bool_)]))
+
+
+def _with_tallies(fixed: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  # type: ignore[type-arg]
+    return (*fixed, _tallies(fixed[2], free, gpus), _tallies(fixed[3], free, gpus))
+
+
+def place(specs: Sequence[JobSpec], snap: Snapshot, *, regret: bool = True) -> SparseResult:
+    """Scan and place ``specs`` (in priority order) on ``snap``, booking on it."""
+    from scheduler import kernels  # numba compiles (or loads) on first use only
+
+    n = len(specs)
+    jobs = job_columns(specs, snap)
+    fixed, snap_rows = fleet_columns(snap)
+    free = np.where(snap.available, snap.gpus_free, -1).astype(np.int32)[snap_rows]
+    fleet = _with_tallies(fixed, free, jobs[0])
+    rows = np.empty((n, CANDIDATES), np.int64)
+    total = np.empty((n, CANDIDATES))
+    rtt = np.empty((n, CANDIDATES))
+    counts = np.empty((n, len(CHECK_NAMES)), np.int64)
+    stats = np.empty((n, kernels.STATS), np.int64)
+    out = (rows, total, rtt, counts, stats)
+    everyone = np.arange(n, dtype=np.int64)
+    visit = kernels.visit_space(fleet)
+    kernels.scan_all(everyone, jobs, fleet, free, out, visit)
+    first = stats.copy()  # what each job met before anything was booked
+    if regret:
+        # Regret: best total minus the next best; infinite with fewer than two candidates.
+        two = rows[:, 1] >= 0
+        regrets = np.full(n, np.inf)
+        regrets[two] = total[two, 0] - total[two, 1]
+        order = np.lexsort((everyone, -regrets, stats[:, kernels.SLOTS])).astype(np.int64)
+    else:
+        order = everyone
+    chosen = np.full(n, -1, np.int64)
+    rescans = kernels.assign(order, jobs, fleet, free, out, visit, chosen)
+    placed_at = np.flatnonzero(chosen >= 0)
+    rows = np.where(rows >= 0, snap_rows[np.maximum(rows, 0)], -1)  # positions -> snapshot rows
+    taken = rows[placed_at, chosen[placed_at]]
+    booked, which = np.unique(taken, return_inverse=True)  # several jobs may share a node
+    snap.take_many(booked, np.bincount(which, weights=jobs[0][placed_at]).astype(np.int32))
+    failed = np.flatnonzero(chosen < 0)
+    if len(failed):  # what they face now that the batch is booked (rows unused from here)
+        fleet = _with_tallies(fixed, free, jobs[0])
+        kernels.scan_all(failed.astype(np.int64), jobs, fleet, free, out, visit)
+    result = SparseResult([], failed.tolist(), {}, {})
+    _collect(result, specs, snap, rows, total, rtt, counts, stats, chosen, placed_at)
+    _explain_failed(result, specs, snap, counts, stats)
+    near = int(np.count_nonzero(jobs[11]))
+    result.work = {
+        "jobs": n,
+        # What was evaluated: one dot product per location for a job with users, the static
+        # checks once per block, and a score per node that could rank; and what it decided.
+        "location_checks": near * snap.locations,
+        "block_checks": int(first[:, kernels.BLOCKS].sum()),
+        "nodes_scored": int(first[:, kernels.SCORED].sum()),
+        "pairs_decided": n * snap.size,
+        "pairs_feasible": int(first[:, kernels.FEASIBLE].sum()),
+        "rescans": int(rescans),
+    }
+    return result
+
+
+def _metric(spec: JobSpec, snap: Snapshot, counts: list[int], feasible: int) -> JobMetric:
+    filtered = {
+        check_label(name, spec): c for name, c in zip(CHECK_NAMES, counts, strict=True) if c
+    }
+    return JobMetric(nodes_evaluated=snap.size, filtered=filtered, feasible=feasible)
+
+
+def _collect(
+    result: SparseResult,
+    specs: Sequence[JobSpec],
+    snap: Snapshot,
+    rows: np.ndarray,
+    total: np.ndarray,
+    rtt: np.ndarray,
+    counts: np.ndarray,
+    stats: np.ndarray,
+    chosen: np.ndarray,
+    placed_at: np.ndarray,
+) -> None:
+    """Placements, and each placed job's record with its top candidates (columns first:
+    a batch makes tens of thousands)."""
+    top = rows[placed_at, :TOP_CANDIDATES]
+    valid = top >= 0
+    safe = np.where(valid, top, 0)
+    price = snap.price[safe]
+    top_rtt = rtt[placed_at, :TOP_CANDIDATES]
+    budget = np.array([specs[i].placement.max_latency_ms or LATENCY_REF_MS for i in placed_at])
+    latency = np.maximum(0.0, 100.0 * (1.0 - top_rtt / budget[:, None]))
+    has_rtt = ~np.isnan(top_rtt)
+    columns = zip(
+        snap.node_id[safe].tolist(),
+        np.round(total[placed_at, :TOP_CANDIDATES], 2).tolist(),
+        np.round(100.0 * (1.0 - price / snap.price_ref), 2).tolist(),
+        np.round(np.where(has_rtt, latency, 100.0), 2).tolist(),
+        np.round(snap.reliability_score[safe], 2).tolist(),
+        np.round(top_rtt, 2).tolist(),
+        has_rtt.tolist(),
+        price.tolist(),
+        valid.sum(axis=1).tolist(),
+        strict=True,
+    )
+    picks = chosen[placed_at]
+    picked = (
+        rows[placed_at, picks].tolist(),
+        total[placed_at, picks].tolist(),
+        np.where(has_rtt[:, 0], rtt[placed_at, picks], np.nan).tolist(),
+    )
+    job_counts, feasible = counts[placed_at].tolist(), stats[placed_at, 0].tolist()
+    for n, (i, column) in enumerate(zip(placed_at.tolist(), columns, strict=True)):
+        ids, totals, costs, latencies, reliabilities, rtts, near, prices, valid_n = column
+        metric = _metric(specs[i], snap, job_counts[n], feasible[n])
+        metric.candidates = [
+            Candidate(
+                node_id=ids[c],
+                total=totals[c],
+                scores={"cost": costs[c], "latency": latencies[c], "reliability": reliabilities[c]},
+                rtt_ms=rtts[c] if near[c] else None,
+                price_usd_per_gpu_hour=prices[c],
+            )
+            for c in range(valid_n)
+        ]
+        result.metrics[i] = metric
+        pick_rtt = picked[2][n]
+        result.placed.append(
+            Placed(i, picked[0][n], picked[1][n], None if pick_rtt != pick_rtt else pick_rtt)
+        )
+
+
+def _explain_failed(
+    result: SparseResult,
+    specs: Sequence[JobSpec],
+    snap: Snapshot,
+    counts: np.ndarray,
+    stats: np.ndarray,
+) -> None:
+    """The record of each job left out: what its constraints rejected, what fits is doing."""
+    from scheduler import kernels
+
+    suggest = len(result.failed) <= SUGGEST_FOR_JOBS
+    for i in result.failed:
+        metric = _metric(specs[i], snap, counts[i].tolist(), int(stats[i, kernels.FEASIBLE]))
+        metric.offline = int(stats[i, kernels.OFFLINE])
+        metric.exhausted = metric.feasible - metric.offline - int(stats[i, kernels.ROOM])
+        if suggest or metric.never_fits:
+            metric.suggestions = suggestions(Request.of(specs[i]), snap)
+        result.metrics[i] = metric
