@@ -66,20 +66,29 @@ def _min_dot(spare_ms: float) -> float:
 
 @njit(cache=True, nogil=True)
 def scan(
-    j: int, jobs: tuple, fleet: tuple, free: np.ndarray, out: tuple, i: int, visit: np.ndarray
-) -> None:  # type: ignore[type-arg]
+    j: int,
+    jobs: tuple,  # type: ignore[type-arg]
+    fleet: tuple,  # type: ignore[type-arg]
+    free: np.ndarray,
+    out: tuple,  # type: ignore[type-arg]
+    i: int,
+    visit: np.ndarray,
+    collect: np.ndarray,
+) -> None:
     """Job ``j`` against the fleet: first rejections per check, tallies, and its best
     nodes with room, into row ``i`` of ``out`` (rows, totals, RTTs, counts, stats).
 
-    ``visit`` is scratch space for the blocks in reach. Everything is in this
-    one function: numba counts the references of every array passed to a helper,
-    atomically, which cost more than the checks themselves.
+    ``visit`` is scratch space for the blocks in reach; a non-empty ``collect``
+    receives every position that passes the static checks (as many as the
+    feasible tally). Everything is in this one function: numba counts the
+    references of every array passed to a helper, atomically, which cost more
+    than the checks themselves.
     """
     (gpus_j, accel_j, models_row, models_table, vram_j, tiers_row, tiers_table) = jobs[:7]
     (regions_row, regions_table, cap_j, budget_j, near_j, xyz_j, weights_j) = jobs[7:]
     (nodes, locations, near_blocks, far_blocks, price_ref, access_by_network) = fleet[:6]
     (gpus_total, price, rel_score, node_id) = (nodes[3], nodes[6], nodes[7], nodes[8])
-    (loc_xyz, loc_access, loc_bias, loc_network, loc_first, loc_blocks, loc_count) = locations
+    (loc_xyz, loc_access, loc_bias, loc_network, loc_first, loc_blocks, loc_count) = locations[:7]
     rows, totals, rtts, counts, out_stats = out
     k = rows.shape[1]
     last = k - 1
@@ -163,6 +172,9 @@ def scan(
         if m == 0:
             continue
         # 3. The feasible prefix: tallies by lookup, then its nodes with room, best first.
+        if collect.shape[0]:
+            for p in range(start, start + m):
+                collect[stats[FEASIBLE] + p - start] = b_pos[p]
         stats[FEASIBLE] += m
         stats[OFFLINE] += cum_offline[start + m] - cum_offline[start]
         stats[ROOM] += cum_room[gs, start + m] - cum_room[gs, start]
@@ -220,8 +232,9 @@ def scan_all(
     order: np.ndarray, jobs: tuple, fleet: tuple, free: np.ndarray, out: tuple, visit: np.ndarray
 ) -> None:  # type: ignore[type-arg]
     """``scan`` for each job in ``order``, into the outputs' row of the same index."""
+    nothing = np.empty(0, np.int64)
     for j in order:
-        scan(j, jobs, fleet, free, out, j, visit)
+        scan(j, jobs, fleet, free, out, j, visit, nothing)
 
 
 @njit(cache=True, nogil=True)
@@ -245,6 +258,7 @@ def assign(
     gpus_j, gpus_total = jobs[0], fleet[0][3]
     k = rows.shape[1]
     rescans = 0
+    nothing = np.empty(0, np.int64)
     for i in order:
         g = gpus_j[i]
         best = -1
@@ -267,8 +281,37 @@ def assign(
             if best >= 0 or attempt == 1 or rows[i, 0] < 0:
                 break
             rescans += 1
-            scan(i, jobs, fleet, free, out, i, visit)
+            scan(i, jobs, fleet, free, out, i, visit, nothing)
         chosen[i] = best
         if best >= 0:
             free[rows[i, best]] -= g
     return rescans
+
+
+@njit(cache=True, nogil=True)
+def score_at(j: int, r: int, jobs: tuple, fleet: tuple, free: np.ndarray) -> tuple:  # type: ignore[type-arg]
+    """(total, RTT) of job ``j`` on the node at position ``r``, as ``scan`` would rank it
+    now (a job the repair moves gets the score of where it lands)."""
+    weights, near = jobs[13], jobs[11][j]
+    nodes, locations, price_ref = fleet[0], fleet[1], fleet[4]
+    gpus_total, price, rel_score = nodes[3], nodes[6], nodes[7]
+    latency_score, rtt = 100.0, np.nan
+    if near:
+        loc_xyz, loc_access, loc_bias, pos_location = (
+            locations[0], locations[1], locations[2], locations[7],
+        )  # fmt: skip
+        loc = pos_location[r]
+        ux, uy, uz = jobs[12][j, 0], jobs[12][j, 1], jobs[12][j, 2]
+        dot = loc_xyz[loc, 0] * ux + loc_xyz[loc, 1] * uy + loc_xyz[loc, 2] * uz
+        d = math.acos(min(max(dot, -1.0), 1.0)) * EARTH_RADIUS_KM
+        rtt = max(
+            loc_access[loc] + 2 * d * ROUTE_STRETCH / FIBRE_KM_PER_MS + loc_bias[loc], MIN_RTT_MS
+        )
+        budget = jobs[10][j]
+        reference = LATENCY_REF_MS if math.isnan(budget) else budget
+        latency_score = max(0.0, 100.0 * (1.0 - rtt / reference))
+    cost = 100.0 * (1.0 - price[r] / price_ref)
+    part = weights[j, 0] * cost + weights[j, 1] * latency_score
+    f = free[r]
+    total = part + weights[j, 2] * rel_score[r] + SPREAD_POINTS * f / max(gpus_total[r], 1)
+    return total, rtt

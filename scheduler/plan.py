@@ -106,11 +106,13 @@ def plan(
     keys = [j.name for j in jobs] if keys is None else list(keys)
     if len(keys) != len(jobs) or len(set(keys)) != len(keys):
         raise ValueError("plan() needs one distinct key per job")
+    if per_job is None:
+        per_job = mode != "optimal" and sparse.worth_it(jobs)
+    if per_job and isinstance(offers, Snapshot):
+        sparse.fleet_columns(offers)  # cached on the caller's snapshot, for its next plan
     # Assignment books as it goes (so one batch never double-books a node): on a copy.
     snap = offers.scratch() if isinstance(offers, Snapshot) else Snapshot(offers)
     with gc_paused():
-        if per_job is None:
-            per_job = mode != "optimal" and sparse.worth_it(jobs)
         if per_job:
             return _plan_per_job(jobs, keys, snap, regret=regret, repair=repair)
         batch = build_batch(jobs, keys, snap)
@@ -141,7 +143,7 @@ def _plan_per_job(
     else:
         out = Plan(mode="fast")
     specs = [jobs[i] for i in simple]
-    done = sparse.place(specs, snap, regret=regret)
+    done = sparse.place(specs, snap, regret=regret, repair=repair)
     rows = [p.row for p in done.placed]
     node_ids, prices = snap.node_id[rows].tolist(), snap.price[rows].tolist()
     for p, node_id, price in zip(done.placed, node_ids, prices, strict=True):

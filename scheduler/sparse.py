@@ -26,12 +26,14 @@ batch's other jobs take the class path first, on the same capacity.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from depin.spec import JobSpec
+from scheduler.assign import REPAIR_MAX_VISITS, REPAIR_TOTAL_VISITS
 from scheduler.explain import Candidate, JobMetric, suggestions
 from scheduler.feasibility import check_label
 from scheduler.latency import unit_vectors
@@ -128,6 +130,7 @@ def fleet_columns(snap: Snapshot) -> tuple[tuple, np.ndarray]:  # type: ignore[t
         _starts(loc_blocks),
         loc_blocks,
         np.bincount(location, minlength=snap.locations).astype(np.int64),
+        location.astype(np.int64),
     )
     fleet = (nodes, locations, near, far, snap.price_ref, ACCESS_RTT_BY_CODE)
     snap._sparse_columns = (fleet, order)  # type: ignore[attr-defined]
@@ -255,7 +258,9 @@ def _with_tallies(fixed: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  #
     return (*fixed, _tallies(fixed[2], free, gpus), _tallies(fixed[3], free, gpus))
 
 
-def place(specs: Sequence[JobSpec], snap: Snapshot, *, regret: bool = True) -> SparseResult:
+def place(
+    specs: Sequence[JobSpec], snap: Snapshot, *, regret: bool = True, repair: bool = True
+) -> SparseResult:
     """Scan and place ``specs`` (in priority order) on ``snap``, booking on it."""
     from scheduler import kernels  # numba compiles (or loads) on first use only
 
@@ -284,17 +289,27 @@ def place(specs: Sequence[JobSpec], snap: Snapshot, *, regret: bool = True) -> S
         order = everyone
     chosen = np.full(n, -1, np.int64)
     rescans = kernels.assign(order, jobs, fleet, free, out, visit, chosen)
-    placed_at = np.flatnonzero(chosen >= 0)
-    rows = np.where(rows >= 0, snap_rows[np.maximum(rows, 0)], -1)  # positions -> snapshot rows
-    taken = rows[placed_at, chosen[placed_at]]
+    where = _Where.of(rows, total, rtt, chosen)
+    moved = _repair(where, order, jobs, fleet, free, visit, first) if repair else 0
+    placed_at = np.flatnonzero(where.position >= 0)
+    taken = snap_rows[where.position[placed_at]]  # positions -> snapshot rows
     booked, which = np.unique(taken, return_inverse=True)  # several jobs may share a node
     snap.take_many(booked, np.bincount(which, weights=jobs[0][placed_at]).astype(np.int32))
-    failed = np.flatnonzero(chosen < 0)
+    rows = np.where(rows >= 0, snap_rows[np.maximum(rows, 0)], -1)
+    failed = np.flatnonzero(where.position < 0)
     if len(failed):  # what they face now that the batch is booked (rows unused from here)
         fleet = _with_tallies(fixed, free, jobs[0])
         kernels.scan_all(failed.astype(np.int64), jobs, fleet, free, out, visit)
     result = SparseResult([], failed.tolist(), {}, {})
-    _collect(result, specs, snap, rows, total, rtt, counts, stats, chosen, placed_at)
+    _collect(result, specs, snap, rows, total, rtt, counts, stats, placed_at)
+    for i, row, score, at_rtt in zip(
+        placed_at.tolist(),
+        taken.tolist(),
+        where.total[placed_at].tolist(),
+        where.rtt[placed_at].tolist(),
+        strict=True,
+    ):
+        result.placed.append(Placed(i, row, score, None if at_rtt != at_rtt else at_rtt))
     _explain_failed(result, specs, snap, counts, stats)
     near = int(np.count_nonzero(jobs[11]))
     result.work = {
@@ -307,8 +322,107 @@ def place(specs: Sequence[JobSpec], snap: Snapshot, *, regret: bool = True) -> S
         "pairs_decided": n * snap.size,
         "pairs_feasible": int(first[:, kernels.FEASIBLE].sum()),
         "rescans": int(rescans),
+        "repair_moves": moved,
     }
     return result
+
+
+@dataclass(slots=True)
+class _Where:
+    """Per job: the position it holds (-1: none), its total and RTT there."""
+
+    position: np.ndarray
+    total: np.ndarray
+    rtt: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray, total: np.ndarray, rtt: np.ndarray, chosen: np.ndarray) -> _Where:
+        jobs = np.arange(len(chosen))
+        pick = np.maximum(chosen, 0)
+        placed = chosen >= 0
+        return cls(
+            np.where(placed, rows[jobs, pick], -1),
+            np.where(placed, total[jobs, pick], np.nan),
+            np.where(placed, rtt[jobs, pick], np.nan),
+        )
+
+
+def _repair(
+    where: _Where,
+    order: np.ndarray,
+    jobs: tuple,  # type: ignore[type-arg]
+    fleet: tuple,  # type: ignore[type-arg]
+    free: np.ndarray,
+    visit: np.ndarray,
+    first: np.ndarray,
+) -> int:
+    """For each job left out that some node could take, search for a chain of moves that
+    makes room (``assign._augment``, over positions); returns how many jobs moved. The
+    search is bounded by positions looked at, as the class path's is."""
+    from scheduler import kernels
+
+    gpus = jobs[0]
+    on: dict[int, list[int]] = {}
+    for j in np.flatnonzero(where.position >= 0).tolist():
+        on.setdefault(int(where.position[j]), []).append(j)
+    scratch = (
+        np.empty((1, 1), np.int64), np.empty((1, 1)), np.empty((1, 1)),
+        np.empty((1, kernels.CHECKS), np.int64), np.empty((1, kernels.STATS), np.int64),
+    )  # fmt: skip
+    feasible_cache: dict[int, np.ndarray] = {}
+
+    def feasible(j: int) -> np.ndarray:
+        found = feasible_cache.get(j)
+        if found is None:
+            buf = np.empty(int(first[j, kernels.FEASIBLE]), np.int64)
+            kernels.scan(j, jobs, fleet, free, scratch, 0, visit, buf)
+            found = feasible_cache[j] = buf
+        return found
+
+    budget, moved = REPAIR_TOTAL_VISITS, 0
+    left_out = [j for j in order.tolist() if where.position[j] < 0 and first[j, kernels.FEASIBLE]]
+    for start in left_out:
+        if budget <= 0:
+            break
+        parent: dict[int, tuple[int, int]] = {}
+        seen_jobs, seen = {start}, set()
+        queue: deque[tuple[int, int]] = deque([(start, -1)])
+        visits, found = 0, None
+        while queue and found is None and visits <= REPAIR_MAX_VISITS:
+            job, current = queue.popleft()
+            rows = feasible(job)
+            room = rows[(free[rows] >= gpus[job]) & (rows != current)]
+            if len(room):
+                found = (job, int(room[0]))
+                break
+            for r in rows.tolist():
+                visits += 1
+                if r in seen or r == current:
+                    continue
+                seen.add(r)
+                for other in on.get(r, ()):
+                    if other not in seen_jobs and free[r] + gpus[other] >= gpus[job]:
+                        seen_jobs.add(other)
+                        parent[other] = (job, r)
+                        queue.append((other, r))
+        budget -= visits
+        if found is None:
+            continue
+        job, target = found
+        while True:  # the last job into the free position, each parent into the one freed
+            old = int(where.position[job])
+            if old >= 0:
+                free[old] += gpus[job]
+                on[old].remove(job)
+            where.total[job], where.rtt[job] = kernels.score_at(job, target, jobs, fleet, free)
+            free[target] -= gpus[job]
+            where.position[job] = target
+            on.setdefault(target, []).append(job)
+            moved += 1
+            if job == start:
+                break
+            job, target = parent[job]
+    return moved
 
 
 def _metric(spec: JobSpec, snap: Snapshot, counts: list[int], feasible: int) -> JobMetric:
@@ -327,10 +441,9 @@ def _collect(
     rtt: np.ndarray,
     counts: np.ndarray,
     stats: np.ndarray,
-    chosen: np.ndarray,
     placed_at: np.ndarray,
 ) -> None:
-    """Placements, and each placed job's record with its top candidates (columns first:
+    """Each placed job's record with its top candidates (columns first:
     a batch makes tens of thousands)."""
     top = rows[placed_at, :TOP_CANDIDATES]
     valid = top >= 0
@@ -352,12 +465,6 @@ def _collect(
         valid.sum(axis=1).tolist(),
         strict=True,
     )
-    picks = chosen[placed_at]
-    picked = (
-        rows[placed_at, picks].tolist(),
-        total[placed_at, picks].tolist(),
-        np.where(has_rtt[:, 0], rtt[placed_at, picks], np.nan).tolist(),
-    )
     job_counts, feasible = counts[placed_at].tolist(), stats[placed_at, 0].tolist()
     for n, (i, column) in enumerate(zip(placed_at.tolist(), columns, strict=True)):
         ids, totals, costs, latencies, reliabilities, rtts, near, prices, valid_n = column
@@ -373,10 +480,6 @@ def _collect(
             for c in range(valid_n)
         ]
         result.metrics[i] = metric
-        pick_rtt = picked[2][n]
-        result.placed.append(
-            Placed(i, picked[0][n], picked[1][n], None if pick_rtt != pick_rtt else pick_rtt)
-        )
 
 
 def _explain_failed(

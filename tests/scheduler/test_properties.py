@@ -125,12 +125,17 @@ def free_after(result: Any, market: list[Offer]) -> dict[int, int]:
     return free
 
 
+# Each property holds on both paths: the class path, and the per-job path (a compiled scan
+# per job) that batches of distinct requests take.
+PATHS = st.sampled_from([False, True])
+
+
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]))
+@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]), per_job=PATHS)
 def test_every_placement_meets_every_hard_constraint_on_an_available_node(
-    market: list[Offer], batch: list[JobSpec], mode: str
+    market: list[Offer], batch: list[JobSpec], mode: str, per_job: bool
 ) -> None:
-    result = plan(batch, market, mode=mode)
+    result = plan(batch, market, mode=mode, per_job=per_job)
     by_node = {o.node_id: o for o in market}
     specs = {s.name: s for s in batch}
     for p in result.placements:
@@ -139,18 +144,20 @@ def test_every_placement_meets_every_hard_constraint_on_an_available_node(
 
 
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]))
-def test_capacity_is_never_exceeded(market: list[Offer], batch: list[JobSpec], mode: str) -> None:
-    result = plan(batch, market, mode=mode)
+@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]), per_job=PATHS)
+def test_capacity_is_never_exceeded(
+    market: list[Offer], batch: list[JobSpec], mode: str, per_job: bool
+) -> None:
+    result = plan(batch, market, mode=mode, per_job=per_job)
     assert all(free >= 0 for free in free_after(result, market).values())
 
 
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]))
+@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]), per_job=PATHS)
 def test_gangs_and_replicas_are_all_or_none(
-    market: list[Offer], batch: list[JobSpec], mode: str
+    market: list[Offer], batch: list[JobSpec], mode: str, per_job: bool
 ) -> None:
-    result = plan(batch, market, mode=mode)
+    result = plan(batch, market, mode=mode, per_job=per_job)
     specs = {s.name: s for s in batch}
     placed: dict[str, list[Any]] = defaultdict(list)
     for p in result.placements:
@@ -165,11 +172,16 @@ def test_gangs_and_replicas_are_all_or_none(
 
 
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs(single_gpu=True), mode=st.sampled_from(["fast", "optimal"]))
+@given(
+    market=offers(),
+    batch=jobs(single_gpu=True),
+    mode=st.sampled_from(["fast", "optimal"]),
+    per_job=PATHS,
+)
 def test_an_unplaced_job_had_no_feasible_node_with_room_left(
-    market: list[Offer], batch: list[JobSpec], mode: str
+    market: list[Offer], batch: list[JobSpec], mode: str, per_job: bool
 ) -> None:
-    result = plan(batch, market, mode=mode)
+    result = plan(batch, market, mode=mode, per_job=per_job)
     free = free_after(result, market)
     specs = {s.name: s for s in batch}
     for name in result.unplaced:
@@ -181,22 +193,22 @@ def test_an_unplaced_job_had_no_feasible_node_with_room_left(
 
 
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs(single_gpu=True, cost_only=True))
+@given(market=offers(), batch=jobs(single_gpu=True, cost_only=True), per_job=PATHS)
 def test_fast_places_as_many_as_optimal_and_optimal_never_costs_more(
-    market: list[Offer], batch: list[JobSpec]
+    market: list[Offer], batch: list[JobSpec], per_job: bool
 ) -> None:
-    fast = plan(batch, market, mode="fast")
+    fast = plan(batch, market, mode="fast", per_job=per_job)
     optimal = plan(batch, market, mode="optimal")
     assert len(fast.placements) == len(optimal.placements)
     assert optimal.total_cost_usd_per_hour() <= fast.total_cost_usd_per_hour() + 1e-9
 
 
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs())
+@given(market=offers(), batch=jobs(), per_job=PATHS)
 def test_reasons_are_given_for_every_unplaced_job(
-    market: list[Offer], batch: list[JobSpec]
+    market: list[Offer], batch: list[JobSpec], per_job: bool
 ) -> None:
-    result = plan(batch, market)
+    result = plan(batch, market, per_job=per_job)
     for name, status in result.unplaced.items():
         assert status.reasons, name
         metric = result.metrics[name]
@@ -205,11 +217,11 @@ def test_reasons_are_given_for_every_unplaced_job(
 
 
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]))
+@given(market=offers(), batch=jobs(), mode=st.sampled_from(["fast", "optimal"]), per_job=PATHS)
 def test_a_job_left_out_is_never_exactly_when_too_few_nodes_meet_its_constraints(
-    market: list[Offer], batch: list[JobSpec], mode: str
+    market: list[Offer], batch: list[JobSpec], mode: str, per_job: bool
 ) -> None:
-    result = plan(batch, market, mode=mode)
+    result = plan(batch, market, mode=mode, per_job=per_job)
     specs = {s.name: s for s in batch}
     for name, status in result.unplaced.items():
         spec = specs[name]
@@ -226,13 +238,13 @@ def arrays_of(snap: Snapshot) -> dict[str, np.ndarray]:
 
 
 @PROPERTY_SETTINGS
-@given(market=offers(), batch=jobs(), mode=st.sampled_from(MODES))
+@given(market=offers(), batch=jobs(), mode=st.sampled_from(MODES), per_job=PATHS)
 def test_plan_leaves_a_snapshot_it_is_given_unchanged(
-    market: list[Offer], batch: list[JobSpec], mode: str
+    market: list[Offer], batch: list[JobSpec], mode: str, per_job: bool
 ) -> None:
     snap = Snapshot(market)
     before = arrays_of(snap)
-    plan(batch, snap, mode=mode)
+    plan(batch, snap, mode=mode, per_job=per_job)
     after = arrays_of(snap)
     assert before.keys() == after.keys()
     for name, array in before.items():
