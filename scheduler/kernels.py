@@ -87,7 +87,13 @@ def scan(
     (gpus_j, accel_j, models_row, models_table, vram_j, tiers_row, tiers_table) = jobs[:7]
     (regions_row, regions_table, cap_j, budget_j, near_j, xyz_j, weights_j) = jobs[7:]
     (nodes, locations, near_blocks, far_blocks, price_ref, access_by_network) = fleet[:6]
-    (gpus_total, price, rel_score, node_id) = (nodes[3], nodes[6], nodes[7], nodes[8])
+    (gpus_total, price, rel_score, node_id, pos_row) = (
+        nodes[3],
+        nodes[6],
+        nodes[7],
+        nodes[8],
+        nodes[9],
+    )
     (loc_xyz, loc_access, loc_bias, loc_network, loc_first, loc_blocks, loc_count) = locations[:7]
     rows, totals, rtts, counts, out_stats = out
     k = rows.shape[1]
@@ -134,7 +140,7 @@ def scan(
     (b_accel, b_model, b_vram, b_gpus, b_tier, b_region, b_start, b_count) = blocks[:8]
     (b_rel_max, b_pos, b_price) = blocks[8:]
     cum_offline, cum_room, cum_slots, g_slot = tallies
-    gs = g_slot[g]
+    gs = g_slot[g] if g < g_slot.shape[0] else 0
     stats[BLOCKS] = n_visit
     latency_loc, latency_score, rtt = -1, 100.0, np.nan
     # 2. Each block: the static checks once, the price cap by bisection.
@@ -176,9 +182,18 @@ def scan(
             for p in range(start, start + m):
                 collect[stats[FEASIBLE] + p - start] = b_pos[p]
         stats[FEASIBLE] += m
-        stats[OFFLINE] += cum_offline[start + m] - cum_offline[start]
-        stats[ROOM] += cum_room[gs, start + m] - cum_room[gs, start]
-        stats[SLOTS] += cum_slots[gs, start + m] - cum_slots[gs, start]
+        if cum_offline.shape[0]:
+            stats[OFFLINE] += cum_offline[start + m] - cum_offline[start]
+            stats[ROOM] += cum_room[gs, start + m] - cum_room[gs, start]
+            stats[SLOTS] += cum_slots[gs, start + m] - cum_slots[gs, start]
+        else:  # no tallies (a few jobs: cheaper to count than to sum the whole fleet)
+            for p in range(start, start + m):
+                f = free[pos_row[b_pos[p]]]
+                if f < 0:
+                    stats[OFFLINE] += 1
+                elif f >= g:
+                    stats[ROOM] += 1
+                    stats[SLOTS] += f // g
         if near and visit[t, 1] != latency_loc:  # the RTT once per location
             loc = visit[t, 1]
             latency_loc = loc
@@ -196,7 +211,7 @@ def scan(
             if rows[i, last] >= 0 and best_here < totals[i, last]:
                 break
             r = b_pos[p]
-            f = free[r]
+            f = free[pos_row[r]]
             if f < g:
                 continue
             stats[SCORED] += 1
@@ -255,7 +270,7 @@ def assign(
     have all filled up is scanned again against what is left.
     """
     rows, total = out[0], out[1]
-    gpus_j, gpus_total = jobs[0], fleet[0][3]
+    gpus_j, gpus_total, pos_row = jobs[0], fleet[0][3], fleet[0][9]
     k = rows.shape[1]
     rescans = 0
     nothing = np.empty(0, np.int64)
@@ -268,7 +283,7 @@ def assign(
                 r = rows[i, c]
                 if r < 0:
                     break
-                f = free[r]
+                f = free[pos_row[r]]
                 if f < g:
                     continue
                 if best < 0:
@@ -284,7 +299,7 @@ def assign(
             scan(i, jobs, fleet, free, out, i, visit, nothing)
         chosen[i] = best
         if best >= 0:
-            free[rows[i, best]] -= g
+            free[pos_row[rows[i, best]]] -= g
     return rescans
 
 
@@ -312,6 +327,6 @@ def score_at(j: int, r: int, jobs: tuple, fleet: tuple, free: np.ndarray) -> tup
         latency_score = max(0.0, 100.0 * (1.0 - rtt / reference))
     cost = 100.0 * (1.0 - price[r] / price_ref)
     part = weights[j, 0] * cost + weights[j, 1] * latency_score
-    f = free[r]
+    f = free[nodes[9][r]]
     total = part + weights[j, 2] * rel_score[r] + SPREAD_POINTS * f / max(gpus_total[r], 1)
     return total, rtt

@@ -97,8 +97,9 @@ def plan(
     names may repeat. ``mode="auto"`` solves exactly when the batch is small
     enough. ``regret`` and ``repair`` exist to measure plain greedy against them.
     ``per_job`` takes the per-job path (``scheduler.sparse``) or the class path;
-    None chooses: per job when most jobs are their own request class (not with
-    ``mode="optimal"``, which solves over classes and cells).
+    None chooses (``sparse.worth_it``): per job when most jobs, or most nodes,
+    are their own class (not with ``mode="optimal"``, which solves over classes
+    and cells).
     A Snapshot given as ``offers`` is left unchanged.
     """
     if mode not in MODES:
@@ -106,13 +107,17 @@ def plan(
     keys = [j.name for j in jobs] if keys is None else list(keys)
     if len(keys) != len(jobs) or len(set(keys)) != len(keys):
         raise ValueError("plan() needs one distinct key per job")
+    base = offers if isinstance(offers, Snapshot) else Snapshot(offers)
     if per_job is None:
-        per_job = mode != "optimal" and sparse.worth_it(jobs)
-    if per_job and isinstance(offers, Snapshot):
-        sparse.fleet_columns(offers)  # cached on the caller's snapshot, for its next plan
-    # Assignment books as it goes (so one batch never double-books a node): on a copy.
-    snap = offers.scratch() if isinstance(offers, Snapshot) else Snapshot(offers)
+        per_job = mode != "optimal" and sparse.worth_it(jobs, base)
     with gc_paused():
+        if per_job and all(sparse.eligible(j) for j in jobs):
+            # The per-job path books on a copy of the free GPUs alone: no scratch snapshot.
+            return _plan_per_job(jobs, keys, base, regret=regret, repair=repair)
+        if per_job:
+            sparse.fleet_columns(base)  # cached on the caller's snapshot for its next plan
+        # Assignment books as it goes (so one batch never double-books a node): on a copy.
+        snap = base.scratch() if base is offers else base
         if per_job:
             return _plan_per_job(jobs, keys, snap, regret=regret, repair=repair)
         batch = build_batch(jobs, keys, snap)

@@ -51,10 +51,14 @@ CANDIDATES = 16  # best nodes kept per job from its scan; more come from a resca
 TOP_CANDIDATES = 3  # of which a placed job's record keeps this many
 # A batch takes this path when it has at least this many jobs and more request classes
 # than this share of its jobs (counted by the identity of their parts: cheap, and jobs
-# made from one template share them).
+# made from one template share them), or when the fleet has at least this many nodes and
+# more classes than this share of them.
 SPARSE_MIN_JOBS = 64
+SPARSE_MIN_NODES = 2000
 SPARSE_MIN_CLASS_SHARE = 0.5
 SUGGEST_FOR_JOBS = 8  # suggestions for waiting jobs when at most this many are left out
+SUGGEST_MAX_NODES = 20_000  # ... and the fleet has at most this many nodes
+TALLY_MIN_JOBS = 64  # fewer jobs count their feasible nodes' room one by one
 _CHECK_NAMES = ("latency", "accelerator", "gpu_model", "vram_gib", "gpus", "tier", "region")
 CHECK_NAMES = (*_CHECK_NAMES, "price")  # the kernels' check indices, in order
 
@@ -64,12 +68,20 @@ def eligible(spec: JobSpec) -> bool:
     return spec.replicas == 1 and len(spec.placement.near) <= 1
 
 
-def worth_it(jobs: Sequence[JobSpec]) -> bool:
-    """True when most jobs of the batch are their own request class."""
+def worth_it(jobs: Sequence[JobSpec], snap: Snapshot) -> bool:
+    """True when most jobs of the batch are their own request class, or on a big fleet when
+    the batch is a few jobs or most nodes are their own class (each priced on its own):
+    then the class path's work is once per job or per node, and its numpy calls over the
+    whole fleet cost more than they save."""
+    if snap.size >= SPARSE_MIN_NODES and (
+        len(jobs) < SPARSE_MIN_JOBS or snap.classes > SPARSE_MIN_CLASS_SHARE * snap.size
+    ):
+        return True
     if len(jobs) < SPARSE_MIN_JOBS:
         return False
     identities = {
-        (id(j.resources), id(j.placement), id(j.pricing), id(j.objective), j.replicas) for j in jobs
+        (id(j.resources), id(j.placement), id(j.pricing), id(j.objective), j.replicas)
+        for j in jobs
     }
     return len(identities) > SPARSE_MIN_CLASS_SHARE * len(jobs)
 
@@ -92,9 +104,10 @@ class SparseResult:
     work: dict[str, int]  # what was evaluated: pairs, locations, rescans
 
 
-def fleet_columns(snap: Snapshot) -> tuple[tuple, np.ndarray]:  # type: ignore[type-arg]
+def fleet_columns(snap: Snapshot) -> tuple[tuple, np.ndarray, np.ndarray]:  # type: ignore[type-arg]
     """The snapshot's fixed columns as the kernels take them (``kernels``' blocks), cached
-    on it (plan's scratch copies share the cache), and the snapshot row of each position.
+    on it (plan's scratch copies share the cache), the snapshot row of each position, and
+    the rows of nodes that are not available.
 
     Positions run by location, then kind, then price and node id: a near block
     is a run of them, and a location a run of near blocks.
@@ -115,7 +128,8 @@ def fleet_columns(snap: Snapshot) -> tuple[tuple, np.ndarray]:  # type: ignore[t
         snap.reliability_score,
         snap.node_id,
     )
-    nodes = tuple(np.ascontiguousarray(c[order]) for c in columns)
+    # ... and each position's snapshot row: free GPUs are read in the snapshot's own order.
+    nodes = (*(np.ascontiguousarray(c[order]) for c in columns), order)
     location, kind = snap.node_location[order], kind[order]
     positions = np.arange(snap.size, dtype=np.int64)
     near = _blocks(nodes, positions, (location, kind))
@@ -133,8 +147,9 @@ def fleet_columns(snap: Snapshot) -> tuple[tuple, np.ndarray]:  # type: ignore[t
         location.astype(np.int64),
     )
     fleet = (nodes, locations, near, far, snap.price_ref, ACCESS_RTT_BY_CODE)
-    snap._sparse_columns = (fleet, order)  # type: ignore[attr-defined]
-    return fleet, order
+    cached = (fleet, order, np.flatnonzero(~snap.available))
+    snap._sparse_columns = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _kind_of(snap: Snapshot) -> np.ndarray:
@@ -154,7 +169,7 @@ def _blocks(nodes: tuple, order: np.ndarray, keys: tuple) -> tuple:  # type: ign
     """Blocks over ``order`` (positions), which runs of equal ``keys`` (indexed by position)
     make: each block's kind, start and size, best reliability, and the positions and prices
     in block order."""
-    accel, model, vram, gpus_total, tier, region, price, reliability, _ = nodes
+    accel, model, vram, gpus_total, tier, region, price, reliability = nodes[:8]
     n = len(order)
     if n:
         change = np.zeros(n, np.bool_)
@@ -173,11 +188,19 @@ def _blocks(nodes: tuple, order: np.ndarray, keys: tuple) -> tuple:  # type: ign
     )  # fmt: skip
 
 
-def _tallies(blocks: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  # type: ignore[type-arg]
+def _tallies(
+    blocks: tuple,  # type: ignore[type-arg]
+    pos_row: np.ndarray,
+    free: np.ndarray,
+    gpus: np.ndarray,
+) -> tuple:  # type: ignore[type-arg]
     """Running counts along the blocks' order of offline nodes, and of nodes with room and
     replica slots for each GPU size the batch asks for: a price prefix's counts are two
-    lookups."""
-    free_b = free[blocks[9]]
+    lookups. A batch of a few jobs gets none: the scan counts its prefixes itself."""
+    if len(gpus) < TALLY_MIN_JOBS:
+        none = np.zeros(0, np.int64)
+        return none, none.reshape(0, 0), none.reshape(0, 0), none
+    free_b = free[pos_row[blocks[9]]]
     sizes = np.unique(gpus)
     slot = np.zeros(int(sizes.max(initial=1)) + 1, np.int64)
     slot[sizes] = np.arange(len(sizes))
@@ -255,19 +278,26 @@ class _Tables:
 
 
 def _with_tallies(fixed: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  # type: ignore[type-arg]
-    return (*fixed, _tallies(fixed[2], free, gpus), _tallies(fixed[3], free, gpus))
+    pos_row = fixed[0][9]
+    return (
+        *fixed,
+        _tallies(fixed[2], pos_row, free, gpus),
+        _tallies(fixed[3], pos_row, free, gpus),
+    )
 
 
 def place(
     specs: Sequence[JobSpec], snap: Snapshot, *, regret: bool = True, repair: bool = True
 ) -> SparseResult:
-    """Scan and place ``specs`` (in priority order) on ``snap``, booking on it."""
+    """Scan and place ``specs`` (in priority order) on ``snap``'s free GPUs. Bookings are
+    made on a copy of them: ``snap`` is only read."""
     from scheduler import kernels  # numba compiles (or loads) on first use only
 
     n = len(specs)
     jobs = job_columns(specs, snap)
-    fixed, snap_rows = fleet_columns(snap)
-    free = np.where(snap.available, snap.gpus_free, -1).astype(np.int32)[snap_rows]
+    fixed, snap_rows, offline = fleet_columns(snap)
+    free = snap.gpus_free.copy()  # by snapshot row; -1 marks a node that is not available
+    free[offline] = -1
     fleet = _with_tallies(fixed, free, jobs[0])
     rows = np.empty((n, CANDIDATES), np.int64)
     total = np.empty((n, CANDIDATES))
@@ -293,8 +323,6 @@ def place(
     moved = _repair(where, order, jobs, fleet, free, visit, first) if repair else 0
     placed_at = np.flatnonzero(where.position >= 0)
     taken = snap_rows[where.position[placed_at]]  # positions -> snapshot rows
-    booked, which = np.unique(taken, return_inverse=True)  # several jobs may share a node
-    snap.take_many(booked, np.bincount(which, weights=jobs[0][placed_at]).astype(np.int32))
     rows = np.where(rows >= 0, snap_rows[np.maximum(rows, 0)], -1)
     failed = np.flatnonzero(where.position < 0)
     if len(failed):  # what they face now that the batch is booked (rows unused from here)
@@ -361,7 +389,7 @@ def _repair(
     search is bounded by positions looked at, as the class path's is."""
     from scheduler import kernels
 
-    gpus = jobs[0]
+    gpus, pos_row = jobs[0], fleet[0][9]
     on: dict[int, list[int]] = {}
     for j in np.flatnonzero(where.position >= 0).tolist():
         on.setdefault(int(where.position[j]), []).append(j)
@@ -379,6 +407,8 @@ def _repair(
             found = feasible_cache[j] = buf
         return found
 
+    if not on:  # nothing placed: nothing to move out of the way
+        return 0
     budget, moved = REPAIR_TOTAL_VISITS, 0
     left_out = [j for j in order.tolist() if where.position[j] < 0 and first[j, kernels.FEASIBLE]]
     for start in left_out:
@@ -391,7 +421,7 @@ def _repair(
         while queue and found is None and visits <= REPAIR_MAX_VISITS:
             job, current = queue.popleft()
             rows = feasible(job)
-            room = rows[(free[rows] >= gpus[job]) & (rows != current)]
+            room = rows[(free[pos_row[rows]] >= gpus[job]) & (rows != current)]
             if len(room):
                 found = (job, int(room[0]))
                 break
@@ -401,7 +431,7 @@ def _repair(
                     continue
                 seen.add(r)
                 for other in on.get(r, ()):
-                    if other not in seen_jobs and free[r] + gpus[other] >= gpus[job]:
+                    if other not in seen_jobs and free[pos_row[r]] + gpus[other] >= gpus[job]:
                         seen_jobs.add(other)
                         parent[other] = (job, r)
                         queue.append((other, r))
@@ -412,10 +442,10 @@ def _repair(
         while True:  # the last job into the free position, each parent into the one freed
             old = int(where.position[job])
             if old >= 0:
-                free[old] += gpus[job]
+                free[pos_row[old]] += gpus[job]
                 on[old].remove(job)
             where.total[job], where.rtt[job] = kernels.score_at(job, target, jobs, fleet, free)
-            free[target] -= gpus[job]
+            free[pos_row[target]] -= gpus[job]
             where.position[job] = target
             on.setdefault(target, []).append(job)
             moved += 1
@@ -492,7 +522,10 @@ def _explain_failed(
     """The record of each job left out: what its constraints rejected, what fits is doing."""
     from scheduler import kernels
 
-    suggest = len(result.failed) <= SUGGEST_FOR_JOBS
+    # Suggestions take a pass over the whole fleet per constraint: for jobs that can never
+    # fit, and for waiting ones only when a handful wait and the fleet is small enough
+    # that a single decision stays quick.
+    suggest = len(result.failed) <= SUGGEST_FOR_JOBS and snap.size <= SUGGEST_MAX_NODES
     for i in result.failed:
         metric = _metric(specs[i], snap, counts[i].tolist(), int(stats[i, kernels.FEASIBLE]))
         metric.offline = int(stats[i, kernels.OFFLINE])

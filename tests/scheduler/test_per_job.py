@@ -36,11 +36,13 @@ def test_one_job_goes_where_the_class_path_sends_it_with_the_same_score(
     assert [(p.node_id, p.gpus) for p in by_job.placements] == [
         (p.node_id, p.gpus) for p in by_class.placements
     ]
+    # The two paths take the dot product of unit vectors in different orders of operations;
+    # near 1 (a user beside the node) arccos magnifies that last bit to ~1e-7 of a point.
     for a, b in zip(by_job.placements, by_class.placements, strict=True):
-        assert a.score == pytest.approx(b.score, abs=1e-9)
+        assert a.score == pytest.approx(b.score, abs=1e-5)
         assert (a.rtt_ms is None) == (b.rtt_ms is None)
         if a.rtt_ms is not None:
-            assert a.rtt_ms == pytest.approx(b.rtt_ms, abs=1e-9)
+            assert a.rtt_ms == pytest.approx(b.rtt_ms, abs=1e-5)
     ours, theirs = by_job.metrics[job.name], by_class.metrics[job.name]
     assert ours.feasible == theirs.feasible
     # Latency runs first here (it rejects whole places at once), so the first rejection of
