@@ -80,8 +80,7 @@ def worth_it(jobs: Sequence[JobSpec], snap: Snapshot) -> bool:
     if len(jobs) < SPARSE_MIN_JOBS:
         return False
     identities = {
-        (id(j.resources), id(j.placement), id(j.pricing), id(j.objective), j.replicas)
-        for j in jobs
+        (id(j.resources), id(j.placement), id(j.pricing), id(j.objective), j.replicas) for j in jobs
     }
     return len(identities) > SPARSE_MIN_CLASS_SHARE * len(jobs)
 
@@ -275,6 +274,33 @@ class _Tables:
     def table(self) -> np.ndarray:
         """The rows, then one of all true: row -1, for a job that sets no such constraint."""
         return np.ascontiguousarray(np.stack([*self.rows, np.ones(self.width, np.bool_)]))
+
+
+def feasible_counts(specs: Sequence[JobSpec], snap: Snapshot) -> tuple[list[int], dict[str, int]]:
+    """How many nodes pass each job's static checks, by the per-job scan (nothing placed),
+    and what the scan evaluated to find out: a location check per place for a job with
+    users, a block check per kind in reach, and the nodes it scored for its candidates."""
+    from scheduler import kernels
+
+    n = len(specs)
+    jobs = job_columns(specs, snap)
+    fixed, _, offline = fleet_columns(snap)
+    free = snap.gpus_free.copy()
+    free[offline] = -1
+    fleet = _with_tallies(fixed, free, jobs[0])
+    stats = np.empty((n, kernels.STATS), np.int64)
+    out = (
+        np.empty((n, CANDIDATES), np.int64), np.empty((n, CANDIDATES)),
+        np.empty((n, CANDIDATES)), np.empty((n, len(CHECK_NAMES)), np.int64), stats,
+    )  # fmt: skip
+    kernels.scan_all(
+        np.arange(n, dtype=np.int64), jobs, fleet, free, out, kernels.visit_space(fleet)
+    )
+    return stats[:, kernels.FEASIBLE].tolist(), {
+        "location_checks": int(np.count_nonzero(jobs[11])) * snap.locations,
+        "block_checks": int(stats[:, kernels.BLOCKS].sum()),
+        "nodes_scored": int(stats[:, kernels.SCORED].sum()),
+    }
 
 
 def _with_tallies(fixed: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  # type: ignore[type-arg]

@@ -443,19 +443,38 @@ def test_bench_scheduler_reports_every_figure(home: Path) -> None:
         "--classad-jobs",
         "2",
     )
-    assert [r["nodes"] for r in data["single_job"]] == [300, 600]  # type: ignore[index]
-    assert data["batch"]["ledger_ok"] is True and data["batch"]["placed"] > 0  # type: ignore[index]
-    for key in ("quality", "quality_single_gpu"):
-        q = data[key]  # type: ignore[index]
-        assert (q["nodes"], q["jobs"]) == (300, 200)
-        assert q["reference"]["proven_optimal"] is True
-        # Against a proven optimum no valid plan places more; every plan is checked again.
-        for row in q["strategies"].values():
-            assert row["valid"] is True and row["placed_vs_exact"] <= 0
+    rows = data["single_job"]  # type: ignore[index]
+    assert [(r["workload"], r["nodes"]) for r in rows] == [
+        ("template", 300),
+        ("template", 600),
+        ("distinct", 300),
+        ("distinct", 600),
+    ]
+    assert all(r["busy_gpus_pct"] > 0 for r in rows), "decisions see a fleet a batch filled"
+    for workload in ("template", "distinct"):
+        batch = data["batch"][workload]  # type: ignore[index]
+        assert batch["ledger_ok"] is True and batch["placed"] > 0
+        parts = batch["read_s"] + batch["plan_s"] + batch["commit_s"]
+        assert batch["cycle_s"] == pytest.approx(parts, abs=0.002)
+        for key in ("quality", "quality_single_gpu"):
+            q = data[key][workload]  # type: ignore[index]
+            assert (q["nodes"], q["jobs"]) == (300, 200)
+            assert q["reference"]["proven_optimal"] is True
+            # Against a proven optimum no valid plan places more; every plan is checked again.
+            for row in q["strategies"].values():
+                assert row["valid"] is True and row["placed_vs_exact"] <= 0
+    # 200 distinct jobs are 200 request classes: the per-job path, which counts its work.
+    work = data["batch"]["distinct"]["plan_work"]  # type: ignore[index]
+    assert work["pairs_decided"] == 200 * 300 and 0 < work["nodes_scored"] < 200 * 300
     # One GPU size: the flow is exact, so it must match the independent model.
-    optimal = data["quality_single_gpu"]["strategies"]["optimal (flow over cells)"]  # type: ignore[index]
+    optimal = data["quality_single_gpu"]["template"]["strategies"]["optimal (flow over cells)"]  # type: ignore[index]
     assert optimal["placed_vs_exact"] == 0 and abs(optimal["cost_gap_pct"]) < 0.01
-    assert data["classads"]["same_feasible_sets"] is True  # type: ignore[index]
+    classads = data["classads"]  # type: ignore[index]
+    for path in ("class_path", "per_job_scan"):
+        assert classads[path]["same_feasible_sets"] is True
+    # The scan decides whole blocks and places at once: fewer evaluations than pairs.
+    scan = classads["per_job_scan"]
+    assert scan["evaluations_per_s"] < scan["pairs_decided_per_s"]
 
 
 # -- the same session, locally and over HTTP ------------------------------------------------------

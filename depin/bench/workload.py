@@ -88,7 +88,7 @@ def synthetic_jobs(
     rng = np.random.default_rng(seed)
     mix = dict(mix or MIX)
     if single_gpu:
-        mix = {k: v for k, v in mix.items() if TEMPLATES[k](cities()[0])["resources"]["gpus"] == 1}
+        mix = {k: v for k, v in mix.items() if _one_gpu(k)}
     names = list(mix)
     weights = np.array([mix[k] for k in names])
     pool = cities()[:USER_CITIES]
@@ -126,7 +126,9 @@ TIER_SUBSETS = (("device",), ("edge",), ("regional",), ("device", "edge"), ("edg
 VRAM_CHOICES_GIB = (4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0, 40.0, 48.0, 80.0)
 
 
-def distinct_jobs(n: int, *, seed: int = 0, cost_only: bool = False) -> list[JobSpec]:
+def distinct_jobs(
+    n: int, *, seed: int = 0, cost_only: bool = False, single_gpu: bool = False
+) -> list[JobSpec]:
     """``n`` jobs from the template mix where no two ask for the same thing.
 
     Each job's users stand around its city, not at its centre; its latency
@@ -136,7 +138,7 @@ def distinct_jobs(n: int, *, seed: int = 0, cost_only: bool = False) -> list[Job
     validated once each: nothing is shared between jobs.
     """
     rng = np.random.default_rng(seed)
-    names = list(MIX)
+    names = [k for k in MIX if not single_gpu or _one_gpu(k)]
     weights = np.array([MIX[k] for k in names])
     pool = cities()[:USER_CITIES]
     pop = np.array([c.population for c in pool], dtype=np.float64)
@@ -206,12 +208,16 @@ def _offset(lat: float, lon: float, km: float, bearing: float) -> tuple[float, f
 
 
 def workload_jobs(
-    workload: str, n: int, *, seed: int = 0, cost_only: bool = False
+    workload: str, n: int, *, seed: int = 0, cost_only: bool = False, single_gpu: bool = False
 ) -> list[JobSpec]:
     """The jobs of a named workload (``WORKLOADS``)."""
     if workload == "distinct":
-        return distinct_jobs(n, seed=seed, cost_only=cost_only)
-    return synthetic_jobs(n, seed=seed, cost_only=cost_only)
+        return distinct_jobs(n, seed=seed, cost_only=cost_only, single_gpu=single_gpu)
+    return synthetic_jobs(n, seed=seed, cost_only=cost_only, single_gpu=single_gpu)
+
+
+def _one_gpu(template: str) -> bool:
+    return TEMPLATES[template](cities()[0])["resources"]["gpus"] == 1
 
 
 def submit_as_new_developer(
