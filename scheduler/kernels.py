@@ -330,3 +330,18 @@ def score_at(j: int, r: int, jobs: tuple, fleet: tuple, free: np.ndarray) -> tup
     f = free[nodes[9][r]]
     total = part + weights[j, 2] * rel_score[r] + SPREAD_POINTS * f / max(gpus_total[r], 1)
     return total, rtt
+
+
+@njit(cache=True, nogil=True)
+def score_pairs(
+    job: np.ndarray,
+    position: np.ndarray,
+    jobs: tuple,  # type: ignore[type-arg]
+    fleet: tuple,  # type: ignore[type-arg]
+    free: np.ndarray,
+) -> np.ndarray:
+    """``score_at`` for each (job, position) pair: the totals of a flow's arcs."""
+    out = np.empty(job.shape[0])
+    for a in range(job.shape[0]):
+        out[a] = score_at(job[a], position[a], jobs, fleet, free)[0]
+    return out

@@ -98,8 +98,9 @@ def plan(
     enough. ``regret`` and ``repair`` exist to measure plain greedy against them.
     ``per_job`` takes the per-job path (``scheduler.sparse``) or the class path;
     None chooses (``sparse.worth_it``): per job when most jobs, or most nodes,
-    are their own class (not with ``mode="optimal"``, which solves over classes
-    and cells).
+    are their own class, or a few jobs meet a big fleet. On that path
+    ``optimal`` (and ``auto``, for two jobs or more) places by a min-cost flow
+    over each job's best candidates before the greedy.
     A Snapshot given as ``offers`` is left unchanged.
     """
     if mode not in MODES:
@@ -109,17 +110,17 @@ def plan(
         raise ValueError("plan() needs one distinct key per job")
     base = offers if isinstance(offers, Snapshot) else Snapshot(offers)
     if per_job is None:
-        per_job = mode != "optimal" and sparse.worth_it(jobs, base)
+        per_job = sparse.worth_it(jobs, base)
     with gc_paused():
         if per_job and all(sparse.eligible(j) for j in jobs):
             # The per-job path books on a copy of the free GPUs alone: no scratch snapshot.
-            return _plan_per_job(jobs, keys, base, regret=regret, repair=repair)
+            return _plan_per_job(jobs, keys, base, mode=mode, regret=regret, repair=repair)
         if per_job:
             sparse.fleet_columns(base)  # cached on the caller's snapshot for its next plan
         # Assignment books as it goes (so one batch never double-books a node): on a copy.
         snap = base.scratch() if base is offers else base
         if per_job:
-            return _plan_per_job(jobs, keys, snap, regret=regret, repair=repair)
+            return _plan_per_job(jobs, keys, snap, mode=mode, regret=regret, repair=repair)
         batch = build_batch(jobs, keys, snap)
         if mode == "auto":
             mode = "optimal" if _flow_pays_off(jobs, batch) else "fast"
@@ -132,7 +133,13 @@ def plan(
 
 
 def _plan_per_job(
-    jobs: Sequence[JobSpec], keys: list[Hashable], snap: Snapshot, *, regret: bool, repair: bool
+    jobs: Sequence[JobSpec],
+    keys: list[Hashable],
+    snap: Snapshot,
+    *,
+    mode: str,
+    regret: bool,
+    repair: bool,
 ) -> Plan:
     """A batch of distinct requests (``scheduler.sparse``): the jobs it cannot take (several
     replicas or places) go first through the class path, the rest are scanned job by job."""
@@ -148,7 +155,8 @@ def _plan_per_job(
     else:
         out = Plan(mode="fast")
     specs = [jobs[i] for i in simple]
-    done = sparse.place(specs, snap, regret=regret, repair=repair)
+    optimal = mode == "optimal" or (mode == "auto" and len(specs) >= 2)
+    done = sparse.place(specs, snap, regret=regret, repair=repair, optimal=optimal)
     rows = [p.row for p in done.placed]
     node_ids, prices = snap.node_id[rows].tolist(), snap.price[rows].tolist()
     for p, node_id, price in zip(done.placed, node_ids, prices, strict=True):
@@ -162,6 +170,7 @@ def _plan_per_job(
         out.unplaced[key] = out.metrics[key].status(specs[i].resources.gpus)
     order = {key: n for n, key in enumerate(keys)}
     out.placements.sort(key=lambda a: order[a.job])
+    out.mode = "optimal" if optimal else "fast"
     out.work = {**done.work, "classes": snap.classes, "cells": snap.cells}
     return out
 

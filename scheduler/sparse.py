@@ -27,7 +27,7 @@ batch's other jobs take the class path first, on the same capacity.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ from depin.spec import JobSpec
 from scheduler.assign import REPAIR_MAX_VISITS, REPAIR_TOTAL_VISITS
 from scheduler.explain import Candidate, JobMetric, suggestions
 from scheduler.feasibility import check_label
+from scheduler.flow import COST_SCALE, SCORE_CEILING, unplaced_cost
 from scheduler.latency import unit_vectors
 from scheduler.offers import (
     ACCELERATOR_CODES,
@@ -59,6 +60,8 @@ SPARSE_MIN_CLASS_SHARE = 0.5
 SUGGEST_FOR_JOBS = 8  # suggestions for waiting jobs when at most this many are left out
 SUGGEST_MAX_NODES = 20_000  # ... and the fleet has at most this many nodes
 TALLY_MIN_JOBS = 64  # fewer jobs count their feasible nodes' room one by one
+FLOW_MAX_ARCS = 1_000_000  # (job, node) pairs the optimal flow takes on (as plan's limit)
+FLOW_ROUNDS = 3  # with several GPU sizes: each re-solved given the others, this many times
 _CHECK_NAMES = ("latency", "accelerator", "gpu_model", "vram_gib", "gpus", "tier", "region")
 CHECK_NAMES = (*_CHECK_NAMES, "price")  # the kernels' check indices, in order
 
@@ -303,6 +306,73 @@ def feasible_counts(specs: Sequence[JobSpec], snap: Snapshot) -> tuple[list[int]
     }
 
 
+def _resolve(
+    size: int,
+    where: _Where,
+    order: np.ndarray,
+    jobs: tuple,  # type: ignore[type-arg]
+    fleet: tuple,  # type: ignore[type-arg]
+    free: np.ndarray,
+    first: np.ndarray,
+    positions: Callable[[int], np.ndarray],
+) -> int:
+    """Place the batch's jobs of one GPU size again, by a min-cost flow over every (job,
+    node) pair that passes the static checks, given where the other sizes are; returns how
+    many it placed. Their greedy placements are a solution of the same flow, so it places
+    at least as many of them, and then at the best total: for a batch of one size that is
+    exact, as the class path's flow is, and with several sizes each is made exact given
+    the others.
+
+        source --1--> job --1--> node --(free // size)--> sink
+
+    Arc costs are how far each pair's total falls short of a perfect one, and
+    demand left out flows source -> sink at a cost above any chain of moves
+    (``flow.unplaced_cost``): one solve places as many as it can, then at the
+    best total.
+    """
+    from ortools.graph.python import min_cost_flow
+
+    from scheduler import kernels
+
+    gpus, pos_row = jobs[0], fleet[0][9]
+    members = order[(gpus[order] == size) & (first[order, kernels.FEASIBLE] > 0)]
+    if len(members) == 0:
+        return 0
+    held = members[where.position[members] >= 0]
+    np.add.at(free, pos_row[where.position[held]], size)  # let go of their nodes
+    where.position[members] = -1
+    pairs = [positions(int(j)) for j in members]
+    job_of = np.repeat(np.arange(len(members)), [len(p) for p in pairs])
+    pos = np.concatenate(pairs)
+    room = free[pos_row[pos]] >= size
+    job_of, pos = job_of[room], pos[room]
+    if len(pos) == 0:
+        return 0
+    nodes, node_of = np.unique(pos, return_inverse=True)
+    n_jobs, n_nodes = len(members), len(nodes)
+    sink = 1 + n_jobs + n_nodes
+    totals = kernels.score_pairs(members[job_of], pos, jobs, fleet, free)
+    arc_costs = np.round((SCORE_CEILING - totals) * COST_SCALE).astype(np.int64)
+    solver = min_cost_flow.SimpleMinCostFlow()
+    arcs = solver.add_arcs_with_capacity_and_unit_cost(
+        np.concatenate([np.zeros(n_jobs, np.int64), 1 + job_of, 1 + n_jobs + np.arange(n_nodes)]),
+        np.concatenate([1 + np.arange(n_jobs), 1 + n_jobs + node_of, np.full(n_nodes, sink)]),
+        np.concatenate([np.ones(n_jobs + len(pos), np.int64), free[pos_row[nodes]] // size]),
+        np.concatenate([np.zeros(n_jobs, np.int64), arc_costs, np.zeros(n_nodes, np.int64)]),
+    )
+    solver.add_arc_with_capacity_and_unit_cost(0, sink, n_jobs, unplaced_cost(arc_costs, n_jobs))
+    solver.set_nodes_supplies(np.array([0, sink]), np.array([n_jobs, -n_jobs]))
+    if solver.solve() != solver.OPTIMAL:
+        raise RuntimeError("min-cost flow over the feasible pairs failed")
+    used = solver.flows(arcs)[n_jobs : n_jobs + len(pos)] > 0
+    placed, at = members[job_of[used]], pos[used]
+    for j, p in zip(placed.tolist(), at.tolist(), strict=True):
+        where.total[j], where.rtt[j] = kernels.score_at(j, p, jobs, fleet, free)
+    where.position[placed] = at
+    np.subtract.at(free, pos_row[at], size)
+    return len(placed)
+
+
 def _with_tallies(fixed: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  # type: ignore[type-arg]
     pos_row = fixed[0][9]
     return (
@@ -313,10 +383,19 @@ def _with_tallies(fixed: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  #
 
 
 def place(
-    specs: Sequence[JobSpec], snap: Snapshot, *, regret: bool = True, repair: bool = True
+    specs: Sequence[JobSpec],
+    snap: Snapshot,
+    *,
+    regret: bool = True,
+    repair: bool = True,
+    optimal: bool = False,
 ) -> SparseResult:
     """Scan and place ``specs`` (in priority order) on ``snap``'s free GPUs. Bookings are
-    made on a copy of them: ``snap`` is only read."""
+    made on a copy of them: ``snap`` is only read.
+
+    ``optimal`` then places each GPU size again by a min-cost flow over its
+    feasible pairs, given the others (``_resolve``), when there are at most
+    ``FLOW_MAX_ARCS`` of them."""
     from scheduler import kernels  # numba compiles (or loads) on first use only
 
     n = len(specs)
@@ -346,7 +425,15 @@ def place(
     chosen = np.full(n, -1, np.int64)
     rescans = kernels.assign(order, jobs, fleet, free, out, visit, chosen)
     where = _Where.of(rows, total, rtt, chosen)
-    moved = _repair(where, order, jobs, fleet, free, visit, first) if repair else 0
+    positions = _positions(jobs, fleet, free, visit, first)
+    moved = _repair(where, order, positions, jobs, fleet, free) if repair else 0
+    flowed = 0
+    if optimal and flow_pays_off(first):
+        sizes = sorted(set(jobs[0].tolist()), reverse=True)
+        for _ in range(FLOW_ROUNDS if len(sizes) > 1 else 1):
+            flowed = sum(
+                _resolve(size, where, order, jobs, fleet, free, first, positions) for size in sizes
+            )
     placed_at = np.flatnonzero(where.position >= 0)
     taken = snap_rows[where.position[placed_at]]  # positions -> snapshot rows
     rows = np.where(rows >= 0, snap_rows[np.maximum(rows, 0)], -1)
@@ -376,6 +463,7 @@ def place(
         "pairs_decided": n * snap.size,
         "pairs_feasible": int(first[:, kernels.FEASIBLE].sum()),
         "rescans": int(rescans),
+        "placed_by_flow": flowed,
         "repair_moves": moved,
     }
     return result
@@ -401,14 +489,48 @@ class _Where:
         )
 
 
-def _repair(
-    where: _Where,
-    order: np.ndarray,
+def flow_pays_off(first: np.ndarray) -> bool:
+    """The flows take every feasible pair: affordable up to ``FLOW_MAX_ARCS`` of them."""
+    from scheduler import kernels
+
+    return int(first[:, kernels.FEASIBLE].sum()) <= FLOW_MAX_ARCS
+
+
+def _positions(
     jobs: tuple,  # type: ignore[type-arg]
     fleet: tuple,  # type: ignore[type-arg]
     free: np.ndarray,
     visit: np.ndarray,
     first: np.ndarray,
+) -> Callable[[int], np.ndarray]:
+    """Every position that passes job ``j``'s static checks, scanned once and kept."""
+    from scheduler import kernels
+
+    scratch = (
+        np.empty((1, 1), np.int64), np.empty((1, 1)), np.empty((1, 1)),
+        np.empty((1, kernels.CHECKS), np.int64), np.empty((1, kernels.STATS), np.int64),
+    )  # fmt: skip
+    kept: dict[int, np.ndarray] = {}
+
+    def positions(j: int) -> np.ndarray:
+        found = kept.get(j)
+        if found is None:
+            buf = np.empty(int(first[j, kernels.FEASIBLE]), np.int64)
+            if len(buf):
+                kernels.scan(j, jobs, fleet, free, scratch, 0, visit, buf)
+            found = kept[j] = buf
+        return found
+
+    return positions
+
+
+def _repair(
+    where: _Where,
+    order: np.ndarray,
+    feasible: Callable[[int], np.ndarray],
+    jobs: tuple,  # type: ignore[type-arg]
+    fleet: tuple,  # type: ignore[type-arg]
+    free: np.ndarray,
 ) -> int:
     """For each job left out that some node could take, search for a chain of moves that
     makes room (``assign._augment``, over positions); returns how many jobs moved. The
@@ -419,24 +541,10 @@ def _repair(
     on: dict[int, list[int]] = {}
     for j in np.flatnonzero(where.position >= 0).tolist():
         on.setdefault(int(where.position[j]), []).append(j)
-    scratch = (
-        np.empty((1, 1), np.int64), np.empty((1, 1)), np.empty((1, 1)),
-        np.empty((1, kernels.CHECKS), np.int64), np.empty((1, kernels.STATS), np.int64),
-    )  # fmt: skip
-    feasible_cache: dict[int, np.ndarray] = {}
-
-    def feasible(j: int) -> np.ndarray:
-        found = feasible_cache.get(j)
-        if found is None:
-            buf = np.empty(int(first[j, kernels.FEASIBLE]), np.int64)
-            kernels.scan(j, jobs, fleet, free, scratch, 0, visit, buf)
-            found = feasible_cache[j] = buf
-        return found
-
     if not on:  # nothing placed: nothing to move out of the way
         return 0
     budget, moved = REPAIR_TOTAL_VISITS, 0
-    left_out = [j for j in order.tolist() if where.position[j] < 0 and first[j, kernels.FEASIBLE]]
+    left_out = [j for j in order.tolist() if where.position[j] < 0 and len(feasible(j))]
     for start in left_out:
         if budget <= 0:
             break

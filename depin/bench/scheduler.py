@@ -231,6 +231,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "fast (regret + repair)": {"mode": "fast", "per_job": False},
     "optimal (flow over cells)": {"mode": "optimal", "per_job": False},
     "per-job (scan, regret + repair)": {"mode": "fast", "per_job": True},
+    "per-job optimal (+ a flow per GPU size)": {"mode": "optimal", "per_job": True},
 }
 
 

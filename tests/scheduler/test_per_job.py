@@ -121,3 +121,28 @@ def test_the_per_job_path_places_as_many_as_the_class_path_on_distinct_jobs(
     per_job = plan(batch, market, keys=keys, per_job=True)
     by_class = plan(batch, market, keys=keys, per_job=False)
     assert len(per_job.placements) >= len(by_class.placements)
+
+
+def test_for_jobs_of_one_gpu_size_the_optimal_per_job_plan_places_as_many_as_the_exact_flow() -> (
+    None
+):
+    # 1-GPU jobs only: the class path's optimal mode is a min-cost flow, exact for this case.
+    market = offers_of(synthetic_nodes(150, seed=8, distinct_prices=True))
+    snap = Snapshot(market)
+    batch = [j for j in distinct_jobs(700, seed=9, single_gpu=True) if admit(j, snap).ok]
+    keys = list(range(len(batch)))
+    exact = plan(batch, market, keys=keys, mode="optimal", per_job=False)
+    greedy = plan(batch, market, keys=keys, mode="fast", per_job=True)
+    flowed = plan(batch, market, keys=keys, mode="optimal", per_job=True)
+    assert flowed.mode == "optimal" and flowed.work["placed_by_flow"] > 0
+    assert len(flowed.placements) == len(exact.placements) >= len(greedy.placements)
+    assert len(flowed.placements) < len(batch), "the market is contended"
+    # As many, and then the best total: no worse than the class path's flow (whose cells
+    # score a kind of node at a place as one, and whose spread term is read before booking).
+    ours, theirs = (sum(p.score for p in r.placements) for r in (flowed, exact))
+    assert ours >= theirs * (1 - 1e-3)
+    for p in flowed.placements:
+        assert meets_every_constraint(
+            batch[p.job], next(o for o in market if o.node_id == p.node_id)
+        )
+    assert all(f >= 0 for f in free_after(flowed, market).values())
