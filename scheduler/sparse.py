@@ -426,7 +426,7 @@ def place(
     rescans = kernels.assign(order, jobs, fleet, free, out, visit, chosen)
     where = _Where.of(rows, total, rtt, chosen)
     positions = _positions(jobs, fleet, free, visit, first)
-    moved = _repair(where, order, positions, jobs, fleet, free) if repair else 0
+    moved = _repair(where, order, positions, first, jobs, fleet, free) if repair else 0
     flowed = 0
     if optimal and flow_pays_off(first):
         sizes = sorted(set(jobs[0].tolist()), reverse=True)
@@ -528,6 +528,7 @@ def _repair(
     where: _Where,
     order: np.ndarray,
     feasible: Callable[[int], np.ndarray],
+    first: np.ndarray,
     jobs: tuple,  # type: ignore[type-arg]
     fleet: tuple,  # type: ignore[type-arg]
     free: np.ndarray,
@@ -544,8 +545,9 @@ def _repair(
     if not on:  # nothing placed: nothing to move out of the way
         return 0
     budget, moved = REPAIR_TOTAL_VISITS, 0
-    left_out = [j for j in order.tolist() if where.position[j] < 0 and len(feasible(j))]
-    for start in left_out:
+    can = first[:, kernels.FEASIBLE] > 0  # scanned for its positions only when its turn comes
+    left_out = order[(where.position[order] < 0) & can[order]]
+    for start in left_out.tolist():
         if budget <= 0:
             break
         parent: dict[int, tuple[int, int]] = {}

@@ -454,7 +454,7 @@ def test_bench_scheduler_reports_every_figure(home: Path) -> None:
     for workload in ("template", "distinct"):
         batch = data["batch"][workload]  # type: ignore[index]
         assert batch["ledger_ok"] is True and batch["placed"] > 0
-        parts = batch["read_s"] + batch["plan_s"] + batch["commit_s"]
+        parts = batch["read_s"] + batch["plan_s"] + batch["commit_s"] + batch["gc_s"]
         assert batch["cycle_s"] == pytest.approx(parts, abs=0.002)
         for key in ("quality", "quality_single_gpu"):
             q = data[key][workload]  # type: ignore[index]

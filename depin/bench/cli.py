@@ -70,7 +70,7 @@ def _print_scheduler_bench(data: dict[str, Any]) -> None:
         table.add_row(*(str(r[k]) for k in (*columns, "p50_ms", "p99_ms", "max_ms")))
     console.print(table)
     table = Table(
-        "workload", "placed", "read s", "plan s", "commit s", "cycle s", "placements/s",
+        "workload", "placed", "read s", "plan s", "commit s", "gc s", "cycle s", "placements/s",
         "nodes scored", "pairs feasible", title="one cycle: read the pending jobs, plan, commit",
     )  # fmt: skip
     for name, b in data["batch"].items():
@@ -81,6 +81,7 @@ def _print_scheduler_bench(data: dict[str, Any]) -> None:
             str(b["read_s"]),
             str(b["plan_s"]),
             str(b["commit_s"]),
+            str(b["gc_s"]),
             str(b["cycle_s"]),
             f"[bold]{b['placements_per_s']:,}[/bold]",
             f"{work['nodes_scored']:,}" if work else f"{b['classes']:,} classes x requests",

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from depin.errors import DatabaseError
+from depin.gcpause import gc_paused
 from depin.limits import (
     HEARTBEAT_INTERVAL_S,
     MAX_UNSETTLED,
@@ -140,6 +141,26 @@ class Driver:
         """Plan and reserve pending jobs, launch what was reserved, settle what ended."""
         self.heartbeat()
         report = CycleReport()
+        # The cyclic collector stays off from the read to the commit, and the batch (its
+        # parsed JobSpecs, the plan) is freed by reference counting inside ``_reserve``:
+        # a collection on the way would walk every one of them.
+        with gc_paused():
+            node_gpus = self._reserve(report)
+        if self.launch and node_gpus:  # a fleet of pull agents only: nothing for Ray to claim
+            launches = self.market.claim_reserved(
+                self.driver_id, ray_agents_only=not self.local_ray
+            )
+            if launches:
+                self.executor.start(node_gpus)
+            for item in launches:
+                self.executor.launch(item)
+                report.launched.append(item.allocation_id)
+        self._settle(report, wait_s)
+        return report
+
+    def _reserve(self, report: CycleReport) -> dict[int, int]:
+        """Read the pending jobs, plan them and reserve the plan; returns the GPUs of the
+        nodes Ray may launch on."""
         snap, work = self._refresh()
         report.pending = len(work.job_ids)
         every = dict(zip(snap.node_id.tolist(), snap.gpus_total.tolist(), strict=True))
@@ -164,17 +185,7 @@ class Driver:
             report.commit = schedule(
                 self.market, work, snap, mode=self.mode, driver_id=owner
             ).commit
-        if self.launch and node_gpus:  # a fleet of pull agents only: nothing for Ray to claim
-            launches = self.market.claim_reserved(
-                self.driver_id, ray_agents_only=not self.local_ray
-            )
-            if launches:
-                self.executor.start(node_gpus)
-            for item in launches:
-                self.executor.launch(item)
-                report.launched.append(item.allocation_id)
-        self._settle(report, wait_s)
-        return report
+        return node_gpus
 
     def settle(self, *, wait_s: float = 0.0) -> CycleReport:
         """Only settle what ended (waiting up to ``wait_s`` for the first), heartbeating."""
