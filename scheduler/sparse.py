@@ -373,6 +373,55 @@ def _resolve(
     return len(placed)
 
 
+def _flow_rounds(
+    where: _Where,
+    order: np.ndarray,
+    jobs: tuple,  # type: ignore[type-arg]
+    fleet: tuple,  # type: ignore[type-arg]
+    free: np.ndarray,
+    first: np.ndarray,
+    positions: Callable[[int], np.ndarray],
+) -> int:
+    """Re-solve each GPU size by a flow given the others (``_resolve``); returns how many
+    the last round placed. One size: one exact solve. Several: rounds from the greedy's
+    plan, largest size first (big jobs keep whole nodes), and again from nothing,
+    smallest first (more jobs fit when small ones are short of room); the plan that
+    places more, then scores more, is kept. No round places fewer of a size than the
+    plan it starts from holds, so neither start can lose what the greedy placed."""
+    gpus, pos_row = jobs[0], fleet[0][9]
+    sizes = sorted(set(gpus.tolist()), reverse=True)
+
+    def rounds(first_pass: list[int]) -> int:
+        placed = sum(
+            _resolve(z, where, order, jobs, fleet, free, first, positions) for z in first_pass
+        )
+        for _ in range(FLOW_ROUNDS - 1 if len(sizes) > 1 else 0):
+            placed = sum(
+                _resolve(z, where, order, jobs, fleet, free, first, positions) for z in sizes
+            )
+        return placed
+
+    flowed = rounds(sizes)
+    if len(sizes) == 1:
+        return flowed
+    kept = (where.copy(), free.copy(), flowed)
+    held = np.flatnonzero(where.position >= 0)
+    np.add.at(free, pos_row[where.position[held]], gpus[held])
+    where.position[held] = -1
+    flowed = rounds(sizes[::-1])
+    if _standing(kept[0]) >= _standing(where):
+        where.restore(kept[0])
+        free[:] = kept[1]
+        flowed = kept[2]
+    return flowed
+
+
+def _standing(where: _Where) -> tuple[int, float]:
+    """How a plan ranks: jobs placed, then their total score."""
+    placed = where.position >= 0
+    return int(placed.sum()), float(where.total[placed].sum())
+
+
 def _with_tallies(fixed: tuple, free: np.ndarray, gpus: np.ndarray) -> tuple:  # type: ignore[type-arg]
     pos_row = fixed[0][9]
     return (
@@ -429,11 +478,7 @@ def place(
     moved = _repair(where, order, positions, first, jobs, fleet, free) if repair else 0
     flowed = 0
     if optimal and flow_pays_off(first):
-        sizes = sorted(set(jobs[0].tolist()), reverse=True)
-        for _ in range(FLOW_ROUNDS if len(sizes) > 1 else 1):
-            flowed = sum(
-                _resolve(size, where, order, jobs, fleet, free, first, positions) for size in sizes
-            )
+        flowed = _flow_rounds(where, order, jobs, fleet, free, first, positions)
     placed_at = np.flatnonzero(where.position >= 0)
     taken = snap_rows[where.position[placed_at]]  # positions -> snapshot rows
     rows = np.where(rows >= 0, snap_rows[np.maximum(rows, 0)], -1)
@@ -487,6 +532,12 @@ class _Where:
             np.where(placed, total[jobs, pick], np.nan),
             np.where(placed, rtt[jobs, pick], np.nan),
         )
+
+    def copy(self) -> _Where:
+        return _Where(self.position.copy(), self.total.copy(), self.rtt.copy())
+
+    def restore(self, other: _Where) -> None:
+        self.position[:], self.total[:], self.rtt[:] = other.position, other.total, other.rtt
 
 
 def flow_pays_off(first: np.ndarray) -> bool:
