@@ -451,6 +451,9 @@ def test_bench_scheduler_reports_every_figure(home: Path) -> None:
         ("distinct", 600),
     ]
     assert all(r["busy_gpus_pct"] > 0 for r in rows), "decisions see a fleet a batch filled"
+    for r in rows:  # refusals (no node could ever take the job) are timed apart, and counted
+        assert r["p50_ms"] > 0 and r["fitting_p99_ms"] <= r["max_ms"]
+        assert r["never_fit"] < r["decisions"]
     for workload in ("template", "distinct"):
         batch = data["batch"][workload]  # type: ignore[index]
         assert batch["ledger_ok"] is True and batch["placed"] > 0

@@ -63,11 +63,13 @@ def bench_scheduler(as_json: bool, workload: str, **options: Any) -> None:
 
 def _print_scheduler_bench(data: dict[str, Any]) -> None:
     columns = ("workload", "nodes", "classes", "busy_gpus_pct", "decisions", "placed")
+    figures = ("p50_ms", "p99_ms", "max_ms", "fitting_p99_ms", "never_fit", "never_fit_p50_ms")
     table = Table(
-        *columns, "p50 ms", "p99 ms", "max ms", title="single-job decisions, on a busy fleet"
-    )
+        *columns, "p50 ms", "p99 ms", "max ms", "p99 ms, jobs that fit", "never fit",
+        "p50 ms, never fit", title="single-job decisions, on a busy fleet",
+    )  # fmt: skip
     for r in data["single_job"]:
-        table.add_row(*(str(r[k]) for k in (*columns, "p50_ms", "p99_ms", "max_ms")))
+        table.add_row(*(str(r[k]) for k in (*columns, *figures)))
     console.print(table)
     table = Table(
         "workload", "placed", "read s", "plan s", "commit s", "gc s", "cycle s", "placements/s",

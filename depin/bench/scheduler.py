@@ -42,6 +42,7 @@ from scheduler import Offer, Plan, Snapshot, admit, plan
 from scheduler.feasibility import evaluate
 from scheduler.request import Request
 from scheduler.sparse import feasible_counts as count_feasible
+from scheduler.status import Code
 
 Progress = Callable[[str], None]
 
@@ -89,7 +90,7 @@ def single_job_latency(
     jobs = workload_jobs(workload, decisions, seed=seed + 1)
     for j in jobs[:50]:  # warm caches and imports; not measured
         plan([j], snap, keys=[0])
-    times = []
+    times, refused = [], []
     placed = per_job = 0
     for i, spec in enumerate(jobs):  # plan() leaves the snapshot as it was
         t = time.perf_counter()
@@ -97,7 +98,12 @@ def single_job_latency(
         times.append(time.perf_counter() - t)
         placed += bool(result.placements)
         per_job += bool(result.work)
-    ms = np.array(times) * 1000
+        status = result.unplaced.get(i)
+        refused.append(status is not None and status.code == Code.NEVER)
+    ms, never = np.array(times) * 1000, np.array(refused)
+    # A job no node could ever take is refused at submission, with suggestions (a pass over
+    # the fleet per constraint): the loop never decides it, so it is timed on its own too.
+    fits = ms[~never] if never.any() and not never.all() else ms
     return {
         "workload": workload,
         "nodes": nodes,
@@ -111,6 +117,10 @@ def single_job_latency(
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "max_ms": round(float(ms.max()), 3),
         "mean_ms": round(float(ms.mean()), 3),
+        "fitting_p50_ms": round(float(np.percentile(fits, 50)), 3),
+        "fitting_p99_ms": round(float(np.percentile(fits, 99)), 3),
+        "never_fit": int(never.sum()),
+        "never_fit_p50_ms": round(float(np.percentile(ms[never], 50)), 3) if never.any() else None,
     }
 
 
