@@ -387,7 +387,7 @@ def _flow_rounds(
     plan, largest size first (big jobs keep whole nodes), and again from nothing,
     smallest first (more jobs fit when small ones are short of room); the plan that
     places more, then scores more per GPU, is kept. No round places fewer of a size than the
-    plan it starts from holds, so neither start can lose what the greedy placed."""
+    plan it starts from holds, so the first start cannot lose what the greedy placed."""
     gpus, pos_row = jobs[0], fleet[0][9]
     sizes = sorted(set(gpus.tolist()), reverse=True)
 

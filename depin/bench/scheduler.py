@@ -103,7 +103,7 @@ def single_job_latency(
     ms, never = np.array(times) * 1000, np.array(refused)
     # A job no node could ever take is refused at submission, with suggestions (a pass over
     # the fleet per constraint): the loop never decides it, so it is timed on its own too.
-    fits = ms[~never] if never.any() and not never.all() else ms
+    fits = ms[~never]
     return {
         "workload": workload,
         "nodes": nodes,
@@ -117,8 +117,8 @@ def single_job_latency(
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "max_ms": round(float(ms.max()), 3),
         "mean_ms": round(float(ms.mean()), 3),
-        "fitting_p50_ms": round(float(np.percentile(fits, 50)), 3),
-        "fitting_p99_ms": round(float(np.percentile(fits, 99)), 3),
+        "fitting_p50_ms": round(float(np.percentile(fits, 50)), 3) if len(fits) else None,
+        "fitting_p99_ms": round(float(np.percentile(fits, 99)), 3) if len(fits) else None,
         "never_fit": int(never.sum()),
         "never_fit_p50_ms": round(float(np.percentile(ms[never], 50)), 3) if never.any() else None,
     }
